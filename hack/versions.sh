@@ -1,0 +1,9 @@
+# Pinned versions of everything the local cluster and the tests build or fetch.
+# Sourced by the hack/ scripts and the Makefile; bump here and the caches re-key themselves.
+export K8S_VERSION=1.35.4
+export ETCD_VERSION=3.6.16
+export KWOK_VERSION=0.8.0
+export HELM_VERSION=3.22.0
+export CLI_UTILS_VERSION=v0.37.2
+export DEBIAN_SUITE=bookworm
+export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}

@@ -1,0 +1,1 @@
+"""finetune-trainer: the training program that runs inside the operator's Pods."""
