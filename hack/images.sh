@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Images without a registry.
+#   hack/images.sh base         Debian bookworm rootfs (debootstrap) -> localhost/debian:bookworm
+#   hack/images.sh pause        static pause binary -> registry.k8s.io/pause:3.10
+#   hack/images.sh python-base  base + /opt/venv with requirements/trainer.txt -> localhost/python-base:bookworm
+#   hack/images.sh trainer|operator|standin   docker build of the project images, then load them
+#                               into the local cluster's containerd (skipped when unchanged)
+# Every result is cached under $FTO_CACHE/images, keyed by what it is built from.
+set -euo pipefail
+FTO_LOG_TAG=images
+source "$(dirname "$0")/lib/common.sh"
+mkdir -p "$FTO_IMAGES"
+export DOCKER_BUILDKIT=0
+
+BASE_IMAGE=localhost/debian:bookworm
+PAUSE_IMAGE=registry.k8s.io/pause:3.10
+PYBASE_IMAGE=localhost/python-base:bookworm
+BASE_PKGS=python3,python3-venv,ca-certificates
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+docker_ready() { "$FTO_ROOT/hack/docker-up.sh"; }
+# has_image IMG KEY: docker holds IMG with label fto.key=KEY
+has_image() {
+  [[ $(docker image inspect -f '{{index .Config.Labels "fto.key"}}' "$1" 2>/dev/null) == "$2" ]]
+}
+cluster_running() { [[ -S $CTRD_SOCK ]] && ctr_k8s version >/dev/null 2>&1; }
+
+# load_tar TAR IMG KEY: import a docker-save tarball into the cluster's containerd unless IMG
+# is already there with label fto.key=KEY.
+load_tar() {
+  local tar=$1 img=$2 key=$3
+  if ctr_k8s images ls "name==$img" 2>/dev/null | grep -q "fto.key=$key"; then return; fi
+  log "loading $img into the cluster's containerd"
+  ctr_k8s images import --no-unpack=false - <"$tar" >/dev/null
+  ctr_k8s images label "$img" "fto.key=$key" >/dev/null
+}
+
+base_key() { printf '%s|%s|%s|v1' "$DEBIAN_SUITE" "$BASE_PKGS" "minbase" | sha256sum | cut -c1-12; }
+
+build_base() {
+  local key; key=$(base_key)
+  local rootfs="$FTO_IMAGES/debian-$DEBIAN_SUITE-$key.rootfs.tar"
+  local saved="$FTO_IMAGES/debian-$DEBIAN_SUITE-$key.docker.tar"
+  if [[ ! -f $rootfs ]]; then
+    log "debootstrap $DEBIAN_SUITE (minbase + $BASE_PKGS); takes a few minutes"
+    local tmp; tmp=$(mktemp -d /var/tmp/fto-debootstrap.XXXX)
+    debootstrap --variant=minbase --include="$BASE_PKGS" "$DEBIAN_SUITE" "$tmp/root" "$MIRROR" \
+      >"$FTO_IMAGES/debootstrap.log" 2>&1 || { tail -20 "$FTO_IMAGES/debootstrap.log" >&2; rm -rf "$tmp"; exit 1; }
+    rm -rf "$tmp"/root/var/cache/apt/archives/*.deb "$tmp"/root/var/lib/apt/lists/*
+    tar -C "$tmp/root" --numeric-owner -cf "$rootfs.tmp" .
+    mv "$rootfs.tmp" "$rootfs"
+    rm -rf "$tmp"
+  fi
+  if [[ ! -f $saved ]]; then
+    docker_ready
+    if ! has_image "$BASE_IMAGE" "$key"; then
+      docker import -c "LABEL fto.key=$key" -c 'CMD ["/bin/bash"]' \
+        -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+        "$rootfs" "$BASE_IMAGE" >/dev/null
+    fi
+    docker save "$BASE_IMAGE" -o "$saved.tmp" && mv "$saved.tmp" "$saved"
+  elif docker info >/dev/null 2>&1 && ! has_image "$BASE_IMAGE" "$key"; then
+    docker load -i "$saved" >/dev/null
+  fi
+  if cluster_running; then load_tar "$saved" "$BASE_IMAGE" "$key"; fi
+  log "$BASE_IMAGE ready (key $key)"
+}
+
+pause_key() { sha256sum "$FTO_ROOT/hack/pause/pause.c" | cut -c1-12; }
+
+build_pause() {
+  local key; key=$(pause_key)
+  local saved="$FTO_IMAGES/pause-3.10-$key.docker.tar"
+  if [[ ! -f $saved ]]; then
+    docker_ready
+    local tmp; tmp=$(mktemp -d)
+    gcc -Os -static -o "$tmp/pause" "$FTO_ROOT/hack/pause/pause.c"
+    strip "$tmp/pause"
+    tar -C "$tmp" -c pause | docker import -c "LABEL fto.key=$key" -c 'ENTRYPOINT ["/pause"]' - "$PAUSE_IMAGE" >/dev/null
+    docker save "$PAUSE_IMAGE" -o "$saved.tmp" && mv "$saved.tmp" "$saved"
+    rm -rf "$tmp"
+  fi
+  if cluster_running; then load_tar "$saved" "$PAUSE_IMAGE" "$key"; fi
+  log "$PAUSE_IMAGE ready (key $key)"
+}
+
+build_python_base() {
+  build_base
+  local key
+  key=$( { base_key; cat "$FTO_ROOT/requirements/trainer.txt"; echo v1; } | sha256sum | cut -c1-12)
+  local saved="$FTO_IMAGES/python-base-$key.docker.tar"
+  docker_ready
+  if has_image "$PYBASE_IMAGE" "$key"; then :
+  elif [[ -f $saved ]]; then docker load -i "$saved" >/dev/null
+  else
+    log "building $PYBASE_IMAGE (pip install of requirements/trainer.txt from PyPI; torch is large)"
+    local ctx; ctx=$(mktemp -d)
+    cp "$FTO_ROOT/requirements/trainer.txt" "$ctx/requirements.txt"
+    # The build reaches PyPI through the host network; the host's CA bundle travels in for
+    # that one step (machines behind a TLS-inspecting egress need it) and is removed after.
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/host-ca.crt"
+    cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $BASE_IMAGE
+COPY requirements.txt host-ca.crt /tmp/
+RUN python3 -m venv /opt/venv \\
+ && PIP_CERT=/tmp/host-ca.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \\
+    /opt/venv/bin/pip install -q -r /tmp/requirements.txt \\
+ && rm -f /tmp/requirements.txt /tmp/host-ca.crt
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL fto.key=$key
+DOCKERFILE
+    docker build -q --network host -t "$PYBASE_IMAGE" "$ctx" >/dev/null
+    rm -rf "$ctx"
+    docker save "$PYBASE_IMAGE" -o "$saved.tmp" && mv "$saved.tmp" "$saved"
+  fi
+  log "$PYBASE_IMAGE ready (key $key)"
+}
+
+# build_app NAME DOCKERFILE IMAGE SOURCES...: build from the repo root as context; the key is the
+# hash of the Dockerfile, the listed sources and the base image, so an unchanged image is neither
+# rebuilt nor reloaded.
+build_app() {
+  local name=$1 dockerfile=$2 image=$3; shift 3
+  if [[ ! -f $FTO_ROOT/$dockerfile ]]; then
+    log "skipping $name: $dockerfile does not exist yet"; return
+  fi
+  build_python_base
+  local base_id; base_id=$(docker image inspect -f '{{.Id}}' "$PYBASE_IMAGE")
+  local key
+  key=$(cd "$FTO_ROOT" && { echo "$base_id"; git ls-files -co --exclude-standard -- "$dockerfile" "$@" |
+        sort | xargs -r sha256sum; } | sha256sum | cut -c1-12)
+  if ! has_image "$image" "$key"; then
+    log "building $image from $dockerfile"
+    (cd "$FTO_ROOT" && docker build -q --network none -f "$dockerfile" \
+      --build-arg "BASE_IMAGE=$PYBASE_IMAGE" --label "fto.key=$key" -t "$image" .) >/dev/null
+  fi
+  if cluster_running; then
+    if ! ctr_k8s images ls "name==$image" 2>/dev/null | grep -q "fto.key=$key"; then
+      log "loading $image into the cluster's containerd"
+      docker save "$image" | ctr_k8s images import - >/dev/null
+      ctr_k8s images label "$image" "fto.key=$key" >/dev/null
+    fi
+  else
+    log "cluster not running: $image built, load it later with hack/image-load.sh $image"
+  fi
+  log "$image ready (key $key)"
+}
+
+TRAINER_IMAGE=${TRAINER_IMAGE:-localhost/finetune-trainer:dev}
+OPERATOR_IMAGE=${OPERATOR_IMAGE:-localhost/finetune-operator:dev}
+STANDIN_IMAGE=${STANDIN_IMAGE:-localhost/finetune-standin:dev}
+
+(($#)) || set -- base pause
+for what in "$@"; do
+  case $what in
+    base) build_base ;;
+    pause) build_pause ;;
+    python-base) build_python_base ;;
+    trainer) build_app trainer trainer-image/Dockerfile "$TRAINER_IMAGE" trainer-image requirements ;;
+    operator) build_app operator operator/Dockerfile "$OPERATOR_IMAGE" operator requirements ;;
+    standin) build_app standin tests/standin/Dockerfile "$STANDIN_IMAGE" tests/standin ;;
+    *) die "unknown image '$what' (base pause python-base trainer operator standin)" ;;
+  esac
+done
