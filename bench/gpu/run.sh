@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One-shot GPU benchmark on a machine with NVIDIA GPUs and no network.
+#   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | cap12 | resume | ddp
+# Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
+# random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
+# $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd); cd "$ROOT"
+export BENCH_DIR=${BENCH_DIR:-/tmp/fto-bench}
+export BENCH_RESULTS=${OUT:-$ROOT/bench/gpu}/results.jsonl
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$BENCH_DIR"
+PY=python3
+B="$PY bench/gpu/bench.py"
+
+setup() {
+  if [[ ! -f .site/.done ]]; then
+    $PY -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target "$ROOT/.site" .whl/*.whl
+    # the trainer itself, exactly as the image installs it (no deps: the GPU image has them)
+    $PY -m pip install -q --no-index --no-deps --no-build-isolation --target "$ROOT/.site" ./trainer-image
+    $PY -m compileall -q -j 0 "$ROOT/.site" >/dev/null 2>&1
+    touch .site/.done
+  fi
+  export PYTHONPATH="$ROOT/.site"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c 'import torch, transformers, trl, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__, "peft", peft.__version__, "gpus", torch.cuda.device_count())'
+  [[ -n ${BENCH_PEAK_TFLOPS:-} ]] || export BENCH_PEAK_TFLOPS=$($B peak | sed -n 's/.*"bf16_tflops": \([0-9.]*\).*/\1/p')
+  echo "bf16 peak ${BENCH_PEAK_TFLOPS} TFLOP/s"
+}
+
+model() { # geometry
+  [[ -f $BENCH_DIR/m$1/config.json ]] || $B make-model --geometry "$1" --out "$BENCH_DIR/m$1"
+}
+data() { # shape vocab n
+  local f="$BENCH_DIR/d-$1-$2.jsonl"
+  [[ -f $f ]] || $B make-data --shape "$1" --vocab "$2" --n "$3" --out "$f" >/dev/null
+  echo "$f"
+}
+run() { # stack geometry method shape mb [extra args]
+  local stack=$1 g=$2 method=$3 shape=$4 mb=$5; shift 5
+  local vocab=32768; [[ $g == 1b ]] && vocab=128256
+  local f; f=$(data "$shape" "$vocab" 2000)
+  FTO_T0=$(date +%s.%N) timeout 300 $B run --stack "$stack" --model "$BENCH_DIR/m$g" --model-tag "$g" \
+    --method "$method" --data "$f" --data-tag "$shape" --mb "$mb" "$@" 2>&1 | grep -E '^RESULT|Error|error:' | tail -3
+}
+ours() { # geometry method shape gpus [mb] [cap]
+  FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m$1" --model-tag "$1" \
+    --method "$2" --shape "$3" --gpus "$4" --mb "${5:-0}" --cap-gib "${6:-0}" 2>&1 | grep -E '^RESULT|Error|error:' | tail -3
+}
+
+smoke()    { model 1b; run hf 1b lora fixed 8 --steps 8 --warmup 2; run unsloth 1b lora fixed 8 --steps 8 --warmup 2; }
+stacks1b() { model 1b; for s in hf unsloth; do run $s 1b lora fixed 8; run $s 1b qlora fixed 8; done
+             ours 1b lora fixed 1 8; run unsloth 1b lora realistic 8; ours 1b lora realistic 1 8; run hf 1b lora realistic 8; }
+stacks7b() { model 7b; for s in hf unsloth; do run $s 7b qlora fixed 4; done; ours 7b qlora fixed 1 4
+             run unsloth 7b lora fixed 4; ours 7b lora fixed 1 4
+             run unsloth 7b qlora realistic 4; ours 7b qlora realistic 1; run hf 7b qlora realistic 4; }
+memory()   { model 1b; model 7b; for g in 1b 7b; do for m in lora qlora; do for seq in 512 2048; do for mb in 1 4; do
+               run unsloth $g $m fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; done; done
+             for seq in 512 2048; do for mb in 1 4; do run unsloth 1b full fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; }
+cap12()    { model 7b; ours 7b qlora fixed 1 0 12; ours 7b qlora fixed 1 0 4; }
+resume()   { model 1b; model 7b; $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m1b" --model-tag 1b --method lora --shape fixed --gpus 1;
+             $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora --shape fixed --gpus 1; }
+ddp()      { model 7b; model 1b; ours 7b qlora fixed 1 4; ours 7b qlora fixed 2 4; ours 1b lora fixed 2 8; }
+
+setup
+for plan in "$@"; do
+  [[ $plan == setup ]] && continue
+  echo "=== $plan $(date -u +%H:%M:%S)"; $plan
+done
+echo "=== done $(date -u +%H:%M:%S)"
+[[ -f $BENCH_RESULTS ]] && $PY bench/gpu/table.py "$BENCH_RESULTS" || true
