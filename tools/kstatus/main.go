@@ -11,6 +11,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,17 +35,22 @@ func objects(r io.Reader) ([]*unstructured.Unstructured, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bufio.NewReader(r), 4096)
 	var out []*unstructured.Unstructured
 	for {
-		var raw map[string]interface{}
+		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			if errors.Is(err, io.EOF) {
 				return out, nil
 			}
 			return nil, err
 		}
-		if len(raw) == 0 {
+		if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
 			continue
 		}
-		u := &unstructured.Unstructured{Object: raw}
+		// UnmarshalJSON keeps integers as int64, as the API server's objects have them
+		// (a plain map decode would turn metadata.generation into a float64).
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(raw); err != nil {
+			return nil, err
+		}
 		if u.IsList() {
 			list, err := u.ToList()
 			if err != nil {
