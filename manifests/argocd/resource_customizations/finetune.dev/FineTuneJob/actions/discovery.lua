@@ -1,0 +1,37 @@
+-- Argo CD action discovery for finetune.dev/FineTuneJob (sandbox: no string/math/io library).
+--   suspend: while the job may still train and spec.suspend is not true
+--   resume:  while spec.suspend is true (and the job has not finished)
+--   restart: once the job has started (Queued, Running, Suspended, Succeeded, Failed) and no
+--            restart is already waiting for the operator
+local actions = {}
+local phase = nil
+if obj.status ~= nil then phase = obj.status.phase end
+local finished = phase == "Succeeded" or phase == "Failed"
+local suspended = obj.spec ~= nil and obj.spec.suspend == true
+
+local requested = nil
+if obj.metadata.annotations ~= nil then
+  requested = obj.metadata.annotations["finetune.dev/restart-requested-at"]
+end
+local handled = nil
+if obj.status ~= nil then handled = obj.status.lastRestartRequestedAt end
+local restartPending = requested ~= nil and requested ~= handled
+local restartable = phase == "Queued" or phase == "Running" or phase == "Suspended"
+  or phase == "Succeeded" or phase == "Failed"
+
+actions["suspend"] = {
+  ["disabled"] = finished or suspended,
+  ["iconClass"] = "fa fa-fw fa-pause-circle",
+  ["displayName"] = "Suspend (checkpoint and free the GPUs)",
+}
+actions["resume"] = {
+  ["disabled"] = finished or not suspended,
+  ["iconClass"] = "fa fa-fw fa-play-circle",
+  ["displayName"] = "Resume from the newest checkpoint",
+}
+actions["restart"] = {
+  ["disabled"] = restartPending or not restartable,
+  ["iconClass"] = "fa fa-fw fa-redo",
+  ["displayName"] = "Restart from step 0",
+}
+return actions
