@@ -65,13 +65,13 @@ build_etcd() {
 
 build_kwok() {
   local out="$BIN/kwok-v$KWOK_VERSION"
-  if [[ -x $out/kwok ]]; then log "kwok v$KWOK_VERSION cached"; return; fi
+  if [[ -x $out/kwok && -d $out/stage ]]; then log "kwok v$KWOK_VERSION cached"; return; fi
   log "building kwok v$KWOK_VERSION"
   mkdir -p "$out"
-  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
-  # the upstream Stage definitions travel with the module
+  # the upstream Stage definitions travel with the module (standalone kwok needs them)
   local src; src=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  cp -r "$src/kustomize/stage" "$out/stage"; chmod -R u+w "$out/stage"
+  rm -rf "$out/stage"; cp -r "$src/kustomize/stage" "$out/stage"; chmod -R u+w "$out/stage"
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 }
 
 build_helm() {
