@@ -1,0 +1,156 @@
+"""The FineTuneJob status as GitOps tools read it, one fixture per phase.
+
+* kstatus (Flux, kpt, cli-utils appliers): the real library through ``tools/kstatus`` (built by
+  ``hack/build-tools.sh kstatus``) and the Python port in ``finetune_operator.kstatus`` must agree
+  with the table below and with each other, message included.
+* Flux ``healthCheckExprs``: the CEL snippet documented in ``docs/gitops.md`` is extracted from the
+  doc and evaluated with ``cel-python`` the way kustomize-controller does (observedGeneration
+  first, then inProgress, failed, current; no match or an error = still in progress).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator import kstatus
+
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURES = ROOT / "tests/fixtures/status"
+
+# fixture -> (kstatus, Flux healthCheckExprs result)
+EXPECTED: dict[str, tuple[str, str]] = {
+    "Pending": ("InProgress", "InProgress"),
+    "Preparing": ("InProgress", "InProgress"),
+    "Queued": ("Current", "InProgress"),
+    "Starting": ("InProgress", "InProgress"),
+    "Running": ("Current", "InProgress"),
+    "Suspending": ("InProgress", "InProgress"),
+    "Suspended": ("Current", "InProgress"),
+    "Succeeded": ("Current", "Current"),
+    "Failed": ("Failed", "Failed"),
+    "generation-lag": ("InProgress", "InProgress"),
+    # kstatus calls an object without conditions Current: the operator writes status at once
+    "no-status": ("Current", "InProgress"),
+    "terminating": ("Terminating", "InProgress"),
+}
+
+
+def _load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert {p.stem for p in FIXTURES.glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_python_port(name: str) -> None:
+    assert kstatus.compute(_load(name)).status == EXPECTED[name][0]
+
+
+@pytest.fixture(scope="session")
+def kstatus_check() -> Path:
+    if shutil.which("go") is None:
+        pytest.skip("go is not installed: cannot build tools/kstatus")
+    env = {**os.environ}
+    versions = subprocess.run(
+        ["bash", "-c", f"source {ROOT}/hack/versions.sh && echo $FTO_CACHE $CLI_UTILS_VERSION"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout.split()  # fmt: skip
+    proc = subprocess.run(
+        [str(ROOT / "hack/build-tools.sh"), "kstatus"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"could not build kstatus-check: {proc.stderr[-2000:]}")
+    binary = Path(versions[0]) / "bin" / f"kstatus-check-{versions[1]}" / "kstatus-check"
+    assert binary.is_file(), proc.stderr
+    return binary
+
+
+def test_go_library_agrees_on_every_fixture(kstatus_check: Path) -> None:
+    names = sorted(EXPECTED)
+    proc = subprocess.run(
+        [str(kstatus_check), *(str(FIXTURES / f"{n}.yaml") for n in names)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(names)
+    for name, got in zip(names, results, strict=True):
+        port = kstatus.compute(_load(name))
+        assert (got["status"], got["message"]) == (port.status, port.message), name
+        assert got["status"] == EXPECTED[name][0], name
+
+
+def test_go_reads_a_list_from_stdin(kstatus_check: Path) -> None:
+    items = [_load("Running"), _load("Failed")]
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    proc = subprocess.run(
+        [str(kstatus_check)], input=doc, capture_output=True, text=True, check=True
+    )
+    assert [json.loads(line)["status"] for line in proc.stdout.splitlines()] == [
+        "Current",
+        "Failed",
+    ]
+
+
+# ------------------------------------------------------------------------------- Flux CEL
+
+
+def _documented_health_check() -> dict[str, Any]:
+    doc = (ROOT / "docs/gitops.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S):
+        if "healthCheckExprs" in block:
+            spec = yaml.safe_load(block)["spec"]
+            checks = spec["healthCheckExprs"]
+            assert len(checks) == 1
+            check: dict[str, Any] = checks[0]
+            return check
+    raise AssertionError("docs/gitops.md has no healthCheckExprs example")
+
+
+def _flux_status(check: dict[str, Any], obj: dict[str, Any]) -> str:
+    """kustomize-controller's evaluation of a custom health check (fluxcd/pkg runtime/cel)."""
+    import celpy
+
+    generation = obj.get("metadata", {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if observed is not None and observed != generation:
+        return "InProgress"
+    env = celpy.Environment()
+    activation = {key: celpy.json_to_cel(value) for key, value in obj.items()}
+    for key, status in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+        expr = check.get(key)
+        if not expr:
+            continue
+        try:
+            result = env.program(env.compile(expr)).evaluate(activation)
+        except Exception:  # an error leaves the resource in progress
+            return "InProgress"
+        if isinstance(result, celpy.CELEvalError):
+            return "InProgress"
+        if bool(result):
+            return status
+    return "InProgress"
+
+
+def test_documented_cel_snippet_targets_finetunejobs() -> None:
+    check = _documented_health_check()
+    assert (check["apiVersion"], check["kind"]) == ("finetune.dev/v1alpha1", "FineTuneJob")
+    assert set(check) <= {"apiVersion", "kind", "current", "failed", "inProgress"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_flux_health_check_exprs(name: str) -> None:
+    assert _flux_status(_documented_health_check(), _load(name)) == EXPECTED[name][1]
