@@ -1,0 +1,475 @@
+"""Pure builders of the objects a FineTuneJob owns: plain values in, manifests (dicts) out.
+
+No API calls, no clock, no environment: everything comes in as arguments (the job, the attempt
+number, the batch plan, the settings), so each builder is tested by comparing whole manifests.
+The trainer config follows docs/contract.md section 1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from finetune_operator import models as m
+from finetune_operator.planner import BatchPlan
+from finetune_operator.settings import Settings
+
+CONFIG_DIR = "/etc/finetune"
+CONFIG_KEY = "config.json"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+WORK_DIR = "/workspace"
+CACHE_DIR = "/cache"
+MODELS_DIR = "/models"
+DATA_DIR = "/data"
+HUB_TOKEN_DIR = "/var/run/secrets/finetune.dev/hub"
+PROGRESS_KEY = "progress.json"
+PREPARE_KEY = "prepare.json"
+TRAINER_UID = 1000
+CONTAINER = "trainer"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
+GPU = "nvidia.com/gpu"
+CONTRACT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------ names
+
+
+def config_map_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-config"
+
+
+def progress_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-progress"
+
+
+def trainer_account_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-trainer"
+
+
+def pod_service_account(job: m.FineTuneJob) -> str:
+    tpl = job.spec.pod_template
+    if tpl is not None and tpl.service_account_name:
+        return tpl.service_account_name
+    return trainer_account_name(job)
+
+
+def prepare_pod_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-prepare"
+
+
+def train_pod_name(job: m.FineTuneJob, attempt: int) -> str:
+    return f"{job.name}-{attempt}"
+
+
+def output_pvc_name(job: m.FineTuneJob) -> str:
+    """The claim holding the job's work directory (checkpoints, prepared data, output)."""
+    return job.spec.output.pvc or f"{job.name}-output"
+
+
+# ---------------------------------------------------------------------------------- metadata
+
+
+def owner_reference(job: m.FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": m.API_VERSION,
+        "kind": m.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(job: m.FineTuneJob, **extra: str) -> dict[str, str]:
+    return {**MANAGED_BY, m.LABEL_JOB: job.name, **extra}
+
+
+def _meta(job: m.FineTuneJob, name: str, **extra_labels: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels(job, **extra_labels),
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+# ----------------------------------------------------------------------------- trainer config
+
+
+def _dataset_config(ds: m.DatasetSource) -> dict[str, Any]:
+    path: str | None = None
+    if ds.pvc is not None and ds.path is not None:
+        path = f"{DATA_DIR}/{ds.path}"
+    elif ds.config_map is not None:
+        path = f"{DATA_DIR}/{ds.config_map.key}"
+    return {
+        "url": ds.url,
+        "path": path,
+        "hub": ds.hub,
+        "split": ds.split,
+        "format": ds.format.replace("-", "_"),
+        "fields": dict(ds.fields),
+        "validation_split": ds.validation_split,
+    }
+
+
+def trainer_config(
+    job: m.FineTuneJob,
+    attempt: int,
+    batch: BatchPlan | None,
+    gpu_memory_mib: int | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The versioned JSON the trainer reads (docs/contract.md section 1)."""
+    spec = job.spec
+    lora = spec.lora or m.LoraSettings()
+    t = spec.training
+    model_path = f"{MODELS_DIR}/{spec.model.path}" if spec.model.pvc else None
+    hub_token_file = (
+        f"{HUB_TOKEN_DIR}/{spec.hub_token_secret_ref.key}" if spec.hub_token_secret_ref else None
+    )
+    return {
+        "version": CONTRACT_VERSION,
+        "job": {"name": job.name, "namespace": job.namespace, "uid": job.uid, "attempt": attempt},
+        "model": {
+            "name": None if model_path else spec.model.name,
+            "path": model_path,
+            "revision": spec.model.revision,
+            "trust_remote_code": spec.model.trust_remote_code,
+        },
+        "dataset": _dataset_config(spec.dataset),
+        "method": spec.method,
+        "lora": {
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": list(lora.target_modules) if lora.target_modules else None,
+        },
+        "training": {
+            "epochs": t.epochs if t.epochs is not None else 1.0,
+            "max_steps": t.max_steps,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "micro_batch_size": batch.micro_batch_size if batch else t.micro_batch_size,
+            "gradient_accumulation": batch.gradient_accumulation if batch else None,
+            "max_seq_length": t.max_seq_length,
+            "warmup_steps": t.warmup_steps,
+            "warmup_ratio": t.warmup_ratio,
+            "scheduler": t.scheduler,
+            "optimizer": t.optimizer,
+            "weight_decay": t.weight_decay,
+            "seed": t.seed,
+            "precision": t.precision,
+            "packing": t.packing,
+            "gradient_checkpointing": t.gradient_checkpointing,
+        },
+        "checkpoint": {"every_steps": spec.checkpoint.every_steps, "keep": spec.checkpoint.keep},
+        "output": {"merge_adapter": spec.output.merge_adapter},
+        "backend": spec.backend,
+        "gpus": spec.resources.gpus,
+        "gpu_memory_mib": gpu_memory_mib,
+        "paths": {"work": WORK_DIR, "model_cache": CACHE_DIR},
+        "progress": {
+            "config_map": progress_name(job),
+            "namespace": job.namespace,
+            "interval_seconds": settings.progress_interval_seconds,
+            "api_server": settings.api_server,
+        },
+        "hub_token_file": hub_token_file,
+    }
+
+
+def config_map(job: m.FineTuneJob, config: dict[str, Any]) -> dict[str, Any]:
+    """``<job>-config`` holding ``config.json``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, config_map_name(job)),
+        "data": {CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def progress_config_map(job: m.FineTuneJob) -> dict[str, Any]:
+    """``<job>-progress``, created empty; the trainer merges its reports into ``data``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, progress_name(job)),
+        "data": {},
+    }
+
+
+# ------------------------------------------------------------------------------------- RBAC
+
+
+def service_account(job: m.FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(job, trainer_account_name(job)),
+    }
+
+
+def role(job: m.FineTuneJob) -> dict[str, Any]:
+    """The trainer may read and update its own progress ConfigMap, nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(job, trainer_account_name(job)),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [progress_name(job)],
+                "verbs": ["get", "patch", "update"],
+            }
+        ],
+    }
+
+
+def role_binding(job: m.FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(job, trainer_account_name(job)),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": trainer_account_name(job),
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": pod_service_account(job),
+                "namespace": job.namespace,
+            }
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------- storage
+
+
+def output_pvc(job: m.FineTuneJob) -> dict[str, Any] | None:
+    """The claim the operator creates for ``output.size``; None for a user's claim.
+
+    Not owned by the job: deleting the job (or its TTL) must not delete the trained adapter.
+    """
+    out = job.spec.output
+    if out.size is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(out.size)}},
+    }
+    if out.storage_class:
+        spec["storageClassName"] = out.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": output_pvc_name(job),
+            "namespace": job.namespace,
+            "labels": labels(job),
+        },
+        "spec": spec,
+    }
+
+
+def referenced_pvcs(job: m.FineTuneJob) -> list[str]:
+    """User claims the pods mount (must exist before any pod is created)."""
+    names = [job.spec.model.pvc, job.spec.dataset.pvc, job.spec.output.pvc, job.spec.cache.pvc]
+    return [n for n in dict.fromkeys(names) if n]
+
+
+# ---------------------------------------------------------------------------------------- pods
+
+
+def _volumes(job: m.FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = job.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(job)}},
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": output_pvc_name(job)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "workspace", "mountPath": WORK_DIR, "subPath": job.name},
+    ]
+    if spec.cache.pvc:
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache.pvc}})
+    else:
+        volumes.append({"name": "cache", "emptyDir": {}})
+    mounts.append({"name": "cache", "mountPath": CACHE_DIR})
+    if spec.model.pvc:
+        volumes.append(
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": spec.model.pvc, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "models", "mountPath": MODELS_DIR, "readOnly": True})
+    ds = spec.dataset
+    if ds.pvc:
+        volumes.append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": ds.pvc, "readOnly": True}}
+        )
+        mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    elif ds.config_map is not None:
+        volumes.append({"name": "data", "configMap": {"name": ds.config_map.name}})
+        mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    if spec.hub_token_secret_ref is not None:
+        # optional: a missing Secret must not leave the pod stuck mounting; the HF_TOKEN env var
+        # below (not optional) makes the kubelet report CreateContainerConfigError instead.
+        volumes.append(
+            {
+                "name": "hub-token",
+                "secret": {"secretName": spec.hub_token_secret_ref.name, "optional": True},
+            }
+        )
+        mounts.append({"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True})
+    tpl = spec.pod_template
+    if tpl is not None:
+        volumes.extend(dict(v) for v in tpl.volumes)
+        mounts.extend(dict(v) for v in tpl.volume_mounts)
+    return volumes, mounts
+
+
+def _env(job: m.FineTuneJob) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "FINETUNE_JOB", "value": job.name},
+    ]
+    ref = job.spec.hub_token_secret_ref
+    if ref is not None:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    tpl = job.spec.pod_template
+    if tpl is not None:
+        env.extend(m.dump(e) for e in tpl.env)
+    return env
+
+
+def _pod(
+    job: m.FineTuneJob,
+    name: str,
+    *,
+    role_label: str,
+    attempt: int,
+    command: list[str],
+    resources: dict[str, Any],
+    settings: Settings,
+    priority: bool,
+) -> dict[str, Any]:
+    tpl = job.spec.pod_template or m.PodTemplate()
+    volumes, mounts = _volumes(job)
+    meta = _meta(job, name, **{m.LABEL_ROLE: role_label, m.LABEL_ATTEMPT: str(attempt)})
+    meta["labels"] = {**tpl.labels, **meta["labels"]}
+    if tpl.annotations:
+        meta["annotations"] = dict(tpl.annotations)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": pod_service_account(job),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": job.spec.image or settings.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": command,
+                "env": _env(job),
+                "resources": resources,
+                "volumeMounts": mounts,
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "runAsNonRoot": True,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if tpl.node_selector:
+        pod_spec["nodeSelector"] = dict(tpl.node_selector)
+    if tpl.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tpl.tolerations]
+    if tpl.affinity:
+        pod_spec["affinity"] = dict(tpl.affinity)
+    if priority and tpl.priority_class_name:
+        pod_spec["priorityClassName"] = tpl.priority_class_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
+    """``<job>-prepare``: CPU only, small requests; validates data and plans memory."""
+    resources = {
+        "requests": {"cpu": settings.prepare_cpu, "memory": settings.prepare_memory},
+        "limits": {"memory": settings.prepare_memory},
+    }
+    command = ["finetune-trainer", "prepare", "--config", CONFIG_PATH]
+    return _pod(
+        job,
+        prepare_pod_name(job),
+        role_label="prepare",
+        attempt=0,
+        command=command,
+        resources=resources,
+        settings=settings,
+        priority=False,
+    )
+
+
+def train_resources(job: m.FineTuneJob) -> dict[str, Any]:
+    res = job.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    if res.gpus > 0:
+        requests[GPU] = limits[GPU] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
+    """``<job>-<attempt>``: the training pod requesting ``nvidia.com/gpu: N``."""
+    command = ["finetune-trainer", "train", "--config", CONFIG_PATH]
+    pod = _pod(
+        job,
+        train_pod_name(job, attempt),
+        role_label="train",
+        attempt=attempt,
+        command=command,
+        resources=train_resources(job),
+        settings=settings,
+        priority=True,
+    )
+    if job.spec.resources.gpus > 1:
+        # torch.distributed / NCCL need more shared memory than the runtime's 64 MiB default.
+        pod["spec"]["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        pod["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": "dshm", "mountPath": "/dev/shm"}
+        )
+    return pod

@@ -1,0 +1,792 @@
+"""The FineTuneJob API (finetune.dev/v1alpha1) as pydantic models: the single source of truth.
+
+The CRD in ``crds/`` is generated from these classes (``crd.py``): field descriptions become
+``kubectl explain`` text, defaults become schema defaults, and the CEL rules attached here with
+``_rules(...)`` become ``x-kubernetes-validations``. JSON names are camelCase; Python names are
+snake_case. Condition types, reasons and phases are named constants so that handlers, tests, the
+Argo CD health script and the docs all spell them the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAME = "ftj"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_JOB = f"{GROUP}/job"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_ROLE = f"{GROUP}/role"
+
+Quantity = int | str
+"""A Kubernetes resource quantity (``2``, ``500m``, ``16Gi``): x-kubernetes-int-or-string."""
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules (rule, message) for ``x-kubernetes-validations`` on the enclosing object."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+# --------------------------------------------------------------------------------------- phases
+
+
+class Phase:
+    """``status.phase`` values, in lifecycle order."""
+
+    PENDING = "Pending"
+    PREPARING = "Preparing"
+    QUEUED = "Queued"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUSPENDING = "Suspending"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    ALL = (
+        PENDING,
+        PREPARING,
+        QUEUED,
+        STARTING,
+        RUNNING,
+        SUSPENDING,
+        SUSPENDED,
+        SUCCEEDED,
+        FAILED,
+    )
+    TERMINAL = (SUCCEEDED, FAILED)
+
+
+PhaseName = Literal[
+    "Pending",
+    "Preparing",
+    "Queued",
+    "Starting",
+    "Running",
+    "Suspending",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+]
+
+
+class ConditionType:
+    """``status.conditions[].type`` values (kstatus: Ready, Reconciling, Stalled)."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    PROGRESSING = "Progressing"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    ALL = (READY, RECONCILING, STALLED, PROGRESSING, SUSPENDED, SUCCEEDED, FAILED)
+
+
+class Reason:
+    """Condition / attempt / Event reasons. Failure reasons double as ``status.reason``."""
+
+    # lifecycle (the phase names are reasons too)
+    CREATED = "Created"
+    BACKOFF = "BackoffWait"
+    RESUMED = "Resumed"
+    UNSCHEDULABLE = "Unschedulable"
+    COMPLETED = "Completed"
+    SUSPENDED = "Suspended"
+    PREEMPTED = "Preempted"
+    POD_DELETED = "PodDeleted"
+    RETRYING = "Retrying"
+    MICRO_BATCH_HALVED = "MicroBatchHalved"
+    # failures of a pod (docs/contract.md section 4)
+    OOM_KILLED = "OOMKilled"
+    CUDA_OOM = "CudaOOM"
+    EVICTED = "Evicted"
+    IMAGE_PULL = "ImagePullError"
+    BAD_CONFIG = "BadConfig"
+    BAD_DATA = "BadData"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    PLAN_REFUSED = "PlanRefused"
+    ERROR = "Error"
+    # failures found by the operator before any pod runs
+    BAD_SPEC = "BadSpec"
+    PVC_NOT_FOUND = "PVCNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
+    RETRY_LIMIT = "RetryLimitExceeded"
+
+    RETRIABLE = frozenset({OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED})
+    NOT_RETRIABLE = frozenset(
+        {
+            IMAGE_PULL,
+            BAD_CONFIG,
+            BAD_DATA,
+            MODEL_NOT_FOUND,
+            PLAN_REFUSED,
+            BAD_SPEC,
+            PVC_NOT_FOUND,
+            SECRET_NOT_FOUND,
+            CONFIG_MAP_NOT_FOUND,
+        }
+    )
+
+
+EXIT_CODE_REASONS: dict[int, str] = {
+    2: Reason.BAD_CONFIG,
+    3: Reason.BAD_DATA,
+    4: Reason.MODEL_NOT_FOUND,
+    5: Reason.PLAN_REFUSED,
+    10: Reason.PREEMPTED,  # SIGTERM + complete checkpoint; Suspended when we asked for it
+    11: Reason.CUDA_OOM,
+}
+
+# ----------------------------------------------------------------------------------------- spec
+
+_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ModelSource(_Base):
+    """The base model: a hub id (``name``) or a directory on a PVC (``pvc`` + ``path``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "[has(self.name), has(self.pvc)].filter(x, x).size() == 1",
+                "model: set exactly one of name (hub id) or pvc (+ path)",
+            ),
+            ("has(self.pvc) == has(self.path)", "model: pvc and path go together"),
+            (
+                "!has(self.path) || (!self.path.startsWith('/') && !self.path.contains('..'))",
+                "model.path must be relative to the PVC and must not contain '..'",
+            ),
+        )
+    )
+
+    name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Hugging Face hub id, e.g. mistralai/Mistral-7B-v0.1 (downloaded once into "
+        "the model cache).",
+    )
+    pvc: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_NAME,
+        description="Name of a PersistentVolumeClaim in the job's namespace holding the model; "
+        "mounted read-only at /models.",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Directory of the model inside the PVC (relative), e.g. mistral-7b.",
+    )
+    revision: str | None = Field(
+        default=None, max_length=256, description="Hub revision: branch, tag or commit."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow the model's own Python code from the hub (off: only code shipped with "
+        "transformers runs).",
+    )
+
+
+class ConfigMapKeyRef(_Base):
+    """A key of a ConfigMap in the job's namespace."""
+
+    name: str = Field(max_length=253, pattern=_NAME, description="ConfigMap name.")
+    key: str = Field(
+        default="train.jsonl", max_length=253, description="Key holding the data file."
+    )
+
+
+DatasetFormat = Literal["alpaca", "sharegpt", "messages", "prompt-completion", "text"]
+
+
+class DatasetSource(_Base):
+    """Where the training data is and how its records are shaped."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "[has(self.url), has(self.pvc), has(self.hub), has(self.configMap)]"
+                ".filter(x, x).size() == 1",
+                "dataset: set exactly one of url, pvc (+ path), hub or configMap",
+            ),
+            ("has(self.pvc) == has(self.path)", "dataset: pvc and path go together"),
+            (
+                "!has(self.url) || self.url.startsWith('https://') || "
+                "self.url.startsWith('http://')",
+                "dataset.url must start with http:// or https://",
+            ),
+            (
+                "!has(self.path) || (!self.path.startsWith('/') && !self.path.contains('..'))",
+                "dataset.path must be relative to the PVC and must not contain '..'",
+            ),
+        )
+    )
+
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="HTTP(S) URL of a jsonl, json, parquet or csv file.",
+    )
+    pvc: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_NAME,
+        description="PersistentVolumeClaim holding the data; mounted read-only at /data.",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="File (or directory of files) inside the PVC, relative.",
+    )
+    hub: str | None = Field(default=None, max_length=256, description="Hugging Face dataset id.")
+    config_map: ConfigMapKeyRef | None = Field(
+        default=None, description="A small inline dataset kept in a ConfigMap key."
+    )
+    split: str = Field(default="train", max_length=128, description="Split to read (hub).")
+    format: DatasetFormat = Field(
+        default="alpaca",
+        description="Record format: alpaca (instruction/input/output), sharegpt "
+        "(conversations), messages (OpenAI-style chat, rendered with the chat template), "
+        "prompt-completion, or text (raw text).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Field mapping: canonical field name (e.g. instruction) -> column in the data.",
+    )
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Fraction of records held out for evaluation (0 = none).",
+    )
+
+
+Method = Literal["lora", "qlora", "full"]
+
+
+class LoraSettings(_Base):
+    """LoRA hyperparameters (methods lora and qlora only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("self.r >= 1 && self.r <= 1024", "lora.r must be between 1 and 1024"),
+            ("self.alpha > 0.0", "lora.alpha must be greater than 0"),
+            (
+                "self.dropout >= 0.0 && self.dropout < 1.0",
+                "lora.dropout must be in [0, 1)",
+            ),
+        )
+    )
+
+    r: int = Field(default=16, description="LoRA rank (1..1024).")
+    alpha: float = Field(default=32.0, description="LoRA alpha; the update is scaled by alpha/r.")
+    dropout: float = Field(default=0.05, description="Dropout on the LoRA path, in [0, 1).")
+    target_modules: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Module names to adapt; unset = the architecture's usual attention and MLP "
+        "projections.",
+    )
+
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+class TrainingSettings(_Base):
+    """Optimisation hyperparameters. ``batchSize`` is the effective (global) batch size."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.epochs) != has(self.maxSteps)",
+                "training: set exactly one of epochs or maxSteps",
+            ),
+            (
+                "!has(self.microBatchSize) || self.batchSize % self.microBatchSize == 0",
+                "training.batchSize must be a multiple of training.microBatchSize",
+            ),
+            (
+                "self.learningRate > 0.0 && self.learningRate <= 1.0",
+                "training.learningRate must be in (0, 1]",
+            ),
+            (
+                "!has(self.epochs) || (self.epochs > 0.0 && self.epochs <= 1000.0)",
+                "training.epochs must be in (0, 1000]",
+            ),
+            (
+                "self.warmupRatio >= 0.0 && self.warmupRatio < 1.0",
+                "training.warmupRatio must be in [0, 1)",
+            ),
+        )
+    )
+
+    epochs: float | None = Field(
+        default=None, description="Passes over the data. Exactly one of epochs / maxSteps."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps instead of epochs."
+    )
+    learning_rate: float = Field(default=2e-4, description="Peak learning rate, in (0, 1].")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=65536,
+        description="Effective batch size: micro-batch x gradient accumulation x processes.",
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Per-process batch; unset = chosen by the memory planner. Must divide "
+        "batchSize.",
+    )
+    max_seq_length: int = Field(
+        default=2048, ge=16, le=1048576, description="Tokens per sample; longer ones are truncated."
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
+    warmup_ratio: float = Field(
+        default=0.0, description="Warm-up as a fraction of the total steps, in [0, 1)."
+    )
+    scheduler: Scheduler = Field(default="linear", description="Learning-rate schedule.")
+    optimizer: str = Field(
+        default="adamw_torch",
+        max_length=64,
+        description="Optimizer name as transformers knows it (adamw_torch, adamw_8bit, "
+        "paged_adamw_8bit, adafactor, sgd…).",
+    )
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="Weight decay.")
+    seed: int = Field(default=42, ge=0, description="Seed for initialisation and shuffling.")
+    precision: Precision = Field(
+        default="auto", description="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32."
+    )
+    packing: bool = Field(default=True, description="Pack short samples into full sequences.")
+    gradient_checkpointing: bool = Field(
+        default=True, description="Recompute activations to save memory (slower, smaller)."
+    )
+
+
+class Resources(_Base):
+    """What one training pod gets."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.gpus >= 0 && self.gpus <= 8",
+                "resources.gpus must be between 0 (CPU-only) and 8 (one node)",
+            ),
+        )
+    )
+
+    gpus: int = Field(
+        default=1,
+        description="nvidia.com/gpu requested by the training pod, 0..8. 0 = CPU-only training "
+        "(tiny models, CI); N > 1 = one process per GPU.",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request, e.g. 4 or 3500m.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit, e.g. 24Gi."
+    )
+    gpu_memory_mib: int | None = Field(
+        default=None,
+        alias="gpuMemoryMiB",
+        ge=256,
+        description="Memory of one GPU in MiB, a hint for the planner when nodes carry no "
+        "nvidia.com/gpu.memory label (e.g. 12288 for an RTX 3060).",
+    )
+
+
+class EnvVar(_Base):
+    """An environment variable for the trainer container (as in a Pod)."""
+
+    name: str = Field(max_length=256, description="Variable name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None, description="Source for the value (as in a Pod's env)."
+    )
+
+
+class PodTemplate(_Base):
+    """Overrides merged into the pods the operator creates."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the training pod must match."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tolerations (as in a Pod), e.g. for tainted GPU nodes.",
+    )
+    affinity: dict[str, Any] | None = Field(default=None, description="Affinity (as in a Pod).")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment variables."
+    )
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra volumes (as in a Pod).",
+    )
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra volume mounts of the trainer container (as in a container).",
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Run as this ServiceAccount instead of the per-job one; the operator binds "
+        "the job's progress Role to it.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the training pod."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels (e.g. kueue.x-k8s.io/queue-name)."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations.")
+
+
+class CheckpointSettings(_Base):
+    """Checkpoint cadence and retention."""
+
+    every_steps: int = Field(
+        default=50, ge=1, description="Save a checkpoint every N optimizer steps."
+    )
+    keep: int = Field(default=3, ge=1, le=100, description="Complete checkpoints to keep.")
+
+
+class OutputSettings(_Base):
+    """Where checkpoints and results go: an existing PVC, or one the operator creates."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.pvc) != has(self.size)",
+                "output: set exactly one of pvc (existing claim) or size (new claim)",
+            ),
+            (
+                "!has(self.storageClass) || has(self.size)",
+                "output.storageClass only applies with output.size",
+            ),
+        )
+    )
+
+    pvc: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_NAME,
+        description="Existing PersistentVolumeClaim; the job works in its subdirectory named "
+        "after the job. Never deleted by the operator.",
+    )
+    size: Quantity | None = Field(
+        default=None,
+        description="Size of a claim <job>-output the operator creates (kept after the job is "
+        "deleted so the results survive).",
+    )
+    storage_class: str | None = Field(
+        default=None, max_length=253, description="StorageClass of the created claim."
+    )
+    merge_adapter: bool = Field(
+        default=False, description="Also write the base model with the adapter merged in."
+    )
+
+
+class CacheSettings(_Base):
+    """The shared model cache (hub downloads)."""
+
+    pvc: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_NAME,
+        description="PersistentVolumeClaim used as the model cache at /cache; unset = an "
+        "emptyDir (downloads again on every attempt).",
+    )
+
+
+class RetrySettings(_Base):
+    """Retries of failed attempts (OOM, eviction, errors) with exponential backoff."""
+
+    limit: int = Field(
+        default=3, ge=0, le=100, description="Retries after the first attempt; then Failed."
+    )
+    backoff_seconds: int = Field(
+        default=10, ge=0, le=3600, description="Delay before the first retry; doubles each time."
+    )
+    max_backoff_seconds: int = Field(
+        default=600, ge=0, le=86400, description="Upper bound of the delay."
+    )
+
+
+class SecretKeyRef(_Base):
+    """A key of a Secret in the job's namespace."""
+
+    name: str = Field(max_length=253, pattern=_NAME, description="Secret name.")
+    key: str = Field(default="token", max_length=253, description="Key holding the token.")
+
+
+Backend = Literal["auto", "unsloth", "transformers"]
+
+_IMMUTABLE = "(has(oldSelf.suspend) && oldSelf.suspend)"
+
+
+class FineTuneJobSpec(_Base):
+    """What to fine-tune, on what data, how, and where the results go."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.method != 'qlora' || !has(self.resources) || self.resources.gpus >= 1",
+                "method qlora needs resources.gpus >= 1 (4-bit quantisation runs on CUDA only)",
+            ),
+            (
+                "!has(self.lora) || self.method != 'full'",
+                "lora settings apply only to methods lora and qlora",
+            ),
+            (
+                "self.backend != 'unsloth' || !has(self.resources) || self.resources.gpus >= 1",
+                "backend unsloth needs resources.gpus >= 1",
+            ),
+            (
+                f"self.model == oldSelf.model || {_IMMUTABLE}",
+                "spec.model is immutable while the job is not suspended (set suspend: true first)",
+            ),
+            (
+                f"self.dataset == oldSelf.dataset || {_IMMUTABLE}",
+                "spec.dataset is immutable while the job is not suspended (set suspend: true "
+                "first)",
+            ),
+            (
+                f"self.method == oldSelf.method || {_IMMUTABLE}",
+                "spec.method is immutable while the job is not suspended (set suspend: true first)",
+            ),
+        )
+    )
+
+    model: ModelSource = Field(description="The base model.")
+    dataset: DatasetSource = Field(description="The training data.")
+    method: Method = Field(
+        default="lora",
+        description="lora (adapter on bf16/fp16 weights), qlora (adapter on 4-bit weights, GPU "
+        "only) or full (all weights).",
+    )
+    lora: LoraSettings | None = Field(
+        default=None, description="LoRA settings (lora/qlora only; defaults when unset)."
+    )
+    training: TrainingSettings = Field(description="Optimisation hyperparameters.")
+    resources: Resources = Field(default_factory=Resources, description="GPUs, CPU and memory.")
+    pod_template: PodTemplate | None = Field(
+        default=None, description="Scheduling and environment overrides for the pods."
+    )
+    checkpoint: CheckpointSettings = Field(
+        default_factory=CheckpointSettings, description="Checkpoint cadence and retention."
+    )
+    output: OutputSettings = Field(description="Where checkpoints and results are written.")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="Model cache.")
+    suspend: bool = Field(
+        default=False,
+        description="true pauses the job: the pod checkpoints and exits, the GPUs are freed; "
+        "false resumes from the newest checkpoint. model, dataset and method can only be "
+        "changed while suspended.",
+    )
+    image: str | None = Field(
+        default=None, max_length=512, description="Trainer image; unset = the operator's default."
+    )
+    backend: Backend = Field(
+        default="auto",
+        description="auto (unsloth on CUDA when available, else transformers), unsloth or "
+        "transformers.",
+    )
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings, description="Retries of failed attempts."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the job (not its output) this many seconds after it succeeds or fails.",
+    )
+    hub_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a Hugging Face token (gated models/datasets). Never "
+        "copied into status or logs.",
+    )
+
+
+# --------------------------------------------------------------------------------------- status
+
+
+class Condition(_Base):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason of the last transition.")
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this condition was computed for."
+    )
+
+
+class Progress(_Base):
+    """Validated copy of what the trainer reports."""
+
+    attempt: int | None = Field(default=None, description="Attempt that reported it.")
+    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Steps in the whole run.")
+    percent: float | None = Field(default=None, ge=0, le=100, description="step / totalSteps.")
+    percent_text: str | None = Field(default=None, description="percent as text, e.g. 30%.")
+    epoch: float | None = Field(default=None, ge=0, description="Fractional epoch.")
+    loss: float | None = Field(default=None, description="Training loss (latest window).")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Throughput.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
+    eta: str | None = Field(default=None, description="ETA as text, e.g. 1h20m.")
+    gpu_memory_mib: int | None = Field(
+        default=None, alias="gpuMemoryMiB", ge=0, description="Peak GPU memory per GPU."
+    )
+    updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
+
+
+class CheckpointStatus(_Base):
+    """Newest complete checkpoint."""
+
+    step: int = Field(ge=0, description="Step of the checkpoint.")
+    path: str = Field(default="", description="Path relative to the job's volume.")
+    time: datetime | None = Field(default=None, description="When it was written.")
+
+
+class DataStatus(_Base):
+    """What the prepare stage found in the dataset."""
+
+    records: int | None = Field(default=None, ge=0, description="Records after validation.")
+    tokens: int | None = Field(default=None, ge=0, description="Tokens after formatting.")
+    truncated: int | None = Field(default=None, ge=0, description="Records cut at maxSeqLength.")
+
+
+class PlanStatus(_Base):
+    """The memory plan (prepare stage; micro-batch halved on CUDA OOM)."""
+
+    strategy: str | None = Field(default=None, description="single, ddp or model split.")
+    micro_batch_size: int | None = Field(default=None, ge=1, description="Per-process batch.")
+    gradient_accumulation: int | None = Field(default=None, ge=1, description="Accumulation.")
+    estimated_gpu_memory_mib: int | None = Field(
+        default=None, alias="estimatedGpuMemoryMiB", ge=0, description="Estimated peak per GPU."
+    )
+    gpu_memory_mib: int | None = Field(
+        default=None, alias="gpuMemoryMiB", ge=0, description="Memory of one GPU planned for."
+    )
+    parameters: int | None = Field(default=None, ge=0, description="Model parameters.")
+    fits: bool | None = Field(default=None, description="The planner's verdict.")
+    message: str | None = Field(default=None, description="The planner's explanation.")
+
+
+class Attempt(_Base):
+    """One finished training (or prepare) pod."""
+
+    attempt: int = Field(ge=0, description="Attempt number (0 = the prepare pod).")
+    pod: str = Field(description="Pod name.")
+    reason: str = Field(description="Why it ended (Completed, Suspended, OOMKilled, CudaOOM…).")
+    exit_code: int | None = Field(default=None, description="Trainer exit code, if any.")
+    step: int | None = Field(default=None, ge=0, description="Last step reported.")
+    message: str | None = Field(default=None, description="Termination message.")
+    start_time: datetime | None = Field(default=None, description="When the pod started.")
+    finish_time: datetime | None = Field(default=None, description="When it ended.")
+
+
+class FineTuneJobStatus(_Base):
+    """Observed state, written only by the operator."""
+
+    phase: PhaseName | None = Field(default=None, description="Lifecycle phase.")
+    reason: str | None = Field(default=None, description="Reason of the phase (failure class).")
+    message: str | None = Field(default=None, description="Human-readable detail.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed for."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Reconciling, Stalled, Progressing, Suspended, Succeeded, Failed.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    attempt: int = Field(default=0, ge=0, description="Number of the current training attempt.")
+    attempts: list[Attempt] = Field(default_factory=list, description="Finished pods.")
+    retry_after: datetime | None = Field(
+        default=None, description="The next attempt starts not before this time (backoff)."
+    )
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
+    data: DataStatus | None = Field(default=None, description="Dataset statistics.")
+    plan: PlanStatus | None = Field(default=None, description="Memory plan.")
+    start_time: datetime | None = Field(default=None, description="First training pod start.")
+    completion_time: datetime | None = Field(default=None, description="When it ended.")
+
+
+class FineTuneJob(_Base):
+    """A fine-tuning run of an open LLM on your data."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="finetune.dev/v1alpha1"
+    )
+    kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="FineTuneJob")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: FineTuneJobSpec = Field(description="Desired state.")
+    status: FineTuneJobStatus = Field(
+        default_factory=FineTuneJobStatus, description="Observed state."
+    )
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))
+
+    @property
+    def uid(self) -> str:
+        return str(self.metadata.get("uid", ""))
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation", 1))
+
+
+def parse_job(body: dict[str, Any]) -> FineTuneJob:
+    """A FineTuneJob from an API object (raises pydantic.ValidationError on a bad spec)."""
+    return FineTuneJob.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": dict(body.get("metadata") or {}),
+            "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
+        }
+    )
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict with camelCase keys and no nulls (what goes to the API)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,60 @@
+"""Operator settings, read once at startup from ``FTO_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the operator (env prefix ``FTO_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FTO_", frozen=True, extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch, comma-separated; empty = the whole cluster.",
+    )
+    trainer_image: str = Field(
+        default="localhost/finetune-trainer:dev",
+        description="Trainer image when spec.image is unset.",
+    )
+    image_pull_policy: str = Field(default="IfNotPresent", description="For trainer pods.")
+    termination_grace_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="Grace period of trainer pods: long enough to finish a step and checkpoint.",
+    )
+    progress_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the trainer writes progress (and we mirror it)."
+    )
+    api_server: str | None = Field(
+        default=None,
+        description="API server URL given to trainer pods; None = their in-cluster config.",
+    )
+    # Per-job retry defaults live in the CRD schema (spec.retry); this caps them cluster-wide.
+    retry_max_backoff_seconds: int = Field(
+        default=3600, ge=0, description="Upper bound of any job's retry delay."
+    )
+    resync_seconds: float = Field(
+        default=5.0, gt=0, description="Period of the per-job reconcile timer while active."
+    )
+    prepare_cpu: str = Field(default="500m", description="CPU request of the prepare pod.")
+    prepare_memory: str = Field(default="2Gi", description="Memory request/limit of prepare pods.")
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="Prometheus port (0=off).")
+    health_port: int = Field(default=8080, ge=0, le=65535, description="Liveness port (0=off).")
+    watch_server_timeout: int = Field(
+        default=300, ge=1, description="Seconds the apiserver keeps one watch open."
+    )
+    watch_client_timeout: int = Field(
+        default=330, ge=1, description="Client-side watch deadline (kopf issues #585, #1276)."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ns.strip() for ns in value.split(",") if ns.strip()]
+        return value
