@@ -80,8 +80,10 @@ class Sandbox:
     def _to_py(self, value: Any) -> Any:
         if lupa.lua_type(value) == "table":
             items = {k: self._to_py(v) for k, v in value.items()}
-            if items and all(isinstance(k, int) for k in items) and sorted(items) == list(
-                range(1, len(items) + 1)
+            if (
+                items
+                and all(isinstance(k, int) for k in items)
+                and sorted(items) == list(range(1, len(items) + 1))
             ):
                 return [items[i] for i in range(1, len(items) + 1)]
             return items
@@ -147,9 +149,16 @@ def test_every_phase_and_testdata_is_covered() -> None:
     assert covered == on_disk
     phases = {_load(CUSTOM / p).get("status", {}).get("phase") for p in covered}
     assert phases >= {
-        "Pending", "Preparing", "Queued", "Starting", "Running",
-        "Suspending", "Suspended", "Succeeded", "Failed",
-    }  # fmt: skip
+        "Pending",
+        "Preparing",
+        "Queued",
+        "Starting",
+        "Running",
+        "Suspending",
+        "Suspended",
+        "Succeeded",
+        "Failed",
+    }
 
 
 # Health per phase on the shared status fixtures (the ones kstatus and Flux CEL are tested on).
@@ -177,8 +186,12 @@ def test_health_on_status_fixtures(sandbox: Sandbox, name: str) -> None:
 
 
 def test_sandbox_really_lacks_the_libraries(sandbox: Sandbox, tmp_path: Path) -> None:
-    for body in ('return string.upper("x")', "return math.floor(1.5)", 'return ("x"):upper()',
-                 'return io.open("/etc/passwd")'):  # fmt: skip
+    for body in (
+        'return string.upper("x")',
+        "return math.floor(1.5)",
+        'return ("x"):upper()',
+        'return io.open("/etc/passwd")',
+    ):
         script = tmp_path / "probe.lua"
         script.write_text(body)
         with pytest.raises(lupa.LuaError):

@@ -30,8 +30,10 @@ Render = Callable[..., list[dict[str, Any]]]
 def _cache_bin(tool_dir: str) -> Path:
     out = subprocess.run(
         ["bash", "-c", f"source {ROOT}/hack/versions.sh && echo $FTO_CACHE"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return Path(out.stdout.strip()) / "bin" / tool_dir
 
 
@@ -39,16 +41,21 @@ def _cache_bin(tool_dir: str) -> Path:
 def helm() -> Path:
     version = subprocess.run(
         ["bash", "-c", f"source {ROOT}/hack/versions.sh && echo $HELM_VERSION"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     binary = _cache_bin(f"helm-v{version}") / "helm"
     if not binary.is_file():
         if shutil.which("go") is None:
             pytest.skip("helm is not built and go is not installed to build it")
         proc = subprocess.run(
-            [str(ROOT / "hack/build-tools.sh"), "helm"], capture_output=True, text=True,
+            [str(ROOT / "hack/build-tools.sh"), "helm"],
+            check=False,
+            capture_output=True,
+            text=True,
             timeout=1800,
-        )  # fmt: skip
+        )
         if proc.returncode != 0 or not binary.is_file():
             pytest.skip(f"could not build helm v{version}: {proc.stderr[-2000:]}")
     return binary
@@ -59,8 +66,10 @@ def render(helm: Path) -> Render:
     def _render(*args: str, release: str = "finetune-operator") -> list[dict[str, Any]]:
         proc = subprocess.run(
             [str(helm), "template", release, str(CHART), "-n", "finetune-system", *args],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
     return _render
@@ -72,9 +81,13 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
     return found[0]
 
 
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
 def test_lint_is_clean(helm: Path) -> None:
     proc = subprocess.run(
-        [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True
+        [str(helm), "lint", "--strict", str(CHART)], check=False, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
@@ -99,7 +112,8 @@ def test_deployment_runs_one_locked_down_replica(render: Render) -> None:
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
-    assert container["args"][0] == "--liveness=http://0.0.0.0:8080/healthz"
+    assert "args" not in container  # ports come from FTO_HEALTH_PORT / FTO_METRICS_PORT
+    assert env_of(container)["FTO_HEALTH_PORT"] == "8080"
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -136,21 +150,33 @@ def test_watched_namespaces_get_rolebindings(render: Render) -> None:
     docs = render("--set", "operator.watchNamespaces={ml,research}")
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "research"]
-    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding" and
-                d["roleRef"]["name"] == "finetune-operator"]  # fmt: skip
+    assert not [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "finetune-operator"
+    ]
     cluster = _one(docs, "ClusterRole", "finetune-operator-cluster")
     assert cluster["rules"] == gitops.operator_cluster_rules()
-    env = {e["name"]: e.get("value") for e in
-           _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    env = {
+        e["name"]: e.get("value")
+        for e in _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["FTO_NAMESPACES"] == "ml,research"
 
 
 def test_service_monitor_and_extra_env(render: Render) -> None:
     docs = render(
-        "--set", "metrics.serviceMonitor.enabled=true",
-        "--set", "extraEnv[0].name=FTO_RESYNC_SECONDS", "--set-string", "extraEnv[0].value=10",
-        "--set", "nodeSelector.role=system", "--set", "tolerations[0].operator=Exists",
-    )  # fmt: skip
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "extraEnv[0].name=FTO_RESYNC_SECONDS",
+        "--set-string",
+        "extraEnv[0].value=10",
+        "--set",
+        "nodeSelector.role=system",
+        "--set",
+        "tolerations[0].operator=Exists",
+    )
     sm = _one(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
@@ -165,8 +191,10 @@ def test_service_monitor_and_extra_env(render: Render) -> None:
 def test_metrics_off(render: Render) -> None:
     docs = render("--set", "metrics.enabled=false")
     assert not [d for d in docs if d["kind"] in ("Service", "ServiceMonitor")]
-    env = {e["name"]: e.get("value") for e in
-           _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    env = {
+        e["name"]: e.get("value")
+        for e in _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["FTO_METRICS_PORT"] == "0"
 
 
@@ -190,7 +218,7 @@ def test_argocd_configmap_value(render: Render) -> None:
 )
 def test_schema_rejects(helm: Path, args: tuple[str, ...]) -> None:
     proc = subprocess.run(
-        [str(helm), "template", "x", str(CHART), *args], capture_output=True, text=True
+        [str(helm), "template", "x", str(CHART), *args], check=False, capture_output=True, text=True
     )
     assert proc.returncode != 0
     assert "values don't meet the specifications of the schema" in proc.stderr or (
@@ -228,8 +256,10 @@ def test_chart_crd_and_generated_files_are_current() -> None:
 def _kubectl() -> list[str] | None:
     version = subprocess.run(
         ["bash", "-c", f"source {ROOT}/hack/versions.sh && echo $K8S_VERSION"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     built = _cache_bin(f"k8s-v{version}") / "kubectl"
     if built.is_file():
         return [str(built)]
@@ -246,18 +276,24 @@ def _strip(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def key(doc: dict[str, Any]) -> tuple[str, str]:
+    return (doc["kind"], doc["metadata"]["name"])
+
+
 def test_kustomize_install_matches_chart_defaults(render: Render) -> None:
     kubectl = _kubectl()
     if kubectl is None:
         pytest.skip("no kubectl (hack/build-tools.sh k8s) to run kustomize")
     proc = subprocess.run(
         [*kubectl, "kustomize", str(ROOT / "manifests/install")],
-        capture_output=True, text=True, check=True, env={**os.environ},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ},
+    )
     installed = [d for d in yaml.safe_load_all(proc.stdout) if d]
     namespace = _one(installed, "Namespace")
     assert namespace["metadata"]["name"] == "finetune-system"
-    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
     ours = {key(d): _strip(d) for d in installed if d["kind"] != "Namespace"}
     chart = {key(d): _strip(d) for d in render("--include-crds")}
     assert sorted(ours) == sorted(chart)

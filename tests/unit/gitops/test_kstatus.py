@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from finetune_operator import kstatus
+from finetune_operator import models as m
+from finetune_operator import status as op_status
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests/fixtures/status"
@@ -66,12 +68,19 @@ def kstatus_check() -> Path:
     env = {**os.environ}
     versions = subprocess.run(
         ["bash", "-c", f"source {ROOT}/hack/versions.sh && echo $FTO_CACHE $CLI_UTILS_VERSION"],
-        capture_output=True, text=True, check=True, env=env,
-    ).stdout.split()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.split()
     proc = subprocess.run(
         [str(ROOT / "hack/build-tools.sh"), "kstatus"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     if proc.returncode != 0:
         pytest.skip(f"could not build kstatus-check: {proc.stderr[-2000:]}")
     binary = Path(versions[0]) / "bin" / f"kstatus-check-{versions[1]}" / "kstatus-check"
@@ -83,8 +92,11 @@ def test_go_library_agrees_on_every_fixture(kstatus_check: Path) -> None:
     names = sorted(EXPECTED)
     proc = subprocess.run(
         [str(kstatus_check), *(str(FIXTURES / f"{n}.yaml") for n in names)],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(results) == len(names)
     for name, got in zip(names, results, strict=True):
@@ -123,13 +135,15 @@ def _documented_health_check() -> dict[str, Any]:
 def _flux_status(check: dict[str, Any], obj: dict[str, Any]) -> str:
     """kustomize-controller's evaluation of a custom health check (fluxcd/pkg runtime/cel)."""
     import celpy
+    from celpy.adapter import json_to_cel
+    from celpy.evaluation import CELEvalError
 
     generation = obj.get("metadata", {}).get("generation")
     observed = (obj.get("status") or {}).get("observedGeneration")
     if observed is not None and observed != generation:
         return "InProgress"
     env = celpy.Environment()
-    activation = {key: celpy.json_to_cel(value) for key, value in obj.items()}
+    activation = {key: json_to_cel(value) for key, value in obj.items()}
     for key, status in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
         expr = check.get(key)
         if not expr:
@@ -138,7 +152,7 @@ def _flux_status(check: dict[str, Any], obj: dict[str, Any]) -> str:
             result = env.program(env.compile(expr)).evaluate(activation)
         except Exception:  # an error leaves the resource in progress
             return "InProgress"
-        if isinstance(result, celpy.CELEvalError):
+        if isinstance(result, CELEvalError):
             return "InProgress"
         if bool(result):
             return status
@@ -154,3 +168,15 @@ def test_documented_cel_snippet_targets_finetunejobs() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_flux_health_check_exprs(name: str) -> None:
     assert _flux_status(_documented_health_check(), _load(name)) == EXPECTED[name][1]
+
+
+@pytest.mark.parametrize("phase", sorted(m.Phase.ALL))
+def test_fixture_conditions_follow_the_operator_table(phase: str) -> None:
+    """The fixtures carry exactly the conditions ``status.conditions_for`` writes per phase."""
+    obj = _load(phase)
+    assert obj["status"]["phase"] == phase
+    got = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+    types = ("Ready", "Reconciling", "Stalled", "Progressing", "Suspended", "Succeeded", "Failed")
+    assert got == dict(zip(types, op_status.CONDITION_TABLE[phase], strict=True))
+    generation = obj["metadata"]["generation"]
+    assert all(c["observedGeneration"] == generation for c in obj["status"]["conditions"])
