@@ -1,0 +1,157 @@
+"""Small TrainerCallbacks: SIGTERM -> checkpoint -> stop, checkpoint markers, progress, losses."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetune_trainer import checkpoints
+from finetune_trainer.progress import Reporter, now_iso
+
+log = logging.getLogger(__name__)
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+class SignalCallback(TrainerCallback):  # type: ignore[misc]
+    """On SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop.
+
+    Every rank agrees on the stop through an all-reduce (ranks receive the signal at slightly
+    different moments; stopping on different steps would deadlock the next collective).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.requested = False
+        self.stopped = False
+        self.device = device
+
+    def install(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: will checkpoint after the current step and stop", signum)
+            self.requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _agreed(self) -> bool:
+        dist = _dist()
+        if dist is None:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([1 if self.requested else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._agreed():
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class MarkerCallback(TrainerCallback):  # type: ignore[misc]
+    """After HF has written a checkpoint on every rank: marker (rank 0), retention, report."""
+
+    def __init__(self, root: Path, keep: int, reporter: Reporter | None, progress: ProgressCallback
+                 ) -> None:
+        self.root = root
+        self.keep = keep
+        self.reporter = reporter
+        self.progress = progress
+        self.last: dict[str, Any] | None = None
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        dist = _dist()
+        if dist is not None:
+            dist.barrier()  # every rank's files (RNG state per rank) are on disk
+        path = self.root / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            info = {"step": state.global_step, "time": now_iso(),
+                    "world_size": args.world_size}
+            checkpoints.write_marker(path, info)
+            checkpoints.rotate(self.root, self.keep)
+            self.last = {"step": state.global_step, "path": f"checkpoints/{path.name}",
+                         "time": info["time"]}
+            log.info("checkpoint %s complete", path)
+            self.progress.checkpoint = self.last
+            self.progress.send(state, "checkpointing", force=True)
+        if dist is not None:
+            dist.barrier()
+        return control
+
+
+class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+    """Step, loss, learning rate, tokens/s, ETA and GPU memory to the progress object (rank 0)."""
+
+    def __init__(self, reporter: Reporter | None, attempt: int, cuda: bool) -> None:
+        self.reporter = reporter
+        self.attempt = attempt
+        self.cuda = cuda
+        self.loss: float | None = None
+        self.learning_rate: float | None = None
+        self.checkpoint: dict[str, Any] | None = None
+        self._t0: float | None = None
+        self._step0 = 0
+        self._tokens0 = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._t0 = time.monotonic()
+        self._step0 = state.global_step
+        self._tokens0 = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss = float(logs["loss"])
+        if "learning_rate" in logs:
+            self.learning_rate = float(logs["learning_rate"])
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # the loss of this step is logged right after on_step_end; report it on the next one
+        self.send(state, "running")
+        return control
+
+    def snapshot(self, state: Any, status: str) -> dict[str, Any]:
+        elapsed = time.monotonic() - (self._t0 or time.monotonic())
+        steps = state.global_step - self._step0
+        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
+        eta = None
+        if steps > 0 and state.max_steps:
+            eta = int(round(elapsed / steps * max(state.max_steps - state.global_step, 0)))
+        memory = None
+        if self.cuda:
+            import torch
+
+            memory = int(torch.cuda.max_memory_reserved() // (1024 * 1024))
+        return {
+            "attempt": self.attempt,
+            "state": status,
+            "step": state.global_step,
+            "total_steps": state.max_steps,
+            "epoch": round(float(state.epoch or 0.0), 4),
+            "loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 and tokens else None,
+            "eta_seconds": eta,
+            "gpu_memory_mib": memory,
+            "checkpoint": self.checkpoint,
+        }
+
+    def send(self, state: Any, status: str, *, force: bool = False) -> None:
+        if self.reporter is None or not state.is_world_process_zero:
+            return
+        self.reporter.progress(self.snapshot(state, status), force=force)

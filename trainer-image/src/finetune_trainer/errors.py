@@ -1,0 +1,79 @@
+"""Exceptions with the exit codes of docs/contract.md (section 4).
+
+Every failure the trainer can explain maps to one of these; ``main`` turns them into the process
+exit code and the one-line termination message the operator shows in ``status.message``.
+"""
+
+from __future__ import annotations
+
+import os
+
+TERMINATION_LOG = "/dev/termination-log"
+
+
+class TrainerError(Exception):
+    """Base class: an explained failure with an exit code and an operator-facing reason."""
+
+    exit_code = 1
+    reason = "Error"
+
+
+class ConfigError(TrainerError):
+    """The config file is missing, unparsable or violates the contract (also: impossible backend)."""
+
+    exit_code = 2
+    reason = "BadConfig"
+
+
+class DataError(TrainerError):
+    """A record is malformed or the dataset cannot be read; the message names file, row and field."""
+
+    exit_code = 3
+    reason = "BadData"
+
+
+class ModelNotFoundError(TrainerError):
+    """The model (or its tokenizer / config.json) cannot be found or loaded."""
+
+    exit_code = 4
+    reason = "ModelNotFound"
+
+
+class PlanRefusedError(TrainerError):
+    """The memory planner says the job cannot fit the GPUs it was given."""
+
+    exit_code = 5
+    reason = "PlanRefused"
+
+
+class SuspendedError(TrainerError):
+    """Stopped on SIGTERM after writing a complete checkpoint."""
+
+    exit_code = 10
+    reason = "Suspended"
+
+
+class CudaOOMError(TrainerError):
+    """CUDA ran out of memory; the message says what to change."""
+
+    exit_code = 11
+    reason = "CudaOOM"
+
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_SUSPENDED = SuspendedError.exit_code
+EXIT_OOM = CudaOOMError.exit_code
+
+
+def write_termination_log(message: str) -> None:
+    """Best effort: the line explaining the failure, which Kubernetes copies into the status.
+
+    ``FTO_TERMINATION_LOG`` overrides the path (tests, and the launcher's per-rank files).
+    """
+    path = os.environ.get("FTO_TERMINATION_LOG", TERMINATION_LOG)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(message.replace("\n", " ")[:4000])
+    except OSError:
+        pass

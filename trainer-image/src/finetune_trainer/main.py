@@ -1,0 +1,113 @@
+"""Command line: ``finetune-trainer {train,prepare,make-tiny-model,make-dataset}``.
+
+Maps every failure to the exit codes of docs/contract.md and writes a one-line reason to
+/dev/termination-log (``FTO_TERMINATION_LOG`` overrides the path), which Kubernetes copies into the
+container status. Heavy imports (torch, transformers) happen inside the subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, TrainerError, write_termination_log
+
+log = logging.getLogger("finetune_trainer")
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune-trainer", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("FTO_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train (resuming from the newest complete checkpoint)"),
+                       ("prepare", "validate + tokenize the data and plan memory (CPU)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", default="/etc/finetune/config.json", help="config.json path")
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random model + tokenizer")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--arch", default="llama",
+                      choices=["llama", "mistral", "qwen2", "qwen3", "gemma"])
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--hidden", type=int, default=64)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--vocab-size", type=int, default=512)
+    ds = sub.add_parser("make-dataset", help="write the synthetic alpaca task as jsonl")
+    ds.add_argument("out", type=Path)
+    ds.add_argument("--records", type=int, default=512)
+    ds.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "make-tiny-model":
+        from finetune_trainer.tiny import make_tiny_model
+
+        out = make_tiny_model(args.out, args.arch, seed=args.seed, vocab_size=args.vocab_size,
+                              hidden=args.hidden, layers=args.layers)
+        log.info("tiny %s model written to %s", args.arch, out)
+        return 0
+    if args.command == "make-dataset":
+        from finetune_trainer.tiny import synthetic_records, write_jsonl
+
+        write_jsonl(args.out, synthetic_records(args.records, seed=args.seed))
+        log.info("%d synthetic records written to %s", args.records, args.out)
+        return 0
+
+    from finetune_trainer.config import load_config
+
+    config = load_config(args.config)
+    if args.command == "prepare":
+        from finetune_trainer import prepare
+        from finetune_trainer.progress import Reporter, make_sink
+
+        reporter = Reporter(make_sink(config), config.progress.interval_seconds)
+        result = prepare.run(config, reporter)
+        log.info("prepare ok: %s; %s steps", result["plan"]["message"], result["total_steps"])
+        return 0
+    from finetune_trainer import train
+
+    return train.main(config, args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _run(args)
+    except TrainerError as exc:
+        message = f"{exc.reason}: {exc}"
+        log.error("%s", message)
+        write_termination_log(message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        write_termination_log("Error: interrupted")
+        return EXIT_ERROR
+    except Exception as exc:
+        if _is_cuda_oom(exc):
+            message = f"CudaOOM: {exc}".splitlines()[0]
+            log.error("%s", message)
+            write_termination_log(message)
+            return EXIT_OOM
+        log.exception("failed")
+        write_termination_log(f"Error: {type(exc).__name__}: {exc}".splitlines()[0])
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Training: TRL's SFT trainer over the prepared dataset, with checkpoints that resume exactly.
+
+``main`` resolves the plan (prepare stage's result, or the planner run here), launches one process
+per GPU when the plan says ddp, and in each process: loads the model through backends.py, opens the
+prepared (already tokenized) dataset — building it here only if the prepare stage did not — packs
+it when asked, and runs ``SFTTrainer`` with checkpoints under ``<work>/checkpoints``. On start it
+resumes from the newest COMPLETE checkpoint (HF Trainer restores step, optimizer, scheduler, RNG
+and skips the batches already seen). SIGTERM ends with a checkpoint and exit 10; CUDA OOM with 11.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune_trainer import backends, checkpoints, launch, planner, prepare
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.errors import (
+    EXIT_SUSPENDED,
+    CudaOOMError,
+    PlanRefusedError,
+    write_termination_log,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    strategy: str
+    processes: int
+    micro_batch_size: int
+    gradient_accumulation: int
+    total_steps: int | None
+    source: str  # "prepare" or "planner"
+
+
+def resolve_plan(config: TrainerConfig) -> RunPlan:
+    """The prepare stage's plan when it matches this config, else the planner run now.
+
+    Explicit micro_batch_size / gradient_accumulation in the config (e.g. edited while suspended,
+    or the operator's OOM retry) win over the planner's choice.
+    """
+    t = config.training
+    result = prepare.read_result(config)
+    if result and result.get("ok") and result.get("plan"):
+        p = result["plan"]
+        source = "prepare"
+        strategy, processes = str(p["strategy"]), int(p["processes"])
+        micro, accum = int(p["micro_batch_size"]), int(p["gradient_accumulation"])
+    else:
+        plan = prepare.make_plan(config, prepare.load_model_config(config))
+        if not plan.fits:
+            raise PlanRefusedError(plan.message)
+        source = "planner"
+        strategy, processes = plan.strategy, plan.processes
+        micro, accum = plan.micro_batch_size, plan.gradient_accumulation
+    if config.gpus > 1 and strategy == "single":
+        strategy, processes = "ddp", config.gpus
+    if t.micro_batch_size is not None:
+        micro = t.micro_batch_size
+        accum = t.gradient_accumulation or max(t.batch_size // (micro * processes), 1)
+    elif t.gradient_accumulation is not None:
+        accum = t.gradient_accumulation
+        micro = max(t.batch_size // (accum * processes), 1)
+    if micro * accum * processes != t.batch_size:
+        raise PlanRefusedError(
+            f"microBatchSize {micro} x gradientAccumulation {accum} x {processes} processes "
+            f"!= batchSize {t.batch_size}"
+        )
+    return RunPlan(strategy, processes, micro, accum, None, source)
+
+
+def main(config: TrainerConfig, config_path: str) -> int:
+    """Entry of ``finetune-trainer train``; returns the exit code."""
+    cache = Path(config.paths.model_cache) / "hub"
+    os.environ.setdefault("HF_HUB_CACHE", str(cache))
+    plan = resolve_plan(config)
+    if plan.processes > 1 and not launch.is_child():
+        import torch
+
+        args = ["--log-level", logging.getLevelName(logging.getLogger().level), "train",
+                "--config", config_path]
+        code, reason = launch.launch(args, plan.processes, cuda=torch.cuda.is_available())
+        if code != 0 and reason:
+            write_termination_log(reason)
+        return code
+    return run(config, plan)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _load_datasets(config: TrainerConfig, tokenizer_for_hash: Any) -> tuple[Any, Any, Path]:
+    """Train (and validation) datasets with labels, packed when asked."""
+    from finetune_trainer import packing
+
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and _rank() != 0:
+        dist.barrier()  # rank 0 builds (or finds) the prepared dataset first
+    prepared = prepare.build_dataset(config, tokenizer_for_hash)
+    if distributed and _rank() == 0:
+        dist.barrier()
+    if not prepared.reused:
+        log.info("the prepare stage had not run: tokenized here (%s)", prepared.path)
+    splits = prepare.load_prepared(prepared.path)
+    max_len = config.training.max_seq_length
+    shape = packing.pack if config.training.packing else None
+    train = shape(splits["train"], max_len) if shape else packing.unpacked(splits["train"])
+    evaluation = None
+    if "validation" in splits:
+        evaluation = packing.unpacked(splits["validation"])
+    return train, evaluation, prepared.path
+
+
+def _init_distributed(device: backends.Device) -> None:
+    if device.world_size <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device.cuda:
+            torch.cuda.set_device(device.local_rank)
+        dist.init_process_group("nccl" if device.cuda else "gloo")
+
+
+def run(config: TrainerConfig, plan: RunPlan) -> int:
+    """Train in this process (one rank); returns 0 or 10 (suspended)."""
+    from finetune_trainer.callbacks import MarkerCallback, ProgressCallback, SignalCallback
+    from finetune_trainer.progress import Reporter, make_sink
+
+    started = time.time()
+    device = backends.detect_device()
+    signals = SignalCallback(f"cuda:{device.local_rank}" if device.cuda else "cpu")
+    signals.install()  # a SIGTERM during loading still ends with a checkpoint after one step
+    backend = backends.resolve(config, device)
+    backends.early_import(backend)  # unsloth must patch transformers/TRL before they load
+    _init_distributed(device)
+    is_main = _rank() == 0
+    reporter = Reporter(make_sink(config), config.progress.interval_seconds, enabled=is_main)
+    token = prepare.hub_token(config)
+
+    work = config.work
+    ckpt_root = work / "checkpoints"
+    if is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_incomplete(ckpt_root)
+    resume = checkpoints.newest_complete(ckpt_root)
+    tokenizer_for_hash = prepare.load_tokenizer(config)
+    train_ds, eval_ds, prepared_path = _load_datasets(config, tokenizer_for_hash)
+
+    loaded = backends.load(config, backend, device, token, plan.strategy)
+    log.info("backend %s, dtype %s, method %s, micro-batch %d x accumulation %d x %d processes",
+             loaded.backend, loaded.dtype, config.method, plan.micro_batch_size,
+             plan.gradient_accumulation, device.world_size)
+
+    from trl import SFTConfig, SFTTrainer
+
+    t = config.training
+    packing_on = t.packing and not config.model.trust_remote_code
+    args = SFTConfig(
+        output_dir=str(ckpt_root),
+        per_device_train_batch_size=plan.micro_batch_size,
+        per_device_eval_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps if t.warmup_steps else t.warmup_ratio,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=loaded.dtype == "bf16",
+        fp16=loaded.dtype == "fp16",
+        use_cpu=not device.cuda,
+        ddp_backend=None if device.world_size <= 1 else ("nccl" if device.cuda else "gloo"),
+        gradient_checkpointing=t.gradient_checkpointing and loaded.backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.checkpoint.every_steps,
+        save_total_limit=None,  # retention counts complete checkpoints only (MarkerCallback)
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        max_length=None,  # rows are truncated/packed to max_seq_length already
+        packing=False,  # rows are packed already (packing.py), the collator only flattens them
+        padding_free=packing_on,
+        completion_only_loss=True,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+    )
+    progress = ProgressCallback(reporter if is_main else None, config.job.attempt, device.cuda)
+    marker = MarkerCallback(ckpt_root, config.checkpoint.keep, reporter, progress)
+    trainer_class = SFTTrainer if device.cuda else cpu_trainer_class(SFTTrainer)
+    trainer = trainer_class(
+        model=loaded.model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=loaded.tokenizer,
+        callbacks=[signals, progress, marker],
+    )
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+            raise CudaOOMError(oom_advice(config, plan)) from exc
+        raise
+    state = trainer.state
+    if signals.stopped and state.global_step < state.max_steps:
+        progress.send(state, "suspended", force=True)
+        log.info("stopped at step %d on SIGTERM with a complete checkpoint", state.global_step)
+        return EXIT_SUSPENDED
+
+    eval_loss = None
+    if eval_ds is not None:
+        eval_loss = float(trainer.evaluate()["eval_loss"])
+    out = work / "output"
+    target = out / ("model" if config.method == "full" else "adapter")
+    trainer.save_model(str(target))
+    if is_main:
+        loaded.tokenizer.save_pretrained(str(target))
+        if config.output.merge_adapter and config.method != "full":
+            backends.save_merged(loaded, trainer.model, out / "merged")
+        summary = make_summary(config, plan, loaded, state, started, resume, prepared_path,
+                               eval_loss)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        progress.send(state, "completed", force=True)
+    log.info("done: %d steps, output in %s", state.global_step, target)
+    return 0
+
+
+def cpu_trainer_class(base: Any) -> Any:
+    """SFTTrainer with the plain transformers loss.
+
+    TRL 1.15 computes the loss with a Triton kernel (chunked log-probs), which needs a GPU; on CPU
+    the model's own cross-entropy (``Trainer.compute_loss``, same token-mean over
+    ``num_items_in_batch``) is used instead. Only TRL's entropy/accuracy metrics are lost.
+    """
+    from transformers import Trainer
+
+    class CPUSFTTrainer(base):  # type: ignore[misc,valid-type]
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return CPUSFTTrainer
+
+
+def oom_advice(config: TrainerConfig, plan: RunPlan) -> str:
+    t = config.training
+    tips = []
+    if plan.micro_batch_size > 1:
+        tips.append(f"halve microBatchSize ({plan.micro_batch_size} -> "
+                    f"{plan.micro_batch_size // 2}; gradientAccumulation doubles)")
+    tips.append(f"lower maxSeqLength (now {t.max_seq_length})")
+    if config.method != "qlora":
+        tips.append("use qlora")
+    return (f"CUDA out of memory at microBatchSize {plan.micro_batch_size}, maxSeqLength "
+            f"{t.max_seq_length}: " + ", or ".join(tips))
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("finetune-trainer", "torch", "transformers", "peft", "trl", "datasets",
+                 "unsloth", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def make_summary(config: TrainerConfig, plan: RunPlan, loaded: backends.Loaded, state: Any,
+                 started: float, resumed_from: Path | None, prepared_path: Path,
+                 eval_loss: float | None) -> dict[str, Any]:
+    losses = [{"step": int(e["step"]), "loss": float(e["loss"])}
+              for e in state.log_history if "loss" in e and "step" in e]
+    train_metrics = next((e for e in reversed(state.log_history) if "train_runtime" in e), {})
+    return {
+        "job": config.job.name,
+        "attempt": config.job.attempt,
+        "method": config.method,
+        "backend": loaded.backend,
+        "dtype": loaded.dtype,
+        "steps": state.global_step,
+        "total_steps": state.max_steps,
+        "epochs": state.epoch,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "losses": losses,
+        "eval_loss": eval_loss,
+        "tokens": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+        "plan": {"strategy": plan.strategy, "processes": plan.processes,
+                 "micro_batch_size": plan.micro_batch_size,
+                 "gradient_accumulation": plan.gradient_accumulation, "source": plan.source},
+        "packing": config.training.packing,
+        "resumed_from": resumed_from.name if resumed_from else None,
+        "prepared": str(prepared_path),
+        "train_runtime_seconds": train_metrics.get("train_runtime"),
+        "wall_seconds": round(time.time() - started, 3),
+        "versions": versions(),
+    }
+
+
+__all__ = ["RunPlan", "main", "planner", "resolve_plan", "run"]
