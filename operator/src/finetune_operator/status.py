@@ -271,6 +271,8 @@ def merge_progress(
     percent = round(100.0 * step / total, 1) if total else None
     eta = _int(raw.get("eta_seconds"), 0, 10**8)
     loss = _num(raw.get("loss"), 0.0, 1e6)
+    if loss is not None:
+        loss = float(f"{loss:.4g}")  # what `kubectl get ftj` prints
     return m.Progress(
         attempt=attempt,
         step=step,
