@@ -176,6 +176,12 @@ def build_crd() -> dict[str, Any]:
             "status": status_schema(),
         },
         "required": ["spec"],
+        "x-kubernetes-validations": [
+            {
+                "rule": "size(self.metadata.name) <= 63",
+                "message": "metadata.name must be at most 63 characters (it labels the job's pods)",
+            }
+        ],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -1,0 +1,208 @@
+"""Every CEL rule of the generated CRD, rejected by the real apiserver with its message; the
+samples accepted; model/dataset/method immutable unless suspended."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness import REPO_ROOT, Cluster
+
+pytestmark = pytest.mark.integration
+
+CRD = REPO_ROOT / "crds" / "finetune.dev_finetunejobs.yaml"
+
+GOOD: dict[str, Any] = {
+    "model": {"name": "org/model"},
+    "dataset": {"url": "https://example.com/train.jsonl"},
+    "method": "lora",
+    "training": {"maxSteps": 10, "batchSize": 8},
+    "resources": {"gpus": 1},
+    "output": {"pvc": "out"},
+}
+
+# (what is wrong, spec overrides (None deletes a key), the rule's message)
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("two model sources", {"model": {"name": "a/b", "pvc": "m", "path": "x"}},
+     "model: set exactly one of name (hub id) or pvc (+ path)"),
+    ("no model source", {"model": {"revision": "main"}},
+     "model: set exactly one of name (hub id) or pvc (+ path)"),
+    ("model pvc without path", {"model": {"pvc": "m"}}, "model: pvc and path go together"),
+    ("absolute model path", {"model": {"pvc": "m", "path": "/etc"}},
+     "model.path must be relative to the PVC and must not contain '..'"),
+    ("two dataset sources", {"dataset": {"url": "https://x/y", "hub": "a/b"}},
+     "dataset: set exactly one of url, pvc (+ path), hub or configMap"),
+    ("dataset pvc without path", {"dataset": {"pvc": "d"}}, "dataset: pvc and path go together"),
+    ("ftp url", {"dataset": {"url": "ftp://x/y"}},
+     "dataset.url must start with http:// or https://"),
+    ("dataset path escaping", {"dataset": {"pvc": "d", "path": "../secret"}},
+     "dataset.path must be relative to the PVC and must not contain '..'"),
+    ("lora rank 0", {"lora": {"r": 0}}, "lora.r must be between 1 and 1024"),
+    ("lora alpha 0", {"lora": {"alpha": 0}}, "lora.alpha must be greater than 0"),
+    ("lora dropout 1", {"lora": {"dropout": 1.0}}, "lora.dropout must be in [0, 1)"),
+    ("epochs and maxSteps", {"training": {"epochs": 1, "maxSteps": 5, "batchSize": 8}},
+     "training: set exactly one of epochs or maxSteps"),
+    ("neither epochs nor maxSteps", {"training": {"batchSize": 8}},
+     "training: set exactly one of epochs or maxSteps"),
+    ("batch not a multiple", {"training": {"maxSteps": 5, "batchSize": 10, "microBatchSize": 4}},
+     "training.batchSize must be a multiple of training.microBatchSize"),
+    ("learning rate 0", {"training": {"maxSteps": 5, "learningRate": 0}},
+     "training.learningRate must be in (0, 1]"),
+    ("epochs 0", {"training": {"epochs": 0}}, "training.epochs must be in (0, 1000]"),
+    ("warmup ratio 1", {"training": {"maxSteps": 5, "warmupRatio": 1.0}},
+     "training.warmupRatio must be in [0, 1)"),
+    ("9 gpus", {"resources": {"gpus": 9}},
+     "resources.gpus must be between 0 (CPU-only) and 8 (one node)"),
+    ("negative gpus", {"resources": {"gpus": -1}},
+     "resources.gpus must be between 0 (CPU-only) and 8 (one node)"),
+    ("output pvc and size", {"output": {"pvc": "out", "size": "10Gi"}},
+     "output: set exactly one of pvc (existing claim) or size (new claim)"),
+    ("storageClass with pvc", {"output": {"pvc": "out", "storageClass": "fast"}},
+     "output.storageClass only applies with output.size"),
+    ("qlora on cpu", {"method": "qlora", "resources": {"gpus": 0}},
+     "method qlora needs resources.gpus >= 1 (4-bit quantisation runs on CUDA only)"),
+    ("lora settings with full", {"method": "full", "lora": {"r": 8}},
+     "lora settings apply only to methods lora and qlora"),
+    ("unsloth on cpu", {"backend": "unsloth", "resources": {"gpus": 0}},
+     "backend unsloth needs resources.gpus >= 1"),
+]  # fmt: skip
+
+IMMUTABLE = [
+    ("model", {"model": {"name": "org/other"}},
+     "spec.model is immutable while the job is not suspended (set suspend: true first)"),
+    ("dataset", {"dataset": {"url": None, "hub": "org/data"}},
+     "spec.dataset is immutable while the job is not suspended (set suspend: true first)"),
+    ("method", {"method": "full"},
+     "spec.method is immutable while the job is not suspended (set suspend: true first)"),
+]  # fmt: skip
+
+NAME_RULE = "metadata.name must be at most 63 characters (it labels the job's pods)"
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> dict[str, Any]:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "--timeout=60s"
+    )
+    loaded: dict[str, Any] = yaml.safe_load(CRD.read_text())
+    return loaded
+
+
+def _rules(schema: dict[str, Any]) -> list[dict[str, str]]:
+    found = list(schema.get("x-kubernetes-validations", []))
+    for sub in (schema.get("properties") or {}).values():
+        found += _rules(sub)
+    if isinstance(schema.get("items"), dict):
+        found += _rules(schema["items"])
+    return found
+
+
+def _spec(overrides: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(GOOD)
+    for key, value in overrides.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+def _obj(name: str, namespace: str, spec: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
+
+
+def test_every_rule_has_a_case(crd: dict[str, Any]) -> None:
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    messages = {r["message"] for r in _rules(schema)}
+    covered = {msg for _, _, msg in BAD} | {msg for _, _, msg in IMMUTABLE} | {NAME_RULE}
+    assert messages == covered
+    assert len(messages) >= 10
+
+
+def test_good_object_is_accepted(cluster: Cluster, crd: dict[str, Any], namespace: str) -> None:
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=_obj("ok", namespace, GOOD)
+    )
+    assert "created (server dry run)" in out
+
+
+@pytest.mark.parametrize(("what", "overrides", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_object_is_rejected_with_the_rules_message(
+    cluster: Cluster,
+    crd: dict[str, Any],
+    namespace: str,
+    *,
+    what: str,
+    overrides: dict[str, Any],
+    message: str,
+) -> None:
+    body = _obj("bad", namespace, _spec(overrides))
+    with pytest.raises(RuntimeError) as err:
+        cluster.kubectl("create", "--dry-run=server", "-f", "-", input=body)
+    assert message in str(err.value), what
+
+
+def test_long_name_is_rejected(cluster: Cluster, crd: dict[str, Any], namespace: str) -> None:
+    with pytest.raises(RuntimeError, match="at most 63 characters"):
+        cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=_obj("x" * 64, namespace, GOOD)
+        )
+
+
+@pytest.mark.parametrize(("field", "change", "message"), IMMUTABLE, ids=[i[0] for i in IMMUTABLE])
+def test_immutable_unless_suspended(
+    cluster: Cluster,
+    crd: dict[str, Any],
+    namespace: str,
+    *,
+    field: str,
+    change: dict[str, Any],
+    message: str,
+) -> None:
+    cluster.kubectl("create", "-f", "-", input=_obj("job", namespace, GOOD))
+    patch = json.dumps({"spec": change})
+    with pytest.raises(RuntimeError) as err:
+        cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge", "-p", patch)
+    assert message in str(err.value), field
+    # safe fields stay editable while running
+    cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge",
+                    "-p", '{"spec": {"training": {"learningRate": 0.0001}}}')  # fmt: skip
+    # suspended: the change is accepted (it takes effect on resume)
+    cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge",
+                    "-p", '{"spec": {"suspend": true}}')  # fmt: skip
+    cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge", "-p", patch)
+
+
+def test_samples_pass_server_side_validation(
+    cluster: Cluster, crd: dict[str, Any], namespace: str
+) -> None:
+    out = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", str(REPO_ROOT / "manifests/samples")
+    )
+    assert out.count("finetunejob.finetune.dev/") == 3
+
+
+def test_defaults_come_from_the_schema(
+    cluster: Cluster, crd: dict[str, Any], namespace: str
+) -> None:
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-o", "json", "-f", "-", input=_obj("d", namespace, GOOD)
+    )
+    spec = json.loads(out)["spec"]
+    assert spec["training"]["learningRate"] == 0.0002
+    assert spec["checkpoint"] == {"everySteps": 50, "keep": 3}
+    assert spec["retry"] == {"limit": 3, "backoffSeconds": 10, "maxBackoffSeconds": 600}
+    assert spec["suspend"] is False and spec["backend"] == "auto"
+    assert spec["model"]["trustRemoteCode"] is False
