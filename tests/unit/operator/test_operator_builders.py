@@ -1,0 +1,308 @@
+"""Builders compared as whole manifests; the planner's cluster-side helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from finetune_operator import builders as b
+from finetune_operator import models as m
+from finetune_operator import planner
+from finetune_operator.settings import Settings
+
+JobF = Callable[..., m.FineTuneJob]
+SETTINGS = Settings(trainer_image="localhost/finetune-trainer:dev", termination_grace_seconds=300)
+OWNER = {
+    "apiVersion": "finetune.dev/v1alpha1",
+    "kind": "FineTuneJob",
+    "name": "bot",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+RICH: dict[str, Any] = {
+    "model": {"pvc": "models", "path": "llama"},
+    "dataset": {"pvc": "data", "path": "t.jsonl"},
+    "method": "qlora",
+    "training": {"epochs": 2, "batchSize": 16, "maxSteps": None},
+    "resources": {"gpus": 2, "cpu": 4, "memory": "24Gi"},
+    "hubTokenSecretRef": {"name": "hf"},
+    "podTemplate": {
+        "nodeSelector": {"gpu": "3060"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        "env": [{"name": "A", "value": "1"}],
+        "priorityClassName": "high",
+        "labels": {"kueue.x-k8s.io/queue-name": "q"},
+    },
+}
+SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+MOUNTS = [
+    {"name": "config", "mountPath": "/etc/finetune", "readOnly": True},
+    {"name": "workspace", "mountPath": "/workspace", "subPath": "bot"},
+    {"name": "cache", "mountPath": "/cache"},
+    {"name": "models", "mountPath": "/models", "readOnly": True},
+    {"name": "data", "mountPath": "/data", "readOnly": True},
+    {"name": "hub-token", "mountPath": "/var/run/secrets/finetune.dev/hub", "readOnly": True},
+]
+VOLUMES = [
+    {"name": "config", "configMap": {"name": "bot-config"}},
+    {"name": "workspace", "persistentVolumeClaim": {"claimName": "out"}},
+    {"name": "cache", "emptyDir": {}},
+    {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+    {"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}},
+    {"name": "hub-token", "secret": {"secretName": "hf", "optional": True}},
+]
+ENV = [
+    {"name": "HF_HOME", "value": "/cache/huggingface"},
+    {"name": "FINETUNE_JOB", "value": "bot"},
+    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+    {"name": "A", "value": "1"},
+]
+
+
+def test_train_pod(make_job: JobF) -> None:
+    pod = b.train_pod(make_job(spec=RICH), 3, SETTINGS)
+    assert pod == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bot-3",
+            "namespace": "ml",
+            "labels": {
+                "kueue.x-k8s.io/queue-name": "q",
+                "app.kubernetes.io/managed-by": "finetune-operator",
+                "finetune.dev/job": "bot",
+                "finetune.dev/role": "train",
+                "finetune.dev/attempt": "3",
+            },
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "bot-trainer",
+            "automountServiceAccountToken": True,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 300,
+            "securityContext": POD_SECURITY,
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": "localhost/finetune-trainer:dev",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": [
+                        "finetune-trainer",
+                        "train",
+                        "--config",
+                        "/etc/finetune/config.json",
+                    ],
+                    "env": ENV,
+                    "resources": {
+                        "requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "2"},
+                        "limits": {"memory": "24Gi", "nvidia.com/gpu": "2"},
+                    },
+                    "volumeMounts": [*MOUNTS, {"name": "dshm", "mountPath": "/dev/shm"}],
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "securityContext": SECURITY,
+                }
+            ],
+            "volumes": [*VOLUMES, {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+            "nodeSelector": {"gpu": "3060"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "priorityClassName": "high",
+        },
+    }
+
+
+def test_prepare_pod_is_cpu_only(make_job: JobF) -> None:
+    pod = b.prepare_pod(make_job(spec=RICH), SETTINGS)
+    assert pod["metadata"]["name"] == "bot-prepare"
+    assert pod["metadata"]["labels"]["finetune.dev/role"] == "prepare"
+    spec = pod["spec"]
+    assert "priorityClassName" not in spec
+    assert spec["volumes"] == VOLUMES
+    container = spec["containers"][0]
+    assert container["command"] == [
+        "finetune-trainer",
+        "prepare",
+        "--config",
+        "/etc/finetune/config.json",
+    ]
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "2Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+    assert container["volumeMounts"] == MOUNTS and container["securityContext"] == SECURITY
+
+
+def test_cpu_job_requests_no_gpu(make_job: JobF) -> None:
+    job = make_job(spec={"resources": {"gpus": 0}, "image": "my/trainer:1"})
+    pod = b.train_pod(job, 1, SETTINGS)
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {}
+    assert container["image"] == "my/trainer:1"
+    assert all(v["name"] != "dshm" for v in pod["spec"]["volumes"])
+
+
+def test_trainer_config(make_job: JobF) -> None:
+    job = make_job(spec=RICH)
+    config = b.trainer_config(job, 2, planner.BatchPlan(2, 4), 12288, SETTINGS)
+    assert config == {
+        "version": 1,
+        "job": {"name": "bot", "namespace": "ml", "uid": "uid-1", "attempt": 2},
+        "model": {"name": None, "path": "/models/llama", "revision": None,
+                  "trust_remote_code": False},
+        "dataset": {"url": None, "path": "/data/t.jsonl", "hub": None, "split": "train",
+                    "format": "alpaca", "fields": {}, "validation_split": 0.0},
+        "method": "qlora",
+        "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": None},
+        "training": {"epochs": 2.0, "max_steps": None, "learning_rate": 0.0002, "batch_size": 16,
+                     "micro_batch_size": 2, "gradient_accumulation": 4, "max_seq_length": 2048,
+                     "warmup_steps": 0, "warmup_ratio": 0.0, "scheduler": "linear",
+                     "optimizer": "adamw_torch", "weight_decay": 0.0, "seed": 42,
+                     "precision": "auto", "packing": True, "gradient_checkpointing": True},
+        "checkpoint": {"every_steps": 50, "keep": 3},
+        "output": {"merge_adapter": False},
+        "backend": "auto",
+        "gpus": 2,
+        "gpu_memory_mib": 12288,
+        "paths": {"work": "/workspace", "model_cache": "/cache"},
+        "progress": {"config_map": "bot-progress", "namespace": "ml", "interval_seconds": 5.0,
+                     "api_server": None},
+        "hub_token_file": "/var/run/secrets/finetune.dev/hub/token",
+    }  # fmt: skip
+    cm = b.config_map(job, config)
+    assert cm["metadata"] == {
+        "name": "bot-config",
+        "namespace": "ml",
+        "labels": {"app.kubernetes.io/managed-by": "finetune-operator", "finetune.dev/job": "bot"},
+        "ownerReferences": [OWNER],
+    }
+    assert json.loads(cm["data"]["config.json"]) == config
+
+
+def test_inline_dataset_and_hub_model(make_job: JobF) -> None:
+    job = make_job(spec={"model": {"name": "org/m", "pvc": None, "path": None},
+                         "dataset": {"configMap": {"name": "cm", "key": "d.jsonl"}, "pvc": None,
+                                     "path": None, "format": "prompt-completion"}})  # fmt: skip
+    config = b.trainer_config(job, 1, None, None, SETTINGS)
+    assert config["model"]["name"] == "org/m" and config["model"]["path"] is None
+    assert config["dataset"]["path"] == "/data/d.jsonl"
+    assert config["dataset"]["format"] == "prompt_completion"
+    volumes = b.train_pod(job, 1, SETTINGS)["spec"]["volumes"]
+    assert {"name": "data", "configMap": {"name": "cm"}} in volumes
+    assert b.referenced_pvcs(job) == ["out"]
+
+
+def test_rbac_allows_only_the_progress_config_map(make_job: JobF) -> None:
+    job = make_job()
+    meta = {
+        "name": "bot-trainer",
+        "namespace": "ml",
+        "labels": {"app.kubernetes.io/managed-by": "finetune-operator", "finetune.dev/job": "bot"},
+        "ownerReferences": [OWNER],
+    }
+    assert b.service_account(job) == {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta,
+    }
+    assert b.role(job) == {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["bot-progress"],
+                "verbs": ["get", "patch", "update"],
+            }
+        ],
+    }
+    assert b.role_binding(job) == {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bot-trainer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bot-trainer", "namespace": "ml"}],
+    }
+
+
+def test_service_account_override_is_bound(make_job: JobF) -> None:
+    job = make_job(spec={"podTemplate": {"serviceAccountName": "team-sa"}})
+    assert b.role_binding(job)["subjects"][0]["name"] == "team-sa"
+    assert b.train_pod(job, 1, SETTINGS)["spec"]["serviceAccountName"] == "team-sa"
+
+
+def test_progress_config_map(make_job: JobF) -> None:
+    cm = b.progress_config_map(make_job())
+    assert cm["metadata"]["name"] == "bot-progress" and cm["data"] == {}
+    assert cm["metadata"]["ownerReferences"] == [OWNER]
+
+
+def test_output_pvc_only_for_size_and_not_owned(make_job: JobF) -> None:
+    assert b.output_pvc(make_job()) is None
+    job = make_job(spec={"output": {"pvc": None, "size": "50Gi", "storageClass": "fast"}})
+    assert b.output_pvc(job) == {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": "bot-output",
+            "namespace": "ml",
+            "labels": {
+                "app.kubernetes.io/managed-by": "finetune-operator",
+                "finetune.dev/job": "bot",
+            },
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "50Gi"}},
+            "storageClassName": "fast",
+        },
+    }
+    workspace = b.train_pod(job, 1, SETTINGS)["spec"]["volumes"][1]
+    assert workspace == {"name": "workspace", "persistentVolumeClaim": {"claimName": "bot-output"}}
+
+
+# ------------------------------------------------------------------------------------ planner
+
+
+def _node(name: str, gpus: int, memory: str | None, **labels: str) -> dict[str, Any]:
+    lbl = dict(labels)
+    if memory:
+        lbl["nvidia.com/gpu.memory"] = memory
+    return {"metadata": {"name": name, "labels": lbl},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}}}  # fmt: skip
+
+
+def test_gpu_memory_from_nodes_or_hint() -> None:
+    nodes = [_node("a", 2, "12288", pool="home"), _node("b", 8, "81920", pool="dc"),
+             _node("c", 1, "98304"), _node("d", 4, None)]  # fmt: skip
+    assert planner.gpu_memory_mib(nodes, 2, {}, None) == 81920
+    assert planner.gpu_memory_mib(nodes, 2, {"pool": "home"}, None) == 12288
+    assert planner.gpu_memory_mib(nodes, 1, {}, None) == 98304
+    assert planner.gpu_memory_mib(nodes, 2, {}, 24576) == 24576
+    assert planner.gpu_memory_mib(nodes, 0, {}, None) is None
+    assert planner.gpu_memory_mib(nodes, 16, {}, None) is None
+
+
+def test_cuda_oom_keeps_the_effective_batch() -> None:
+    assert planner.after_cuda_oom(16, 4, 2) == planner.BatchPlan(2, 4)
+    assert planner.after_cuda_oom(16, 3, 1) == planner.BatchPlan(1, 16)
+    assert planner.after_cuda_oom(16, 1, 1) is None
+    assert planner.accumulation_for(16, 4, 0) == 4
