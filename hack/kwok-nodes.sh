@@ -15,16 +15,12 @@ kc get --raw /readyz >/dev/null 2>&1 || die "the local cluster is not running (m
 
 if ! pid_alive kwok; then
   cfg="$FTO_STATE/kwok.yaml"
+  # Only Stages in the config file: a KwokConfiguration document there replaces the defaults of
+  # options it leaves out with zero (kwok then fails: "node leases parallelism must be > 0").
   {
-    cat <<YAML
-apiVersion: config.kwok.x-k8s.io/v1alpha1
-kind: KwokConfiguration
-options:
-  cidr: $KWOK_CIDR
-YAML
     for s in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
              pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
-      echo "---"; cat "$KWOK_BIN/stage/$s"
+      cat "$KWOK_BIN/stage/$s"; echo "---"
     done
   } >"$cfg"
   mkdir -p "$FTO_STATE/logs"

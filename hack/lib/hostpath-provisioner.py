@@ -78,7 +78,11 @@ def provision(api: Api, pvc: dict, root: str, node: str) -> None:
                     "nodeSelectorTerms": [
                         {
                             "matchExpressions": [
-                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": [node],
+                                }
                             ]
                         }
                     ]
