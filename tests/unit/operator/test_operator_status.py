@@ -449,3 +449,27 @@ def test_ttl(make_job: JobF) -> None:
     )
     assert st.ttl_expired(job, NOW)
     assert not st.ttl_expired(job, NOW - timedelta(minutes=1, seconds=30))
+
+
+def test_suspend_while_preparing_and_resume(make_job: JobF, make_pod: PodF) -> None:
+    pods = [make_pod("bot-prepare", role="prepare", attempt=0, phase="Running", running=True)]
+    job = make_job(spec={"suspend": True})
+    new = st.derive_status(job, pods, None, None, NOW)
+    assert new.phase == P.SUSPENDING
+    assert st.next_actions(job, new, pods, NOW) == st.Actions(delete_pods=("bot-prepare",))
+    gone = st.derive_status(job.model_copy(update={"status": new}), [], None, None, NOW)
+    assert gone.phase == P.SUSPENDED
+    resumed = make_job(status=m.dump(gone))
+    again = st.derive_status(resumed, [], None, None, NOW)
+    assert again.phase == P.PREPARING
+    assert st.next_actions(resumed, again, [], NOW) == st.Actions(create_prepare=True)
+
+
+def test_events_on_transitions(make_job: JobF, make_pod: PodF) -> None:
+    job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
+    pods = [make_pod("bot-1", phase="Failed", exit_code=137, term_reason="OOMKilled")]
+    new = st.derive_status(job, pods, None, OK_PREPARE, FINISHED)
+    events = st.transition_events(job.status, new)
+    assert events[0][:2] == ("Warning", R.OOM_KILLED)
+    assert events[-1][:2] == ("Normal", P.PENDING)
+    assert st.transition_events(new, new) == []
