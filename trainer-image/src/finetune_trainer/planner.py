@@ -49,7 +49,7 @@ class Constants:
     no_ckpt_layer_factor: float = 1.0  # without checkpointing every layer keeps its working set
     # logits bytes per vocabulary entry per token (unsloth chunks the cross-entropy):
     logit_bytes: Mapping[str, float] = field(
-        default_factory=lambda: {"unsloth": 0.25, "transformers": 12.0}
+        default_factory=lambda: {"unsloth": 0.625, "transformers": 12.0}
     )
     split_imbalance: float = 0.15  # a layer-wise split is never perfectly even
     default_micro_batch_cap: int = 8  # when the GPU memory is unknown (or on CPU)

@@ -63,9 +63,9 @@ NAMED_GEOMETRIES: dict[str, dict[str, Any]] = {
     },
 }
 
-# The synthetic task: "what is the code of <animal>?" -> "<colour>", a fixed secret mapping the
-# model must learn, with random filler words in the input that it must learn to ignore. Held-out
-# records use the same animals with filler combinations never seen in training.
+# The synthetic task: "<filler words>, what is the code of <animal>?" -> "<colour>", a fixed
+# secret mapping the model must learn, behind random filler words it must learn to ignore. Held-out
+# records (another seed) use filler combinations never seen in training.
 ANIMALS = [
     "cat", "dog", "fox", "owl", "bee", "ant", "cow", "pig", "hen", "elk", "yak", "ram",
     "bat", "eel", "emu", "gnu",
@@ -91,7 +91,7 @@ def synthetic_records(n: int, seed: int = 0, *, mapping_seed: int = 0) -> list[d
     for _ in range(n):
         animal = rng.choice(ANIMALS)
         filler = " ".join(rng.sample(FILLER, k=rng.randint(1, 3)))
-        out.append({"instruction": f"What is the code of {animal}?", "input": filler,
+        out.append({"instruction": f"{filler}, what is the code of {animal}?",
                     "output": mapping[animal]})
     return out
 
@@ -107,7 +107,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
 def _tokenizer_corpus() -> list[str]:
     from finetune_trainer.data import ALPACA_INPUT, ALPACA_PROMPT, ALPACA_RESPONSE
 
-    corpus = [r["instruction"] + " " + r["input"] + " " + r["output"]
+    corpus = [r["instruction"] + " " + r["output"]
               for r in synthetic_records(2000, seed=1234)]
     corpus += [ALPACA_PROMPT + ALPACA_INPUT + ALPACA_RESPONSE] * 50
     corpus += ["The quick brown fox jumps over the lazy dog. 0123456789 Hello, world!"] * 20
@@ -170,6 +170,9 @@ def tiny_config(
         "vocab_size": vocab_size,
         "max_position_embeddings": max_positions,
         "tie_word_embeddings": arch == "gemma",
+        # A frozen random output head at the usual 0.02 scale caps every logit near zero (the final
+        # RMSNorm bounds the hidden state), so LoRA alone could never make confident predictions.
+        "initializer_range": 0.2,
     }
 
 
@@ -208,3 +211,32 @@ def make_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def exact_match_accuracy(model: Any, tokenizer: Any, records: Sequence[dict[str, str]]) -> float:
+    """Share of alpaca records whose greedy completion equals ``output`` (synthetic task check)."""
+    import torch
+
+    from finetune_trainer.config import DatasetSpec
+    from finetune_trainer.data import Record, validate
+    from finetune_trainer.prepare import special_affixes
+
+    spec = DatasetSpec(path="-", format="alpaca")
+    prefix, _ = special_affixes(tokenizer)
+    correct = 0
+    model.eval()
+    for i, rec in enumerate(records):
+        sample = validate(Record("eval", f"record {i + 1}", rec), spec)
+        ids = prefix + list(tokenizer(sample.prompt, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=4,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        text = tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True).strip()
+        correct += int(text == rec["output"])
+    return correct / max(len(records), 1)
