@@ -1,0 +1,134 @@
+"""Verbs for looking closer: ``logs``, ``events`` and ``report`` (a tarball for bug reports)."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import yaml
+
+from finetune_operator.cli import render as r
+from finetune_operator.cli.api import Api, CliError
+from finetune_operator.cli.jobs import clean, job_events
+
+REPORT_LOG_LINES = 500
+_SENSITIVE = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_?KEY", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def logs(api: Api, name: str, follow: bool, tail: int | None, out: BinaryIO) -> int:
+    """``kubectl finetune logs NAME [-f]``: the current attempt's trainer pod, else the newest
+    pod of the job."""
+    job = api.get_job(api.namespace, name)
+    pods = api.list_pods(api.namespace, name)
+    pod = r.trainer_pod(pods, (job.get("status") or {}).get("attempt"))
+    if pod is None:
+        raise CliError(f'no pods of finetunejob "{name}" yet (phase {r.phase(job)})')
+    pod_name = pod["metadata"]["name"]
+    print(f"==> pod {pod_name}", file=sys.stderr, flush=True)
+    if follow:
+        for chunk in api.stream_log(api.namespace, pod_name, tail=tail):
+            out.write(chunk)
+            out.flush()
+        return 0
+    out.write(api.read_log(api.namespace, pod_name, tail=tail).encode())
+    out.flush()
+    return 0
+
+
+def events(api: Api, name: str, out: TextIO) -> int:
+    """``kubectl finetune events NAME``: Events of the job and its pods, oldest first."""
+    job = api.get_job(api.namespace, name)
+    found = job_events(api, job)
+    if not found:
+        print(f'No events for finetunejob "{name}".', file=sys.stderr)
+        return 0
+    print(r.events_table(found, datetime.now(UTC)), file=out)
+    return 0
+
+
+def redact(obj: Any) -> Any:
+    """A copy with literal env values of sensitive-looking names replaced (``env[].value`` of
+    HF_TOKEN, *_PASSWORD…). Secrets themselves are never read."""
+    if isinstance(obj, list):
+        return [redact(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: redact(v) for k, v in obj.items()}
+    if isinstance(out.get("name"), str) and "value" in out and _SENSITIVE.search(out["name"]):
+        out["value"] = REDACTED
+    return out
+
+
+def _containers(pod: dict[str, Any]) -> list[str]:
+    spec = pod.get("spec") or {}
+    return [c["name"] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+
+
+def _add(tar: tarfile.TarFile, path: str, data: str, mtime: float) -> None:
+    raw = data.encode()
+    info = tarfile.TarInfo(path)
+    info.size = len(raw)
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(raw))
+
+
+def report_files(api: Api, name: str, now: datetime) -> dict[str, str]:
+    """The report's files: job, pods, events and the last lines of every container's log."""
+    job = api.get_job(api.namespace, name)
+    pods = api.list_pods(api.namespace, name)
+    found = job_events(api, job)
+    files = {
+        "job.yaml": yaml.safe_dump(redact(clean(job)), sort_keys=False),
+        "pods.yaml": yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "List", "items": [redact(clean(p)) for p in pods]},
+            sort_keys=False,
+        ),
+        "events.yaml": yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "List", "items": [clean(e) for e in found]},
+            sort_keys=False,
+        ),
+        "events.txt": r.events_table(found, now) + "\n",
+    }
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        for container in _containers(pod):
+            try:
+                text = api.read_log(api.namespace, pod_name, container, tail=REPORT_LOG_LINES)
+            except CliError as exc:
+                text = f"(no log: {exc})\n"
+            files[f"logs/{pod_name}/{container}.log"] = text
+    try:
+        server = api.server_version()
+    except CliError:
+        server = "unknown"
+    files["summary.txt"] = (
+        f"{r.status_line(job)}\n"
+        f"namespace: {api.namespace}\n"
+        f"collected: {now.strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+        f"kubernetes: {server}\n"
+        f"pods: {', '.join(p['metadata']['name'] for p in pods) or '-'}\n"
+        f"logs: last {REPORT_LOG_LINES} lines of each container\n"
+    )
+    return files
+
+
+def report(api: Api, name: str, output: str | None, out: TextIO) -> int:
+    """``kubectl finetune report NAME [-o file.tar.gz]``."""
+    now = datetime.now(UTC)
+    files = report_files(api, name, now)
+    path = Path(output or f"finetune-report-{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.tar.gz")
+    top = path.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    stamp = time.time()
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, data in files.items():
+            _add(tar, f"{top}/{rel}", data, stamp)
+    print(f"wrote {path} ({len(files)} files)", file=out)
+    return 0
