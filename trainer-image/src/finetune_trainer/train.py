@@ -165,6 +165,9 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
 
     from trl import SFTConfig, SFTTrainer
 
+    if getattr(loaded.model, "config", None) is not None:
+        loaded.model.config.use_cache = False  # training never needs the KV cache
+
     t = config.training
     packing_on = t.packing and not config.model.trust_remote_code
     args = SFTConfig(
@@ -260,8 +263,30 @@ def cpu_trainer_class(base: Any) -> Any:
             self, model: Any, inputs: Any, return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
+            # no KV cache in training: with a cache transformers would not detect packed rows
+            # (position ids restarting at 0) and samples would attend across their boundaries
+            inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
+
+        def _load_optimizer_and_scheduler(self, checkpoint: Any) -> Any:
+            # With several CPU processes transformers maps the optimizer state to args.device,
+            # "cpu:<n>", which torch.load rejects ("don't know how to restore data location");
+            # map it to plain "cpu" for the duration of the call.
+            import torch
+
+            original = torch.load
+
+            def load(*args: Any, **kwargs: Any) -> Any:
+                if str(kwargs.get("map_location", "")).startswith("cpu"):
+                    kwargs["map_location"] = "cpu"
+                return original(*args, **kwargs)
+
+            torch.load = load
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            finally:
+                torch.load = original
 
     return CPUSFTTrainer
 
