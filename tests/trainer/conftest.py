@@ -30,7 +30,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def big_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Callable[[str], Path]:
+def big_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Callable[[str], Path]:
     """A model directory with a real geometry's config.json and the tiny tokenizer (no weights)."""
     from finetune_trainer.tiny import NAMED_GEOMETRIES
 
@@ -55,8 +57,14 @@ def base_config(work: Path, model: Path, data: Path, **overrides: Any) -> dict[s
         "dataset": {"path": str(data), "format": "alpaca"},
         "method": "lora",
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {"epochs": 1, "learning_rate": 0.01, "batch_size": 8, "max_seq_length": 128,
-                     "gradient_checkpointing": False, "seed": 7},
+        "training": {
+            "epochs": 1,
+            "learning_rate": 0.01,
+            "batch_size": 8,
+            "max_seq_length": 128,
+            "gradient_checkpointing": False,
+            "seed": 7,
+        },
         "checkpoint": {"every_steps": 1000, "keep": 2},
         "gpus": 0,
         "paths": {"work": str(work), "model_cache": str(work / "cache")},
@@ -94,7 +102,10 @@ def start_trainer(command: str, config: Path, work: Path) -> subprocess.Popen[st
     log = (work / f"{command}.log").open("a")
     return subprocess.Popen(
         [sys.executable, "-m", "finetune_trainer.main", command, "--config", str(config)],
-        env=trainer_env(work), stdout=log, stderr=subprocess.STDOUT, text=True,
+        env=trainer_env(work),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

@@ -40,8 +40,9 @@ def test_alpaca_with_and_without_input() -> None:
 
 
 def test_prompt_completion_and_text() -> None:
-    pc = data.validate_all(records([{"prompt": "Q?", "completion": "A."}]),
-                           spec("prompt-completion"))
+    pc = data.validate_all(
+        records([{"prompt": "Q?", "completion": "A."}]), spec("prompt-completion")
+    )
     assert (pc[0].prompt, pc[0].completion) == ("Q?", "A.")
     text = data.validate_all(records([{"text": "just text"}]), spec("text"))
     assert text[0].prompt == "" and text[0].completion == "just text"
@@ -49,13 +50,20 @@ def test_prompt_completion_and_text() -> None:
 
 def test_field_mapping() -> None:
     rows = [{"question": "Why?", "answer": "Because."}]
-    s = data.validate_all(records(rows), spec(fields={"instruction": "question", "output": "answer"}))
+    s = data.validate_all(
+        records(rows), spec(fields={"instruction": "question", "output": "answer"})
+    )
     assert "Why?" in s[0].prompt and s[0].completion == "Because."
 
 
 def test_sharegpt_roles_are_mapped() -> None:
-    row = {"conversations": [{"from": "system", "value": "be brief"},
-                             {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "be brief"},
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"},
+        ]
+    }
     s = data.validate_all(records([row]), spec("sharegpt"))
     assert s[0].messages == (("system", "be brief"), ("user", "hi"), ("assistant", "hello"))
 
@@ -64,19 +72,25 @@ def test_messages_chat_template_masks_only_assistant_text(tiny_model: Path) -> N
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    row = {"messages": [{"role": "user", "content": "what is the code of cat?"},
-                        {"role": "assistant", "content": "red"},
-                        {"role": "user", "content": "and dog?"},
-                        {"role": "assistant", "content": "blue"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "what is the code of cat?"},
+            {"role": "assistant", "content": "red"},
+            {"role": "user", "content": "and dog?"},
+            {"role": "assistant", "content": "blue"},
+        ]
+    }
     sample = data.validate_all(records([row]), spec("messages"))[0]
     segs = data.segments(sample, tok)
     assert "".join(t for t, _ in segs) == tok.apply_chat_template(
-        [{"role": r, "content": c} for r, c in sample.messages], tokenize=False)
+        [{"role": r, "content": c} for r, c in sample.messages], tokenize=False
+    )
     trained = [t for t, trainable in segs if trainable]
     assert trained == ["red<|end|>\n", "blue<|end|>\n"]
     out = tokenize([sample], tok, 256)
-    trained_text = tok.decode([i for i, m in zip(out.input_ids[0], out.completion_mask[0],
-                                                 strict=True) if m])
+    trained_text = tok.decode(
+        [i for i, m in zip(out.input_ids[0], out.completion_mask[0], strict=True) if m]
+    )
     assert trained_text == "red<|end|>\nblue<|end|>\n"
 
 
@@ -111,7 +125,11 @@ def test_tokenize_alpaca_adds_bos_eos_and_masks_prompt(tiny_model: Path) -> None
 @pytest.mark.parametrize(
     ("fmt", "row", "message"),
     [
-        ("alpaca", {"instruction": "x"}, "train.jsonl line 2: missing field 'output' (format alpaca)"),
+        (
+            "alpaca",
+            {"instruction": "x"},
+            "train.jsonl line 2: missing field 'output' (format alpaca)",
+        ),
         ("alpaca", {"instruction": "", "output": "y"}, "line 2: empty field 'instruction'"),
         ("alpaca", {"instruction": ["x"], "output": "y"}, "field 'instruction' must be a string"),
         ("prompt_completion", {"prompt": "p"}, "line 2: missing field 'completion'"),
@@ -126,12 +144,17 @@ def test_tokenize_alpaca_adds_bos_eos_and_masks_prompt(tiny_model: Path) -> None
     ],
 )
 def test_malformed_record_names_file_line_and_field(fmt: str, row: Any, message: str) -> None:
-    good = {"alpaca": ALPACA[0], "prompt_completion": {"prompt": "p", "completion": "c"},
-            "text": {"text": "t"},
-            "messages": {"messages": [{"role": "user", "content": "a"},
-                                      {"role": "assistant", "content": "b"}]},
-            "sharegpt": {"conversations": [{"from": "human", "value": "a"},
-                                           {"from": "gpt", "value": "b"}]}}[fmt]
+    good = {
+        "alpaca": ALPACA[0],
+        "prompt_completion": {"prompt": "p", "completion": "c"},
+        "text": {"text": "t"},
+        "messages": {
+            "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        },
+        "sharegpt": {
+            "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]
+        },
+    }[fmt]
     with pytest.raises(DataError) as err:
         data.validate_all(records([good, row, good]), spec(fmt))
     assert message in str(err.value)
@@ -154,8 +177,12 @@ def write_all_types(d: Path, rows: list[dict[str, str]]) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     d.mkdir(parents=True, exist_ok=True)
-    paths = {"jsonl": d / "a.jsonl", "json": d / "b.json", "parquet": d / "c.parquet",
-             "csv": d / "d.csv"}
+    paths = {
+        "jsonl": d / "a.jsonl",
+        "json": d / "b.json",
+        "parquet": d / "c.parquet",
+        "csv": d / "d.csv",
+    }
     paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths["json"].write_text(json.dumps(rows))
     pq.write_table(pa.Table.from_pylist(rows), paths["parquet"])
@@ -175,8 +202,12 @@ def test_each_file_type_reads_the_same_records(tmp_path: Path, kind: str) -> Non
 
 @pytest.mark.parametrize(
     ("kind", "where"),
-    [("jsonl", "a.jsonl line 3"), ("json", "b.json record 3"), ("parquet", "c.parquet row 3"),
-     ("csv", "d.csv line 4")],
+    [
+        ("jsonl", "a.jsonl line 3"),
+        ("json", "b.json record 3"),
+        ("parquet", "c.parquet row 3"),
+        ("csv", "d.csv line 4"),
+    ],
 )
 def test_bad_row_position_per_file_type(tmp_path: Path, kind: str, where: str) -> None:
     rows = [*ALPACA, {"instruction": "x", "input": "", "output": ""}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 from hypothesis import given
@@ -21,13 +23,20 @@ def test_bins_hold_every_sample_once_within_capacity(lengths: list[int], capacit
 def test_pack_keeps_tokens_labels_and_lengths() -> None:
     import datasets
 
-    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
-                                     "completion_mask": [[0, 1, 1], [0, 1], [0, 0, 1, 1]]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
+            "completion_mask": [[0, 1, 1], [0, 1], [0, 0, 1, 1]],
+        }
+    )
     packed = pack(ds, 6)
     assert len(packed) == 2
     rows = packed.to_list()
-    assert rows[0] == {"input_ids": [6, 7, 8, 9, 4, 5], "labels": [-100, -100, 8, 9, -100, 5],
-                       "seq_lengths": [4, 2]}
+    assert rows[0] == {
+        "input_ids": [6, 7, 8, 9, 4, 5],
+        "labels": [-100, -100, 8, 9, -100, 5],
+        "seq_lengths": [4, 2],
+    }
     assert rows[1]["labels"] == labels_from_mask([1, 2, 3], [0, 1, 1])
 
 
@@ -48,15 +57,22 @@ def test_packed_loss_equals_unpacked_loss(tiny_model: Path) -> None:
 
     padded = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
     flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
-        [{"input_ids": sum(samples, []), "labels": sum(samples, []),
-          "seq_lengths": [len(s) for s in samples]}])
+        [
+            {
+                "input_ids": functools.reduce(operator.iadd, samples, []),
+                "labels": functools.reduce(operator.iadd, samples, []),
+                "seq_lengths": [len(s) for s in samples],
+            }
+        ]
+    )
     assert flat["input_ids"].shape == (1, 50) and "attention_mask" not in flat
     with torch.no_grad():
         loss_padded = model(**padded).loss
         loss_packed = model(**flat, use_cache=False).loss
         # and per sample: the packed row's logits equal each sample's own logits
-        logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"],
-                           use_cache=False).logits[0]
+        logits = model(
+            input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False
+        ).logits[0]
         start = 0
         for s in samples:
             own = model(input_ids=torch.tensor([s])).logits[0]

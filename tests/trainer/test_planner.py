@@ -18,8 +18,14 @@ M7B = Geometry.from_config(NAMED_GEOMETRIES["mistral-7b"])
 
 
 def request(geometry: Geometry = M7B, **kw: object) -> PlanRequest:
-    values: dict[str, object] = {"geometry": geometry, "method": "qlora", "batch_size": 16,
-                                 "max_seq_length": 2048, "gpus": 1, "gpu_memory_mib": 12288}
+    values: dict[str, object] = {
+        "geometry": geometry,
+        "method": "qlora",
+        "batch_size": 16,
+        "max_seq_length": 2048,
+        "gpus": 1,
+        "gpu_memory_mib": 12288,
+    }
     values.update(kw)
     return PlanRequest(**values)  # type: ignore[arg-type]
 
@@ -148,8 +154,16 @@ def test_unknown_gpu_memory_and_cpu() -> None:
     method=st.sampled_from(["lora", "qlora", "full"]),
 )
 def test_plan_invariants(batch: int, gpus: int, memory: int, seq: int, method: str) -> None:
-    plan = planner.plan(request(L1B, method=method, batch_size=batch, gpus=gpus,
-                                gpu_memory_mib=memory, max_seq_length=seq))
+    plan = planner.plan(
+        request(
+            L1B,
+            method=method,
+            batch_size=batch,
+            gpus=gpus,
+            gpu_memory_mib=memory,
+            max_seq_length=seq,
+        )
+    )
     if plan.fits:
         assert plan.micro_batch_size * plan.gradient_accumulation * plan.processes == batch
         assert plan.micro_batch_size & (plan.micro_batch_size - 1) == 0  # a power of two
@@ -157,8 +171,12 @@ def test_plan_invariants(batch: int, gpus: int, memory: int, seq: int, method: s
         bigger = plan.micro_batch_size * 2
         if (batch // plan.processes) % bigger == 0:  # the next power of two would not fit
             split = 1 if plan.strategy != "model-split" else gpus
-            est = planner.estimate(request(L1B, method=method, max_seq_length=seq), bigger,
-                                   split=split, ddp=plan.strategy == "ddp")
+            est = planner.estimate(
+                request(L1B, method=method, max_seq_length=seq),
+                bigger,
+                split=split,
+                ddp=plan.strategy == "ddp",
+            )
             assert est.total > memory * 0.9
     else:
         assert plan.message and plan.suggestion
@@ -173,8 +191,31 @@ def test_plan_invariants(batch: int, gpus: int, memory: int, seq: int, method: s
         (8, 16, 1, 1, 1.0, 1),
     ],
 )
-def test_total_steps(rows: int, micro: int, accum: int, procs: int, epochs: float,
-                     expected: int) -> None:
-    assert planner.total_steps(rows, micro, accum, procs, epochs, None) == expected
-    assert planner.total_steps(rows, micro, accum, procs, epochs, 5) == 5
-    assert expected == max(math.ceil(epochs * math.ceil(math.ceil(rows / (micro * procs)) / accum)), 1)
+def test_total_steps(  # noqa: PLR0917
+    rows: int, micro: int, accum: int, procs: int, epochs: float, expected: int
+) -> None:
+    assert (
+        planner.total_steps(
+            rows,
+            micro_batch_size=micro,
+            gradient_accumulation=accum,
+            processes=procs,
+            epochs=epochs,
+            max_steps=None,
+        )
+        == expected
+    )
+    assert (
+        planner.total_steps(
+            rows,
+            micro_batch_size=micro,
+            gradient_accumulation=accum,
+            processes=procs,
+            epochs=epochs,
+            max_steps=5,
+        )
+        == 5
+    )
+    assert expected == max(
+        math.ceil(epochs * math.ceil(math.ceil(rows / (micro * procs)) / accum)), 1
+    )

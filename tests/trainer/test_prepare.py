@@ -41,7 +41,9 @@ def test_manifest_result_and_reuse(tmp_path: Path, env: Path, tiny_model: Path) 
     assert manifest["truncated"] > 0  # some records are longer than 40 tokens
     assert sum(manifest["histogram"].values()) == 100
     assert manifest["tokens"] == result["data"]["tokens"] > 100 * 20
-    assert (prepared / "dataset" / "train").is_dir() and (prepared / "dataset" / "validation").is_dir()
+    assert (prepared / "dataset" / "train").is_dir() and (
+        prepared / "dataset" / "validation"
+    ).is_dir()
     plan = result["plan"]
     assert plan["fits"] and plan["micro_batch_size"] * plan["gradient_accumulation"] == 8
     assert result["total_steps"] >= 1
@@ -73,11 +75,16 @@ def test_bad_record_exit_3_names_row(tmp_path: Path, env: Path, tiny_model: Path
     assert progress_reports(env)["prepare.json"]["error"]["reason"] == "BadData"
 
 
-def test_7b_full_on_12gib_exit_5(tmp_path: Path, env: Path,
-                                 big_model_dir: Callable[[str], Path]) -> None:
+def test_7b_full_on_12gib_exit_5(
+    tmp_path: Path, env: Path, big_model_dir: Callable[[str], Path]
+) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(20))
-    over = {"method": "full", "gpus": 2, "gpu_memory_mib": 12288,
-            "training": {"max_seq_length": 2048, "batch_size": 16}}
+    over = {
+        "method": "full",
+        "gpus": 2,
+        "gpu_memory_mib": 12288,
+        "training": {"max_seq_length": 2048, "batch_size": 16},
+    }
     assert prepare(tmp_path, env, big_model_dir("mistral-7b"), data, **over) == 5
     result = json.loads((env / "prepare-result.json").read_text())
     assert result["error"]["reason"] == "PlanRefused"
@@ -88,11 +95,16 @@ def test_7b_full_on_12gib_exit_5(tmp_path: Path, env: Path,
     assert log.startswith("PlanRefused: does not fit") and "12,288 MiB" in log
 
 
-def test_7b_qlora_fits_two_12gib_gpus(tmp_path: Path, env: Path,
-                                      big_model_dir: Callable[[str], Path]) -> None:
+def test_7b_qlora_fits_two_12gib_gpus(
+    tmp_path: Path, env: Path, big_model_dir: Callable[[str], Path]
+) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(64))
-    over = {"method": "qlora", "gpus": 2, "gpu_memory_mib": 12288,
-            "training": {"max_seq_length": 2048, "batch_size": 16, "gradient_checkpointing": True}}
+    over = {
+        "method": "qlora",
+        "gpus": 2,
+        "gpu_memory_mib": 12288,
+        "training": {"max_seq_length": 2048, "batch_size": 16, "gradient_checkpointing": True},
+    }
     assert prepare(tmp_path, env, big_model_dir("mistral-7b"), data, **over) == 0
     result = json.loads((env / "prepare-result.json").read_text())
     plan = result["plan"]
@@ -106,8 +118,9 @@ def test_7b_qlora_fits_two_12gib_gpus(tmp_path: Path, env: Path,
 def test_missing_model_exit_4(tmp_path: Path, env: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(5))
     assert prepare(tmp_path, env, tmp_path / "no-model", data) == 4
-    assert json.loads((env / "prepare-result.json").read_text())["error"]["reason"] == \
-        "ModelNotFound"
+    assert (
+        json.loads((env / "prepare-result.json").read_text())["error"]["reason"] == "ModelNotFound"
+    )
 
 
 def test_bad_config_exit_2(tmp_path: Path, env: Path, tiny_model: Path) -> None:

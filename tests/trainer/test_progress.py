@@ -16,10 +16,16 @@ from finetune_trainer.progress import ConfigMapSink, FileSink, Reporter, make_si
 
 
 def config(work: Path, **progress: Any) -> Any:
-    return parse_config({"version": 1, "job": {"name": "j", "namespace": "ml"},
-                         "model": {"path": "/m"}, "dataset": {"path": "/d"},
-                         "paths": {"work": str(work)},
-                         "progress": {"config_map": "j-progress", **progress}})
+    return parse_config(
+        {
+            "version": 1,
+            "job": {"name": "j", "namespace": "ml"},
+            "model": {"path": "/m"},
+            "dataset": {"path": "/d"},
+            "paths": {"work": str(work)},
+            "progress": {"config_map": "j-progress", **progress},
+        }
+    )
 
 
 def test_throttle_and_force(tmp_path: Path) -> None:
@@ -52,8 +58,14 @@ def api_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_PATCH(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append({"path": self.path, "auth": self.headers["Authorization"],
-                         "type": self.headers["Content-Type"], "body": json.loads(body)})
+            seen.append(
+                {
+                    "path": self.path,
+                    "auth": self.headers["Authorization"],
+                    "type": self.headers["Content-Type"],
+                    "body": json.loads(body),
+                }
+            )
             status = 403 if "forbidden" in self.path else 200
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -69,8 +81,9 @@ def api_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     server.shutdown()
 
 
-def test_configmap_merge_patch_with_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          api_server: tuple[str, list[dict[str, Any]]]) -> None:
+def test_configmap_merge_patch_with_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_server: tuple[str, list[dict[str, Any]]]
+) -> None:
     url, seen = api_server
     sa = tmp_path / "sa"
     sa.mkdir()

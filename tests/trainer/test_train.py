@@ -55,12 +55,17 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
     work = tmp_path / "work"
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(320, seed=0))
     heldout = synthetic_records(64, seed=99)  # filler combinations unseen in training
-    cfg = write_config(tmp_path / "config.json", base_config(
-        work, tiny_model, data,
-        lora={"r": 16, "alpha": 32, "dropout": 0.0},
-        dataset={"validation_split": 0.1},
-        training={"epochs": 8, "learning_rate": 0.02, "batch_size": 16, "warmup_steps": 2},
-    ))
+    cfg = write_config(
+        tmp_path / "config.json",
+        base_config(
+            work,
+            tiny_model,
+            data,
+            lora={"r": 16, "alpha": 32, "dropout": 0.0},
+            dataset={"validation_split": 0.1},
+            training={"epochs": 8, "learning_rate": 0.02, "batch_size": 16, "warmup_steps": 2},
+        ),
+    )
     prepared = prepare_in_process(cfg, work, monkeypatch)
     assert run_trainer("train", cfg, work) == 0, (work / "train.log").read_text()[-3000:]
 
@@ -97,13 +102,18 @@ def wait_for_step(work: Path, step: int, proc: Any, timeout: float = 180) -> Non
 
 
 def resume_config(tmp_path: Path, work: Path, model: Path, data: Path, **extra: Any) -> Path:
-    return write_config(tmp_path / f"{work.name}.json", base_config(
-        work, model, data,
-        lora={"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state must resume too
-        training={"max_steps": 40, "batch_size": 4, "learning_rate": 0.01},
-        checkpoint={"every_steps": 10, "keep": 2},
-        **extra,
-    ))
+    return write_config(
+        tmp_path / f"{work.name}.json",
+        base_config(
+            work,
+            model,
+            data,
+            lora={"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state must resume too
+            training={"max_steps": 40, "batch_size": 4, "learning_rate": 0.01},
+            checkpoint={"every_steps": 10, "keep": 2},
+            **extra,
+        ),
+    )
 
 
 def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path, tiny_model: Path) -> None:
@@ -145,11 +155,17 @@ def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(96, seed=4))
     work = tmp_path / "ddp"
-    cfg = write_config(tmp_path / "ddp.json", base_config(
-        work, tiny_model, data, gpus=2,
-        training={"epochs": 2, "batch_size": 8, "learning_rate": 0.01},
-        checkpoint={"every_steps": 3, "keep": 5},
-    ))
+    cfg = write_config(
+        tmp_path / "ddp.json",
+        base_config(
+            work,
+            tiny_model,
+            data,
+            gpus=2,
+            training={"epochs": 2, "batch_size": 8, "learning_rate": 0.01},
+            checkpoint={"every_steps": 3, "keep": 5},
+        ),
+    )
     prepared = prepare_in_process(cfg, work, monkeypatch)
     plan = prepared["plan"]
     assert (plan["strategy"], plan["processes"], plan["micro_batch_size"]) == ("ddp", 2, 4)

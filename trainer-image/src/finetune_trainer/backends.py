@@ -68,7 +68,9 @@ def resolve(config: TrainerConfig, device: Device) -> BackendName:
         if not device.cuda:
             raise ConfigError("backend unsloth needs an NVIDIA GPU (CUDA), and none is visible")
         if not unsloth_available():
-            raise ConfigError("backend unsloth was asked for but unsloth is not installed in the image")
+            raise ConfigError(
+                "backend unsloth was asked for but unsloth is not installed in the image"
+            )
         return "unsloth"
     if config.backend == "auto" and device.cuda and unsloth_available():
         return "unsloth"
@@ -181,7 +183,9 @@ def _load_unsloth(
             lora_alpha=config.lora.alpha,
             lora_dropout=config.lora.dropout,
             target_modules=target_modules(config, model_type),
-            use_gradient_checkpointing="unsloth" if config.training.gradient_checkpointing else False,
+            use_gradient_checkpointing="unsloth"
+            if config.training.gradient_checkpointing
+            else False,
             random_state=config.training.seed,
         )
     if tokenizer.pad_token is None:
@@ -207,13 +211,14 @@ def _load_transformers(
         import torch
         from transformers import BitsAndBytesConfig
 
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+        bnb_config: Any = BitsAndBytesConfig  # untyped constructor
+        load_kwargs["quantization_config"] = bnb_config(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype) if dtype != "fp32" else torch.float32,
         )
-    model = AutoModelForCausalLM.from_pretrained(config.model.source, **load_kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(config.model.source, **load_kwargs)
     model_type = str(getattr(model.config, "model_type", "llama"))
     if config.method == "full":
         return Loaded(model, tokenizer, "transformers", dtype, model_type)
@@ -221,14 +226,16 @@ def _load_transformers(
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if config.method == "qlora":
-        model = prepare_model_for_kbit_training(
+        prepare_kbit: Any = prepare_model_for_kbit_training  # untyped
+        model = prepare_kbit(
             model,
             use_gradient_checkpointing=config.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    lora_kwargs: dict[str, Any] = {"lora_alpha": config.lora.alpha}  # PEFT accepts a float alpha
     lora = LoraConfig(
         r=config.lora.r,
-        lora_alpha=config.lora.alpha,
+        **lora_kwargs,
         lora_dropout=config.lora.dropout,
         target_modules=target_modules(config, model_type),
         task_type="CAUSAL_LM",

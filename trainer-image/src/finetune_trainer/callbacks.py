@@ -23,7 +23,7 @@ def _dist() -> Any:
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-class SignalCallback(TrainerCallback):  # type: ignore[misc]
+class SignalCallback(TrainerCallback):
     """On SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop.
 
     Every rank agrees on the stop through an all-reduce (ranks receive the signal at slightly
@@ -61,11 +61,12 @@ class SignalCallback(TrainerCallback):  # type: ignore[misc]
         return control
 
 
-class MarkerCallback(TrainerCallback):  # type: ignore[misc]
+class MarkerCallback(TrainerCallback):
     """After HF has written a checkpoint on every rank: marker (rank 0), retention, report."""
 
-    def __init__(self, root: Path, keep: int, reporter: Reporter | None, progress: ProgressCallback
-                 ) -> None:
+    def __init__(
+        self, root: Path, keep: int, reporter: Reporter | None, progress: ProgressCallback
+    ) -> None:
         self.root = root
         self.keep = keep
         self.reporter = reporter
@@ -78,12 +79,14 @@ class MarkerCallback(TrainerCallback):  # type: ignore[misc]
             dist.barrier()  # every rank's files (RNG state per rank) are on disk
         path = self.root / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
-            info = {"step": state.global_step, "time": now_iso(),
-                    "world_size": args.world_size}
+            info = {"step": state.global_step, "time": now_iso(), "world_size": args.world_size}
             checkpoints.write_marker(path, info)
             checkpoints.rotate(self.root, self.keep)
-            self.last = {"step": state.global_step, "path": f"checkpoints/{path.name}",
-                         "time": info["time"]}
+            self.last = {
+                "step": state.global_step,
+                "path": f"checkpoints/{path.name}",
+                "time": info["time"],
+            }
             log.info("checkpoint %s complete", path)
             self.progress.checkpoint = self.last
             self.progress.send(state, "checkpointing", force=True)
@@ -92,7 +95,7 @@ class MarkerCallback(TrainerCallback):  # type: ignore[misc]
         return control
 
 
-class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+class ProgressCallback(TrainerCallback):
     """Step, loss, learning rate, tokens/s, ETA and GPU memory to the progress object (rank 0)."""
 
     def __init__(self, reporter: Reporter | None, attempt: int, cuda: bool) -> None:
@@ -131,7 +134,7 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
         tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens0
         eta = None
         if steps > 0 and state.max_steps:
-            eta = int(round(elapsed / steps * max(state.max_steps - state.global_step, 0)))
+            eta = round(elapsed / steps * max(state.max_steps - state.global_step, 0))
         memory = None
         if self.cuda:
             import torch

@@ -72,7 +72,7 @@ def remove_incomplete(root: Path) -> list[Path]:
 
 
 def rotate(root: Path, keep: int) -> list[Path]:
-    """Keep the newest ``keep`` complete checkpoints; delete older ones and stale incomplete ones."""
+    """Keep the newest ``keep`` complete checkpoints; delete older and stale incomplete ones."""
     done = complete(root)
     removed = []
     for _, p in done[: max(len(done) - keep, 0)]:

@@ -150,7 +150,9 @@ class ProgressSpec(_Strict):
 
     config_map: str | None = Field(default=None, description="Progress ConfigMap name.")
     namespace: str | None = Field(default=None, description="Its namespace (default: job's).")
-    interval_seconds: float = Field(default=5.0, gt=0, description="Minimum seconds between PATCHes.")
+    interval_seconds: float = Field(
+        default=5.0, gt=0, description="Minimum seconds between PATCHes."
+    )
     api_server: str | None = Field(default=None, description="API server URL override.")
 
 

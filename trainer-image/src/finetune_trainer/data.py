@@ -108,7 +108,7 @@ def download(url: str, dest_dir: Path, *, timeout: float = 60.0, attempts: int =
     for attempt in range(1, attempts + 1):
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "finetune-trainer"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download-")
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(response, out, length=1 << 20)
@@ -209,7 +209,9 @@ def read_hub(spec: DatasetSpec, cache_dir: Path, token: str | None) -> Iterator[
 
     assert spec.hub is not None
     try:
-        ds = datasets.load_dataset(spec.hub, split=spec.split, token=token, cache_dir=str(cache_dir))
+        ds = datasets.load_dataset(
+            spec.hub, split=spec.split, token=token, cache_dir=str(cache_dir)
+        )
     except FileNotFoundError as exc:
         raise DataError(f"hub dataset {spec.hub} (split {spec.split}) not found: {exc}") from exc
     for number, row in enumerate(ds, start=1):
@@ -270,9 +272,7 @@ def _text(record: Record, spec: DatasetSpec, name: str, *, required: bool) -> st
             raise DataError(f"{where}: {state} '{column}' (format {spec.format})")
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise DataError(
-            f"{where}: field '{column}' must be a string, got {type(value).__name__}"
-        )
+        raise DataError(f"{where}: field '{column}' must be a string, got {type(value).__name__}")
     return str(value)
 
 
@@ -375,7 +375,9 @@ def chat_segments(tokenizer: Any, messages: Sequence[tuple[str, str]]) -> list[S
     conversation.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("the model's tokenizer has no chat template; formats sharegpt/messages need one")
+        raise ConfigError(
+            "the model's tokenizer has no chat template; formats sharegpt/messages need one"
+        )
     segments: list[Segment] = []
     done = ""
     for i, (role, _) in enumerate(messages):

@@ -19,14 +19,14 @@ class TrainerError(Exception):
 
 
 class ConfigError(TrainerError):
-    """The config file is missing, unparsable or violates the contract (also: impossible backend)."""
+    """The config is missing, unparsable or breaks the contract (also: an impossible backend)."""
 
     exit_code = 2
     reason = "BadConfig"
 
 
 class DataError(TrainerError):
-    """A record is malformed or the dataset cannot be read; the message names file, row and field."""
+    """A record is malformed or the data is unreadable; the message names file, row and field."""
 
     exit_code = 3
     reason = "BadData"

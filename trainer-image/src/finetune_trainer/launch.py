@@ -75,8 +75,9 @@ def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "finetune_trainer.main", *args]
         procs.append(subprocess.Popen(cmd, env=env))
-    log.info("launched %d ranks (%s), master port %d", nprocs, "cuda/nccl" if cuda else "cpu/gloo",
-             port)
+    log.info(
+        "launched %d ranks (%s), master port %d", nprocs, "cuda/nccl" if cuda else "cpu/gloo", port
+    )
 
     terminated = False
 
@@ -92,10 +93,10 @@ def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
     try:
         failed_at: float | None = None
         while any(p.poll() is None for p in procs):
-            codes = [p.poll() for p in procs]
-            if failed_at is None and any(c not in (None, 0, EXIT_SUSPENDED) for c in codes):
+            polled = [p.poll() for p in procs]
+            if failed_at is None and any(c not in (None, 0, EXIT_SUSPENDED) for c in polled):
                 failed_at = time.monotonic()
-                log.warning("a rank failed (%s); stopping the others", codes)
+                log.warning("a rank failed (%s); stopping the others", polled)
                 for p in procs:
                     if p.poll() is None:
                         p.terminate()

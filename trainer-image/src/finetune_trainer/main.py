@@ -18,18 +18,22 @@ from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, TrainerError, write_te
 
 log = logging.getLogger("finetune_trainer")
 
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune-trainer", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("FTO_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("train", "train (resuming from the newest complete checkpoint)"),
-                       ("prepare", "validate + tokenize the data and plan memory (CPU)")):
+    for name, text in (
+        ("train", "train (resuming from the newest complete checkpoint)"),
+        ("prepare", "validate + tokenize the data and plan memory (CPU)"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default="/etc/finetune/config.json", help="config.json path")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random model + tokenizer")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", default="llama",
-                      choices=["llama", "mistral", "qwen2", "qwen3", "gemma"])
+    tiny.add_argument(
+        "--arch", default="llama", choices=["llama", "mistral", "qwen2", "qwen3", "gemma"]
+    )
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--hidden", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
@@ -50,8 +54,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "make-tiny-model":
         from finetune_trainer.tiny import make_tiny_model
 
-        out = make_tiny_model(args.out, args.arch, seed=args.seed, vocab_size=args.vocab_size,
-                              hidden=args.hidden, layers=args.layers)
+        out = make_tiny_model(
+            args.out,
+            args.arch,
+            seed=args.seed,
+            vocab_size=args.vocab_size,
+            hidden=args.hidden,
+            layers=args.layers,
+        )
         log.info("tiny %s model written to %s", args.arch, out)
         return 0
     if args.command == "make-dataset":

@@ -47,7 +47,9 @@ def pack(dataset: Any, max_len: int) -> Any:
     if "labels" in columns:
         labels: list[list[int]] = dataset["labels"]
     elif "completion_mask" in columns:
-        labels = [labels_from_mask(a, m) for a, m in zip(ids, dataset["completion_mask"], strict=True)]
+        labels = [
+            labels_from_mask(a, m) for a, m in zip(ids, dataset["completion_mask"], strict=True)
+        ]
     else:
         labels = [list(a) for a in ids]
     bins = best_fit_decreasing([len(a) for a in ids], max_len)

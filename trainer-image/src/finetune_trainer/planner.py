@@ -27,7 +27,15 @@ GiB = 1024 * MiB
 Strategy = Literal["single", "ddp", "model-split"]
 PlanBackend = Literal["unsloth", "transformers"]
 
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,9 @@ class Constants:
     safety_fraction: float = 0.10  # keep 10 % of the card free (fragmentation, spikes)
     bf16_bytes: float = 2.0
     nf4_bytes: float = 0.53  # 4 bits + per-block absmax (double-quantised) constants
-    full_state_bytes: float = 14.0  # bf16 grad 2 + fp32 master 4 + Adam m, v 8 (weights counted apart)
+    full_state_bytes: float = (
+        14.0  # bf16 grad 2 + fp32 master 4 + Adam m, v 8 (weights counted apart)
+    )
     lora_state_bytes: float = 16.0  # fp32 weight 4 + grad 4 + Adam m, v 8
     ckpt_bytes_per_hidden: float = 2.0  # the bf16 layer input kept per layer under checkpointing
     # one layer's working set (4 x hidden + 3 x intermediate bf16 values per token), scaled:
@@ -227,7 +237,12 @@ def activation_bytes_per_token(req: PlanRequest, c: Constants = CONSTANTS) -> fl
 
 
 def estimate(
-    req: PlanRequest, micro_batch: int, *, split: int = 1, ddp: bool = False, c: Constants = CONSTANTS
+    req: PlanRequest,
+    micro_batch: int,
+    *,
+    split: int = 1,
+    ddp: bool = False,
+    c: Constants = CONSTANTS,
 ) -> Estimate:
     """Per-GPU memory for one micro-batch of full-length sequences.
 
@@ -332,11 +347,12 @@ def _method_name(method: str) -> str:
 
 def _suggest(req: PlanRequest, c: Constants) -> str:
     """The cheapest change that makes the job fit."""
-    alternatives: list[Literal["lora", "qlora", "full"]] = {
+    table: dict[str, list[Literal["lora", "qlora", "full"]]] = {
         "full": ["lora", "qlora"],
         "lora": ["qlora"],
         "qlora": [],
-    }[req.method]
+    }
+    alternatives = table[req.method]
     for method in alternatives:
         alt = _replace(req, method=method, micro_batch_size=None, gradient_accumulation=None)
         fit, _, _ = _choose(alt, c)
@@ -380,17 +396,32 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
         f"{_method_name(req.method)} of {params / 1e9:.2f}B parameters, "
         f"maxSeqLength {req.max_seq_length}, microBatchSize {chosen.micro}"
     )
-    if shape_error is None and req.gradient_accumulation is not None and fit is not None:
-        if chosen.micro * req.gradient_accumulation * chosen.processes != req.batch_size:
-            shape_error = (
-                f"microBatchSize {chosen.micro} x gradientAccumulation "
-                f"{req.gradient_accumulation} x {chosen.processes} processes != batchSize "
-                f"{req.batch_size}"
-            )
+    if (
+        shape_error is None
+        and req.gradient_accumulation is not None
+        and fit is not None
+        and chosen.micro * req.gradient_accumulation * chosen.processes != req.batch_size
+    ):
+        shape_error = (
+            f"microBatchSize {chosen.micro} x gradientAccumulation "
+            f"{req.gradient_accumulation} x {chosen.processes} processes != batchSize "
+            f"{req.batch_size}"
+        )
     if shape_error is not None:
-        return Plan(False, chosen.strategy, chosen.processes, chosen.micro, accumulation,
-                    est.total, req.gpu_memory_mib, params, trainable, shape_error, breakdown,
-                    "make batchSize = microBatchSize x gradientAccumulation x processes")
+        return Plan(
+            False,
+            chosen.strategy,
+            chosen.processes,
+            chosen.micro,
+            accumulation,
+            est.total,
+            req.gpu_memory_mib,
+            params,
+            trainable,
+            shape_error,
+            breakdown,
+            "make batchSize = microBatchSize x gradientAccumulation x processes",
+        )
     if fit is None:
         assert req.gpu_memory_mib is not None
         suggestion = _suggest(req, c)
@@ -401,9 +432,20 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
             f"{usable_mib(req.gpu_memory_mib, c):,} MiB ({c.safety_fraction:.0%} kept free); "
             f"{suggestion}"
         )
-        return Plan(False, chosen.strategy, chosen.processes, chosen.micro, accumulation,
-                    est.total, req.gpu_memory_mib, params, trainable, message, breakdown,
-                    suggestion)
+        return Plan(
+            False,
+            chosen.strategy,
+            chosen.processes,
+            chosen.micro,
+            accumulation,
+            est.total,
+            req.gpu_memory_mib,
+            params,
+            trainable,
+            message,
+            breakdown,
+            suggestion,
+        )
     if req.gpus == 0:
         message = f"CPU run: {what}; GPU memory not planned"
     elif req.gpu_memory_mib is None:
@@ -413,12 +455,24 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
             f"fits: {what}, {chosen.strategy} on {max(req.gpus, 1)} GPU(s), estimated "
             f"{est.total:,} of {req.gpu_memory_mib:,} MiB per GPU"
         )
-    return Plan(True, chosen.strategy, chosen.processes, chosen.micro, accumulation, est.total,
-                req.gpu_memory_mib, params, trainable, message, breakdown)
+    return Plan(
+        True,
+        chosen.strategy,
+        chosen.processes,
+        chosen.micro,
+        accumulation,
+        est.total,
+        req.gpu_memory_mib,
+        params,
+        trainable,
+        message,
+        breakdown,
+    )
 
 
 def total_steps(
     rows: int,
+    *,
     micro_batch_size: int,
     gradient_accumulation: int,
     processes: int,

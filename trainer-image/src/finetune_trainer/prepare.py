@@ -148,7 +148,7 @@ def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
 def tokenize(
     samples: Sequence[datamod.Sample], tokenizer: Any, max_len: int, chunk: int = 2048
 ) -> Tokenized:
-    """Token ids + completion mask per sample; the segments of a chunk are tokenized in one batch."""
+    """Token ids + completion mask per sample (a chunk's segments are tokenized in one batch)."""
     prefix, suffix = special_affixes(tokenizer)
     out = Tokenized([], [], 0, 0)
     for start in range(0, len(samples), chunk):
@@ -250,7 +250,7 @@ def build_dataset(config: TrainerConfig, tokenizer: Any) -> Prepared:
     lengths = [len(ids) for ids in tok.input_ids]
 
     order = list(range(len(samples)))
-    n_val = int(round(len(order) * config.dataset.validation_split))
+    n_val = round(len(order) * config.dataset.validation_split)
     if n_val:
         random.Random(config.training.seed).shuffle(order)
         if n_val >= len(order):
@@ -268,7 +268,7 @@ def build_dataset(config: TrainerConfig, tokenizer: Any) -> Prepared:
     splits = {"train": subset(train_idx)}
     if val_idx:
         splits["validation"] = subset(val_idx)
-    manifest: dict[str, Any] = {
+    manifest = {
         "records": len(samples),
         "train_records": len(train_idx),
         "validation_records": len(val_idx),
@@ -353,16 +353,24 @@ def train_rows(config: TrainerConfig, train_dataset: Any) -> int:
 
 def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
     """The whole stage; returns the result dict (also on failure, then re-raises)."""
-    result: dict[str, Any] = {"ok": False, "data": None, "plan": None, "total_steps": None,
-                              "dataset_hash": None, "reused": False, "error": None}
+    result: dict[str, Any] = {
+        "ok": False,
+        "data": None,
+        "plan": None,
+        "total_steps": None,
+        "dataset_hash": None,
+        "reused": False,
+        "error": None,
+    }
     try:
         tokenizer = load_tokenizer(config)
         model_config = load_model_config(config)
         prepared = build_dataset(config, tokenizer)
         m = prepared.manifest
         result["data"] = {k: m[k] for k in ("records", "tokens", "truncated", "histogram")}
-        result["data"].update(train_records=m["train_records"],
-                              validation_records=m["validation_records"])
+        result["data"].update(
+            train_records=m["train_records"], validation_records=m["validation_records"]
+        )
         result["dataset_hash"] = m["dataset_hash"]
         result["prepared_path"] = str(prepared.path.relative_to(config.work))
         result["reused"] = prepared.reused
@@ -372,9 +380,13 @@ def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
             raise PlanRefusedError(plan.message)
         rows = train_rows(config, load_prepared(prepared.path)["train"])
         result["total_steps"] = planner.total_steps(
-            rows, plan.micro_batch_size, plan.gradient_accumulation, plan.processes,
-            config.training.epochs, config.training.max_steps,
-        )  # fmt: skip
+            rows,
+            micro_batch_size=plan.micro_batch_size,
+            gradient_accumulation=plan.gradient_accumulation,
+            processes=plan.processes,
+            epochs=config.training.epochs,
+            max_steps=config.training.max_steps,
+        )
         result["data"]["train_rows"] = rows
         result["ok"] = True
     except TrainerError as exc:

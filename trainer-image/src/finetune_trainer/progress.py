@@ -95,7 +95,7 @@ class ConfigMapSink(Sink):
                 "Accept": "application/json",
             },
         )
-        with urllib.request.urlopen(request, timeout=10, context=self.context) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
             response.read()
 
 

@@ -22,7 +22,15 @@ ARCHITECTURES: dict[str, str] = {
     "gemma": "GemmaForCausalLM",
 }
 
-SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+SPECIAL_TOKENS = [
+    "<|pad|>",
+    "<|bos|>",
+    "<|end|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|tool|>",
+]
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n"
@@ -91,8 +99,9 @@ def synthetic_records(n: int, seed: int = 0, *, mapping_seed: int = 0) -> list[d
     for _ in range(n):
         animal = rng.choice(ANIMALS)
         filler = " ".join(rng.sample(FILLER, k=rng.randint(1, 3)))
-        out.append({"instruction": f"{filler}, what is the code of {animal}?",
-                    "output": mapping[animal]})
+        out.append(
+            {"instruction": f"{filler}, what is the code of {animal}?", "output": mapping[animal]}
+        )
     return out
 
 
@@ -107,8 +116,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
 def _tokenizer_corpus() -> list[str]:
     from finetune_trainer.data import ALPACA_INPUT, ALPACA_PROMPT, ALPACA_RESPONSE
 
-    corpus = [r["instruction"] + " " + r["output"]
-              for r in synthetic_records(2000, seed=1234)]
+    corpus = [r["instruction"] + " " + r["output"] for r in synthetic_records(2000, seed=1234)]
     corpus += [ALPACA_PROMPT + ALPACA_INPUT + ALPACA_RESPONSE] * 50
     corpus += ["The quick brown fox jumps over the lazy dog. 0123456789 Hello, world!"] * 20
     return corpus
@@ -133,7 +141,8 @@ def train_tokenizer(vocab_size: int = 512, corpus: Sequence[str] | None = None) 
     tok.post_processor = processors.TemplateProcessing(
         single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
     )
-    fast = PreTrainedTokenizerFast(
+    fast_class: Any = PreTrainedTokenizerFast  # untyped constructor
+    fast = fast_class(
         tokenizer_object=tok,
         bos_token="<|bos|>",
         eos_token="<|end|>",
@@ -185,15 +194,21 @@ def build_model(config: dict[str, Any], *, meta: bool = False, seed: int = 0) ->
     model_type = fields.pop("model_type")
     fields.pop("architectures", None)
     hf_config = AutoConfig.for_model(model_type, **fields)
+    from_config: Any = AutoModelForCausalLM.from_config  # untyped
     if meta:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(hf_config)
+            return from_config(hf_config)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    return from_config(hf_config, dtype=torch.float32)
 
 
 def make_tiny_model(
-    out_dir: str | Path, arch: str = "llama", *, seed: int = 0, vocab_size: int = 512, **geometry: Any
+    out_dir: str | Path,
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    vocab_size: int = 512,
+    **geometry: Any,
 ) -> Path:
     """Write a tiny model + tokenizer (save_pretrained) into ``out_dir``; return the directory."""
     out = Path(out_dir)

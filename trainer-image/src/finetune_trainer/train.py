@@ -84,8 +84,13 @@ def main(config: TrainerConfig, config_path: str) -> int:
     if plan.processes > 1 and not launch.is_child():
         import torch
 
-        args = ["--log-level", logging.getLevelName(logging.getLogger().level), "train",
-                "--config", config_path]
+        args = [
+            "--log-level",
+            logging.getLevelName(logging.getLogger().level),
+            "train",
+            "--config",
+            config_path,
+        ]
         code, reason = launch.launch(args, plan.processes, cuda=torch.cuda.is_available())
         if code != 0 and reason:
             write_termination_log(reason)
@@ -99,9 +104,9 @@ def _rank() -> int:
 
 def _load_datasets(config: TrainerConfig, tokenizer_for_hash: Any) -> tuple[Any, Any, Path]:
     """Train (and validation) datasets with labels, packed when asked."""
-    from finetune_trainer import packing
-
     import torch.distributed as dist
+
+    from finetune_trainer import packing
 
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and _rank() != 0:
@@ -159,11 +164,18 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     train_ds, eval_ds, prepared_path = _load_datasets(config, tokenizer_for_hash)
 
     loaded = backends.load(config, backend, device, token, plan.strategy)
-    log.info("backend %s, dtype %s, method %s, micro-batch %d x accumulation %d x %d processes",
-             loaded.backend, loaded.dtype, config.method, plan.micro_batch_size,
-             plan.gradient_accumulation, device.world_size)
+    log.info(
+        "backend %s, dtype %s, method %s, micro-batch %d x accumulation %d x %d processes",
+        loaded.backend,
+        loaded.dtype,
+        config.method,
+        plan.micro_batch_size,
+        plan.gradient_accumulation,
+        device.world_size,
+    )
 
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     if getattr(loaded.model, "config", None) is not None:
         loaded.model.config.use_cache = False  # training never needs the KV cache
@@ -241,8 +253,16 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         loaded.tokenizer.save_pretrained(str(target))
         if config.output.merge_adapter and config.method != "full":
             backends.save_merged(loaded, trainer.model, out / "merged")
-        summary = make_summary(config, plan, loaded, state, started, resume, prepared_path,
-                               eval_loss)
+        summary = make_summary(
+            config,
+            plan,
+            loaded,
+            state,
+            started=started,
+            resumed_from=resume,
+            prepared_path=prepared_path,
+            eval_loss=eval_loss,
+        )
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         progress.send(state, "completed", force=True)
     log.info("done: %d steps, output in %s", state.global_step, target)
@@ -258,16 +278,24 @@ def cpu_trainer_class(base: Any) -> Any:
     """
     from transformers import Trainer
 
-    class CPUSFTTrainer(base):  # type: ignore[misc,valid-type]
+    class CPUSFTTrainer(base):  # type: ignore[misc]
         def compute_loss(
-            self, model: Any, inputs: Any, return_outputs: bool = False,
+            self,
+            model: Any,
+            inputs: Any,
+            return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
             # no KV cache in training: with a cache transformers would not detect packed rows
             # (position ids restarting at 0) and samples would attend across their boundaries
             inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return Trainer.compute_loss(
+                self,
+                model,
+                inputs,
+                return_outputs=return_outputs,
+                num_items_in_batch=num_items_in_batch,
+            )
 
         def _load_optimizer_and_scheduler(self, checkpoint: Any) -> Any:
             # With several CPU processes transformers maps the optimizer state to args.device,
@@ -295,21 +323,33 @@ def oom_advice(config: TrainerConfig, plan: RunPlan) -> str:
     t = config.training
     tips = []
     if plan.micro_batch_size > 1:
-        tips.append(f"halve microBatchSize ({plan.micro_batch_size} -> "
-                    f"{plan.micro_batch_size // 2}; gradientAccumulation doubles)")
+        tips.append(
+            f"halve microBatchSize ({plan.micro_batch_size} -> "
+            f"{plan.micro_batch_size // 2}; gradientAccumulation doubles)"
+        )
     tips.append(f"lower maxSeqLength (now {t.max_seq_length})")
     if config.method != "qlora":
         tips.append("use qlora")
-    return (f"CUDA out of memory at microBatchSize {plan.micro_batch_size}, maxSeqLength "
-            f"{t.max_seq_length}: " + ", or ".join(tips))
+    return (
+        f"CUDA out of memory at microBatchSize {plan.micro_batch_size}, maxSeqLength "
+        f"{t.max_seq_length}: " + ", or ".join(tips)
+    )
 
 
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("finetune-trainer", "torch", "transformers", "peft", "trl", "datasets",
-                 "unsloth", "bitsandbytes"):
+    for name in (
+        "finetune-trainer",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+        "unsloth",
+        "bitsandbytes",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -317,12 +357,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def make_summary(config: TrainerConfig, plan: RunPlan, loaded: backends.Loaded, state: Any,
-                 started: float, resumed_from: Path | None, prepared_path: Path,
-                 eval_loss: float | None) -> dict[str, Any]:
-    losses = [{"step": int(e["step"]), "loss": float(e["loss"])}
-              for e in state.log_history if "loss" in e and "step" in e]
-    train_metrics = next((e for e in reversed(state.log_history) if "train_runtime" in e), {})
+def make_summary(
+    config: TrainerConfig,
+    plan: RunPlan,
+    loaded: backends.Loaded,
+    state: Any,
+    *,
+    started: float,
+    resumed_from: Path | None,
+    prepared_path: Path,
+    eval_loss: float | None,
+) -> dict[str, Any]:
+    losses = [
+        {"step": int(e["step"]), "loss": float(e["loss"])}
+        for e in state.log_history
+        if "loss" in e and "step" in e
+    ]
+    train_metrics: dict[str, Any] = next(
+        (e for e in reversed(state.log_history) if "train_runtime" in e), {}
+    )
     return {
         "job": config.job.name,
         "attempt": config.job.attempt,
@@ -336,9 +389,13 @@ def make_summary(config: TrainerConfig, plan: RunPlan, loaded: backends.Loaded, 
         "losses": losses,
         "eval_loss": eval_loss,
         "tokens": int(getattr(state, "num_input_tokens_seen", 0) or 0),
-        "plan": {"strategy": plan.strategy, "processes": plan.processes,
-                 "micro_batch_size": plan.micro_batch_size,
-                 "gradient_accumulation": plan.gradient_accumulation, "source": plan.source},
+        "plan": {
+            "strategy": plan.strategy,
+            "processes": plan.processes,
+            "micro_batch_size": plan.micro_batch_size,
+            "gradient_accumulation": plan.gradient_accumulation,
+            "source": plan.source,
+        },
         "packing": config.training.packing,
         "resumed_from": resumed_from.name if resumed_from else None,
         "prepared": str(prepared_path),
