@@ -27,12 +27,27 @@ HEADING = "## Prepare stage"
 
 
 def run_prepare(config: Path, work: Path) -> tuple[float, dict[str, object]]:
-    env = dict(os.environ, FTO_TERMINATION_LOG=str(work / "termination-log"),
-               FTO_PROGRESS_FILE=str(work / "progress.local.json"),
-               FTO_SERVICEACCOUNT_DIR=str(work / "no-sa"))
+    env = dict(
+        os.environ,
+        FTO_TERMINATION_LOG=str(work / "termination-log"),
+        FTO_PROGRESS_FILE=str(work / "progress.local.json"),
+        FTO_SERVICEACCOUNT_DIR=str(work / "no-sa"),
+    )
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "finetune_trainer.main", "--log-level", "WARNING",
-                    "prepare", "--config", str(config)], env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune_trainer.main",
+            "--log-level",
+            "WARNING",
+            "prepare",
+            "--config",
+            str(config),
+        ],
+        env=env,
+        check=True,
+    )
     seconds = time.monotonic() - start
     return seconds, json.loads((work / "prepare-result.json").read_text())
 
@@ -57,7 +72,7 @@ def record(line: str) -> None:
     start = text.index(HEADING) + len(HEADING)
     nxt = text.find("\n## ", start)
     section = text[start:] if nxt < 0 else text[start:nxt]
-    section = section.rstrip("\n") + "\n" + line + "\n"
+    section = (section.rstrip("\n") or "\n") + "\n" + line + "\n"
     text = text[:start] + section + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
     DOC.write_text(text)
 
@@ -76,13 +91,21 @@ def main() -> int:
         data = write_jsonl(t / "train.jsonl", synthetic_records(args.records, seed=0))
         work = t / "work"
         config = t / "config.json"
-        config.write_text(json.dumps({
-            "version": 1, "job": {"name": "bench"}, "model": {"path": str(model)},
-            "dataset": {"path": str(data), "format": "alpaca", "validation_split": 0.05},
-            "method": "lora", "training": {"batch_size": 16, "max_seq_length": 512},
-            "gpus": 1, "gpu_memory_mib": 12288,
-            "paths": {"work": str(work), "model_cache": str(t / "cache")},
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "job": {"name": "bench"},
+                    "model": {"path": str(model)},
+                    "dataset": {"path": str(data), "format": "alpaca", "validation_split": 0.05},
+                    "method": "lora",
+                    "training": {"batch_size": 16, "max_seq_length": 512},
+                    "gpus": 1,
+                    "gpu_memory_mib": 12288,
+                    "paths": {"work": str(work), "model_cache": str(t / "cache")},
+                }
+            )
+        )
         cold, result = run_prepare(config, work)
         manifest = json.loads((work / str(result["prepared_path"]) / "manifest.json").read_text())
         warm, again = run_prepare(config, work)
