@@ -222,6 +222,8 @@ def test_create_runs_to_success_with_progress_mirrored(
     assert done["progress"]["step"] == 10 and done["progress"]["percent"] == 100
     assert conditions(done)["Succeeded"] == "True" and conditions(done)["Stalled"] == "False"
     assert done["observedGeneration"] == 1 and done["completionTime"]
+    # no finalizer: a job can be deleted while the operator is down
+    assert "finalizers" not in get(cluster, namespace, "ftj", "bot")["metadata"]
     assert [a["reason"] for a in done["attempts"]] == ["Completed"]
     # the children, with the least-privilege Role for the trainer
     role = get(cluster, namespace, "role", "bot-trainer")
@@ -381,3 +383,18 @@ def test_bad_data_fails_in_prepare_without_a_training_pod(
     assert failed["reason"] == "BadData"
     assert "row 1234" in failed["message"]
     assert pods(cluster, namespace) == ["bot-prepare"]
+
+
+def test_output_claim_created_from_a_size_outlives_the_job(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, steps=4, pace=0.2, output={"size": "1Gi"})
+    wait_phase(cluster, namespace, "Succeeded", timeout=90)
+    claim = get(cluster, namespace, "pvc", "bot-output")
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["labels"]["finetune.dev/job"] == "bot"
+    cluster.kubectl("delete", "ftj", "bot", "-n", namespace, "--wait=true")
+    wait_until(lambda: not cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").strip(),
+               timeout=60, message="the pods to be collected")  # fmt: skip
+    assert get(cluster, namespace, "pvc", "bot-output")["status"]["phase"] == "Bound"

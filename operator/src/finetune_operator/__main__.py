@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # kopf logs every successful handler run at INFO; the per-job timer makes that noise.
+    # kopf logs every successful handler run at INFO; pod events make that noise.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from prometheus_client import start_http_server
 

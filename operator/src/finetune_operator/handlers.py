@@ -1,10 +1,10 @@
 """Thin kopf handlers: read → derive → build → apply → patch status once.
 
-Every trigger (job created/resumed/changed, the per-job timer, any event of a pod the operator
+Every trigger (job created/resumed/changed, the periodic resync, any event of a pod the operator
 made) runs the same ``reconcile``, which re-reads the job, lists its pods, reads the progress
 ConfigMap, derives the new status (pure), makes the few API calls that status asks for, and
 patches ``.status`` only when it changed. Nothing sleeps: backoff waits are a time in
-``status.retryAfter`` that the timer looks at. Pod names are deterministic and creation is
+``status.retryAfter`` that the periodic resync looks at. Pod names are deterministic and creation is
 create-or-get, so an operator restart never duplicates a pod.
 """
 
@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,13 +65,51 @@ def job_changed(name: str, namespace: str | None, **_: Any) -> None:
     reconcile(namespace or "default", name)
 
 
-@kopf.timer(m.GROUP, m.VERSION, m.PLURAL, interval=SETTINGS.resync_seconds, sharp=False)
-def job_tick(
-    name: str, namespace: str | None, status: kopf.Status, spec: kopf.Spec, **_: Any
-) -> None:
-    if status.get("phase") in m.Phase.TERMINAL and spec.get("ttlSecondsAfterFinished") is None:
-        return
-    reconcile(namespace or "default", name)
+# No kopf.timer: kopf puts a finalizer on every object with a timer or daemon, and a job could
+# then not be deleted while the operator is down. A plain background loop does the periodic part.
+_stop = threading.Event()
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resync")
+
+
+@kopf.on.startup()
+def start_resync(**_: Any) -> None:
+    _stop.clear()
+    threading.Thread(target=_resync_forever, name="resync", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_resync(**_: Any) -> None:
+    _stop.set()
+
+
+def _resync_forever() -> None:
+    while not _stop.wait(SETTINGS.resync_seconds):
+        try:
+            resync_once()
+        except Exception:
+            log.exception("periodic resync failed")
+
+
+def resync_once() -> None:
+    """Reconcile every job that is not finished (or has a TTL to honour)."""
+    futures = []
+    namespaces: list[str | None] = [*SETTINGS.namespaces] or [None]
+    for ns in namespaces:
+        for item in kube.list_jobs(ns):
+            meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+            phase = (item.get("status") or {}).get("phase")
+            if phase in m.Phase.TERMINAL and spec.get("ttlSecondsAfterFinished") is None:
+                continue
+            futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
+    for future in futures:
+        future.result()
+
+
+def _reconcile_logged(namespace: str, name: str) -> None:
+    try:
+        reconcile(namespace, name)
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        log.warning("reconcile %s/%s: %s", namespace, name, exc)
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})

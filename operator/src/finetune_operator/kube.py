@@ -120,6 +120,17 @@ def get_job(namespace: str, name: str) -> dict[str, Any]:
     return request("GET", _ns_path(m.API_VERSION, namespace, m.PLURAL, name))
 
 
+def list_jobs(namespace: str | None) -> list[dict[str, Any]]:
+    """FineTuneJobs of one namespace, or of all when ``None``."""
+    path = (
+        _ns_path(m.API_VERSION, namespace, m.PLURAL)
+        if namespace
+        else f"/apis/{m.API_VERSION}/{m.PLURAL}"
+    )
+    items: list[dict[str, Any]] = request("GET", path).get("items") or []
+    return items
+
+
 def patch_job_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch ``.status`` through the status subresource."""
     path = _ns_path(m.API_VERSION, namespace, m.PLURAL, name) + "/status"

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="Upper bound of any job's retry delay."
     )
     resync_seconds: float = Field(
-        default=5.0, gt=0, description="Period of the per-job reconcile timer while active."
+        default=5.0, gt=0, description="Period of the background resync of unfinished jobs."
     )
     prepare_cpu: str = Field(default="500m", description="CPU request of the prepare pod.")
     prepare_memory: str = Field(default="2Gi", description="Memory request/limit of prepare pods.")

@@ -9,6 +9,7 @@ API calls the handler makes. Conditions follow kstatus (see ``CONDITION_TABLE``)
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -136,6 +137,7 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1][:MAX_MESSAGE] if lines else None
 
 
+_MISSING_PVC = re.compile(r'persistentvolumeclaim "[^"]+" not found', re.IGNORECASE)
 _IMAGE_ERRORS = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
@@ -422,8 +424,9 @@ def _unschedulable(
     w: _Work, job: m.FineTuneJob, state: PodState, train: bool, now: datetime
 ) -> None:
     msg = state.message or ""
-    if "persistentvolumeclaim" in msg.lower() and "not found" in msg.lower():
-        _fail(w, R.PVC_NOT_FOUND, msg[:MAX_MESSAGE], now)
+    missing = _MISSING_PVC.search(msg)
+    if missing:  # not "unbound" claims: those are still being provisioned
+        _fail(w, R.PVC_NOT_FOUND, missing.group(0), now)
         return
     w.phase, w.reason, w.message = P.QUEUED, R.UNSCHEDULABLE, _waiting_message(job, state, train)
 

@@ -111,6 +111,14 @@ def test_missing_pvc_from_the_scheduler_fails(make_job: JobF, make_pod: PodF) ->
     msg = '0/1 nodes are available: persistentvolumeclaim "out" not found.'
     new = st.derive_status(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.PVC_NOT_FOUND)
+    assert new.message == 'persistentvolumeclaim "out" not found'
+
+
+def test_unbound_claim_is_only_queued(make_job: JobF, make_pod: PodF) -> None:
+    msg = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+    pods = [make_pod("bot-prepare", role="prepare", attempt=0, unschedulable=msg)]
+    new = st.derive_status(make_job(), pods, None, None, NOW)
+    assert (new.phase, new.message) == (P.QUEUED, f"waiting for a node: {msg}")
 
 
 def test_running_mirrors_progress(make_job: JobF, make_pod: PodF) -> None:
