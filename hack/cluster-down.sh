@@ -6,6 +6,7 @@ set -euo pipefail
 FTO_LOG_TAG=cluster-down
 source "$(dirname "$0")/lib/common.sh"
 [[ $(id -u) == 0 ]] || die "must run as root"
+lock_cluster
 PURGE=${1:-}
 
 # stop NAME: SIGTERM the recorded process, SIGKILL after 10 s.
@@ -44,8 +45,9 @@ stop kube-apiserver
 stop etcd
 
 # mounts left under our directories (projected tokens, rootfs), deepest first
-for root in /var/lib/fto-kubelet "$FTO_STATE" /var/lib/fto-containerd/io.containerd.grpc.v1.cri; do
-  findmnt -rn -o TARGET | grep "^$root/" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+# (the kubelet also bind-mounts its root directory onto itself)
+for root in /var/lib/fto-kubelet "$FTO_STATE" /var/lib/fto-containerd; do
+  findmnt -rn -o TARGET | grep -E "^$root(/|\$)" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 done
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
 ip link delete fto-cni0 2>/dev/null || true
@@ -57,6 +59,17 @@ for chain in PREROUTING OUTPUT; do
 done
 iptables -t nat -F FTO-SERVICES 2>/dev/null || true
 iptables -t nat -X FTO-SERVICES 2>/dev/null || true
+# chains the kubelet adds (its canaries and the localnet firewall)
+for ipt in iptables ip6tables; do
+  for chain in INPUT OUTPUT; do
+    while $ipt -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+  done
+  for table in filter nat mangle; do
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      $ipt -t "$table" -F "$chain" 2>/dev/null && $ipt -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+done
 
 rm -rf /dev/shm/fto-etcd /var/lib/fto-kubelet /var/lib/fto-volumes "$FTO_STATE"
 # containers' metadata goes, the image store stays unless purged

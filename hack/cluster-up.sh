@@ -11,6 +11,7 @@ FTO_LOG_TAG=cluster-up
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/pki.sh"
 [[ $(id -u) == 0 ]] || die "must run as root (it configures addresses, routes, iptables and runs a kubelet)"
+lock_cluster
 
 ETCD_DATA=/dev/shm/fto-etcd
 CTRD_ROOT=/var/lib/fto-containerd
@@ -41,7 +42,7 @@ start() {
   local name=$1; shift
   if pid_alive "$name"; then return 1; fi
   log "starting $name (log: $FTO_STATE/logs/$name.log)"
-  setsid "$@" >>"$FTO_STATE/logs/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$FTO_STATE/logs/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$FTO_STATE/$name.pid"
 }
 

@@ -10,6 +10,7 @@ FTO_LOG_TAG=kwok
 source "$(dirname "$0")/lib/common.sh"
 N=${1:-10}
 [[ $N =~ ^[0-9]+$ ]] || die "usage: hack/kwok-nodes.sh N"
+lock_cluster
 kc get --raw /readyz >/dev/null 2>&1 || die "the local cluster is not running (make cluster-up)"
 "$FTO_ROOT/hack/build-tools.sh" kwok
 
@@ -29,7 +30,7 @@ if ! pid_alive kwok; then
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --manage-nodes-with-label-selector= --manage-single-node= \
     --node-lease-duration-seconds=40 --cidr="$KWOK_CIDR" --node-ip= \
-    --server-address=127.0.0.1:10247 >>"$FTO_STATE/logs/kwok.log" 2>&1 </dev/null &
+    --server-address=127.0.0.1:10247 >>"$FTO_STATE/logs/kwok.log" 2>&1 </dev/null 9>&- &
   echo $! >"$FTO_STATE/kwok.pid"
 fi
 

@@ -39,3 +39,11 @@ wait_for() {
     sleep 0.3
   done
 }
+
+# lock_cluster: serialize cluster-up/cluster-down/kwok-nodes (pytest sessions may race). The lock
+# is fd 9; every long-running process these scripts start must get `9>&-` so it does not inherit it.
+lock_cluster() {
+  local lock=${FTO_LOCK:-${FTO_STATE%/}.lock}
+  exec 9>"$lock"
+  flock -w 900 9 || die "another cluster script holds $lock"
+}
