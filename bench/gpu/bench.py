@@ -31,17 +31,32 @@ T0 = float(os.environ.get("FTO_T0", time.time()))
 GEOMETRIES: dict[str, dict[str, Any]] = {
     # Llama-3.2-1B geometry (1.236 B parameters)
     "1b": {
-        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
-        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0,
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
     },
     # Mistral-7B-v0.3 geometry (7.248 B parameters)
     "7b": {
-        "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "vocab_size": 32768, "tie_word_embeddings": False, "rope_theta": 1000000.0,
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "sliding_window": None,
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 32768,
+        "tie_word_embeddings": False,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "sliding_window": None,
     },
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -101,13 +116,26 @@ def cmd_make_model(args: argparse.Namespace) -> None:
     vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>")
-    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
-                          "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
+        "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     fast.save_pretrained(out)
-    emit({"kind": "make-model", "geometry": args.geometry, "params": n_params,
-          "seconds": round(time.time() - t, 1)})
+    emit(
+        {
+            "kind": "make-model",
+            "geometry": args.geometry,
+            "params": n_params,
+            "seconds": round(time.time() - t, 1),
+        }
+    )
 
 
 def realistic_lengths(n: int, rng: random.Random, max_len: int) -> list[int]:
@@ -117,14 +145,24 @@ def realistic_lengths(n: int, rng: random.Random, max_len: int) -> list[int]:
 
 def cmd_make_data(args: argparse.Namespace) -> None:
     rng = random.Random(1234)
-    lengths = ([args.max_len] * args.n if args.shape == "fixed"
-               else realistic_lengths(args.n, rng, args.max_len))
+    lengths = (
+        [args.max_len] * args.n
+        if args.shape == "fixed"
+        else realistic_lengths(args.n, rng, args.max_len)
+    )
     with open(args.out, "w") as f:
         for ln in lengths:
             ids = [rng.randrange(4, args.vocab) for _ in range(ln)]
             f.write(json.dumps({"input_ids": ids}) + "\n")
-    emit({"kind": "make-data", "shape": args.shape, "n": args.n,
-          "mean_len": round(statistics.mean(lengths), 1), "median_len": statistics.median(lengths)})
+    emit(
+        {
+            "kind": "make-data",
+            "shape": args.shape,
+            "n": args.n,
+            "mean_len": round(statistics.mean(lengths), 1),
+            "median_len": statistics.median(lengths),
+        }
+    )
 
 
 class _Counting:
@@ -162,21 +200,29 @@ def _train_and_measure(trainer: Any, args: argparse.Namespace, extra: dict[str, 
     t_train = time.time()
     trainer.train()
     rates = []
-    for (t1, k1, _), (t2, k2, _) in zip(marks[args.warmup:], marks[args.warmup + 1:], strict=False):
+    for (t1, k1, _), (t2, k2, _) in zip(
+        marks[args.warmup :], marks[args.warmup + 1 :], strict=False
+    ):
         rates.append((k2 - k1) / (t2 - t1))
     tps = statistics.median(rates) if rates else float("nan")
     n_params = extra.pop("base_params")
     peak = float(os.environ.get("BENCH_PEAK_TFLOPS", "0") or 0)
-    emit({
-        "kind": "run", **extra, "mb": args.mb, "seq": args.max_len,
-        "tokens_per_second": round(tps), "steps_measured": len(rates),
-        "first_step_seconds": round(marks[0][0] - T0, 1) if marks else None,
-        "load_seconds": round(t_train - T0, 1),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-        "mfu": round(6 * n_params * tps / (peak * 1e12), 3) if peak else None,
-        "losses": [round(x, 4) for x in losses],
-    })
+    emit(
+        {
+            "kind": "run",
+            **extra,
+            "mb": args.mb,
+            "seq": args.max_len,
+            "tokens_per_second": round(tps),
+            "steps_measured": len(rates),
+            "first_step_seconds": round(marks[0][0] - T0, 1) if marks else None,
+            "load_seconds": round(t_train - T0, 1),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+            "mfu": round(6 * n_params * tps / (peak * 1e12), 3) if peak else None,
+            "losses": [round(x, 4) for x in losses],
+        }
+    )
 
 
 def _dataset(path: str) -> Any:
@@ -189,10 +235,19 @@ def _sft_config(args: argparse.Namespace, **kw: Any) -> Any:
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=f"/tmp/bench-out-{os.getpid()}", per_device_train_batch_size=args.mb,
-        gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=2e-4,
-        logging_steps=1, save_strategy="no", report_to="none", bf16=True,
-        max_length=args.max_len, dataset_num_proc=1, seed=3407, **kw,
+        output_dir=f"/tmp/bench-out-{os.getpid()}",
+        per_device_train_batch_size=args.mb,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=True,
+        max_length=args.max_len,
+        dataset_num_proc=1,
+        seed=3407,
+        **kw,
     )
 
 
@@ -203,51 +258,93 @@ def cmd_run(args: argparse.Namespace) -> None:
         frac = args.cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(frac)
     ds = _dataset(args.data)
-    extra: dict[str, Any] = {"stack": args.stack, "method": args.method, "model": args.model_tag,
-                             "data": args.data_tag, "cap_gib": args.cap_gib}
+    extra: dict[str, Any] = {
+        "stack": args.stack,
+        "method": args.method,
+        "model": args.model_tag,
+        "data": args.data_tag,
+        "cap_gib": args.cap_gib,
+    }
     if args.stack == "unsloth":
         import unsloth  # noqa: F401  (must be imported before transformers/trl, as its docs say)
         from trl import SFTTrainer
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(
-            model_name=args.model, max_seq_length=args.max_len, dtype=None,
-            load_in_4bit=args.method == "qlora", full_finetuning=args.method == "full")
+            model_name=args.model,
+            max_seq_length=args.max_len,
+            dtype=None,
+            load_in_4bit=args.method == "qlora",
+            full_finetuning=args.method == "full",
+        )
         extra["base_params"] = _base_params(args.model)
         if args.method != "full":
             model = FastLanguageModel.get_peft_model(
-                model, r=16, lora_alpha=16, lora_dropout=0, target_modules=TARGETS, bias="none",
-                use_gradient_checkpointing="unsloth", random_state=3407)
-        trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=ds,
-                             args=_sft_config(args, optim="adamw_8bit"))
+                model,
+                r=16,
+                lora_alpha=16,
+                lora_dropout=0,
+                target_modules=TARGETS,
+                bias="none",
+                use_gradient_checkpointing="unsloth",
+                random_state=3407,
+            )
+        trainer = SFTTrainer(
+            model=model,
+            processing_class=tok,
+            train_dataset=ds,
+            args=_sft_config(args, optim="adamw_8bit"),
+        )
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
         from trl import SFTTrainer
 
-        kw: dict[str, Any] = {"dtype": torch.bfloat16, "attn_implementation": "sdpa",
-                              "device_map": {"": 0}}
+        kw: dict[str, Any] = {
+            "dtype": torch.bfloat16,
+            "attn_implementation": "sdpa",
+            "device_map": {"": 0},
+        }
         if args.method == "qlora":
             kw["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
         model = AutoModelForCausalLM.from_pretrained(args.model, **kw)
         tok = AutoTokenizer.from_pretrained(args.model)
         extra["base_params"] = _base_params(args.model)
         if args.method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         if args.method != "full":
-            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
-                                                     target_modules=TARGETS, task_type="CAUSAL_LM"))
-        trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=ds,
-                             args=_sft_config(args, gradient_checkpointing=True))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=16,
+                    lora_alpha=16,
+                    lora_dropout=0.0,
+                    target_modules=TARGETS,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        trainer = SFTTrainer(
+            model=model,
+            processing_class=tok,
+            train_dataset=ds,
+            args=_sft_config(args, gradient_checkpointing=True),
+        )
     _train_and_measure(trainer, args, extra)
 
 
 def _base_params(model_dir: str) -> int:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    h, i, n, v = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"],
-                  cfg["vocab_size"])
+    h, i, n, v = (
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["num_hidden_layers"],
+        cfg["vocab_size"],
+    )
     kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
     emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
@@ -280,8 +377,9 @@ def main(argv: list[str]) -> None:
     r.add_argument("--warmup", type=int, default=5)
     r.add_argument("--cap-gib", type=float, default=0.0)
     a = p.parse_args(argv)
-    {"peak": cmd_peak, "make-model": cmd_make_model, "make-data": cmd_make_data,
-     "run": cmd_run}[a.cmd](a)
+    {"peak": cmd_peak, "make-model": cmd_make_model, "make-data": cmd_make_data, "run": cmd_run}[
+        a.cmd
+    ](a)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,18 @@
 
 import json
 import sys
+from pathlib import Path
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.strip()]
 for r in rows:
     if r.get("kind") == "run":
-        print(f"{r.get('stack', ''):8} {r.get('model', ''):3} {r.get('method', ''):5} {r.get('data', ''):9} "
-              f"gpus={r.get('gpus', 1)} mb={r.get('mb')} seq={r.get('seq')} cap={r.get('cap_gib')} "
-              f"tok/s={r.get('tokens_per_second')} alloc={r.get('peak_allocated_gib')} "
-              f"res={r.get('peak_reserved_gib')} first={r.get('first_step_seconds')} mfu={r.get('mfu')} "
-              f"loss={(r.get('losses') or [None])[-1]}")
+        g = r.get
+        print(
+            f"{g('stack', ''):8} {g('model', ''):3} {g('method', ''):5} {g('data', ''):9} "
+            f"gpus={g('gpus', 1)} mb={g('mb')} seq={g('seq')} cap={g('cap_gib')} "
+            f"tok/s={g('tokens_per_second')} alloc={g('peak_allocated_gib')} "
+            f"res={g('peak_reserved_gib')} first={g('first_step_seconds')} mfu={g('mfu')} "
+            f"loss={(g('losses') or [None])[-1]}"
+        )
     else:
         print(json.dumps(r)[:200])

@@ -58,6 +58,25 @@ def detect_device() -> Device:
     )
 
 
+def cap_memory(device: Device, gpu_memory_mib: int | None) -> float | None:
+    """Hold this process to the GPU memory the plan was made for, when the card has more.
+
+    A plan for a 12 GiB RTX 3060 then behaves the same on a 80 GiB card: it fits or fails there
+    exactly as it would on the small one (``torch.cuda.set_per_process_memory_fraction``).
+    Returns the fraction applied, or None.
+    """
+    if not device.cuda or not gpu_memory_mib:
+        return None
+    import torch
+
+    total = torch.cuda.get_device_properties(device.local_rank).total_memory
+    fraction = gpu_memory_mib * 2**20 / total
+    if fraction >= 1.0:
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction, device.local_rank)
+    return fraction
+
+
 def unsloth_available() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 

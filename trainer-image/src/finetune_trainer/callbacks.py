@@ -158,3 +158,51 @@ class ProgressCallback(TrainerCallback):
         if self.reporter is None or not state.is_world_process_zero:
             return
         self.reporter.progress(self.snapshot(state, status), force=force)
+
+
+def process_start_epoch() -> float:
+    """When this process was started (from /proc), so start-up includes interpreter + imports."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        import os
+
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+class TimingCallback(TrainerCallback):
+    """Per-step wall time and tokens seen, for the summary (benchmarks read it from there)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.started = process_start_epoch()
+        self.first_step_seconds: float | None = None
+        self.step_times: list[float] = []
+        self.tokens_seen: list[int] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        now = time.time()
+        if self.first_step_seconds is None:
+            self.first_step_seconds = round(now - self.started, 2)
+        self.step_times.append(round(now, 4))
+        self.tokens_seen.append(int(getattr(state, "num_input_tokens_seen", 0) or 0))
+        return control
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "process_start_to_first_step_seconds": self.first_step_seconds,
+            "step_end_times": self.step_times,
+            "tokens_seen": self.tokens_seen,
+        }
+        if self.cuda:
+            import torch
+
+            out["peak_allocated_mib"] = int(torch.cuda.max_memory_allocated() // 2**20)
+            out["peak_reserved_mib"] = int(torch.cuda.max_memory_reserved() // 2**20)
+        return out

@@ -140,16 +140,24 @@ def _init_distributed(device: backends.Device) -> None:
 
 def run(config: TrainerConfig, plan: RunPlan) -> int:
     """Train in this process (one rank); returns 0 or 10 (suspended)."""
-    from finetune_trainer.callbacks import MarkerCallback, ProgressCallback, SignalCallback
+    from finetune_trainer.callbacks import (
+        MarkerCallback,
+        ProgressCallback,
+        SignalCallback,
+        TimingCallback,
+    )
     from finetune_trainer.progress import Reporter, make_sink
 
     started = time.time()
     device = backends.detect_device()
+    timing = TimingCallback(device.cuda)
     signals = SignalCallback(f"cuda:{device.local_rank}" if device.cuda else "cpu")
     signals.install()  # a SIGTERM during loading still ends with a checkpoint after one step
     backend = backends.resolve(config, device)
     backends.early_import(backend)  # unsloth must patch transformers/TRL before they load
     _init_distributed(device)
+    if backends.cap_memory(device, config.gpu_memory_mib):
+        log.info("GPU memory held to %d MiB per process, as planned", config.gpu_memory_mib)
     is_main = _rank() == 0
     reporter = Reporter(make_sink(config), config.progress.interval_seconds, enabled=is_main)
     token = prepare.hub_token(config)
@@ -227,7 +235,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=loaded.tokenizer,
-        callbacks=[signals, progress, marker],
+        callbacks=[signals, progress, marker, timing],
     )
     if resume is not None:
         log.info("resuming from %s", resume)
@@ -263,6 +271,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             prepared_path=prepared_path,
             eval_loss=eval_loss,
         )
+        summary["timing"] = timing.summary()
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         progress.send(state, "completed", force=True)
     log.info("done: %d steps, output in %s", state.global_step, target)
