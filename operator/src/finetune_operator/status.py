@@ -531,11 +531,12 @@ def derive_status(
     )
     data = old.data
     total_steps = None
-    if _prepare_ok(prepare_result):
-        assert prepare_result is not None
+    if prepare_result:  # data and plan are there even when the plan refuses the job
         data = _data(prepare_result) or data
         if w.plan is None:
             w.plan = _plan(prepare_result)
+    if _prepare_ok(prepare_result):
+        assert prepare_result is not None
         total_steps = _int(prepare_result.get("total_steps"), 1, _MAX_STEPS)
         _derive_training(
             w,

@@ -80,6 +80,21 @@ def test_bad_data_fails_before_any_gpu_pod(make_job: JobF, make_pod: PodF) -> No
     assert st.next_actions(make_job(), new, pods, NOW).create_train is None
 
 
+def test_plan_refused_shows_the_estimate(make_job: JobF) -> None:
+    result = {
+        "ok": False,
+        "plan": {"strategy": "single", "estimated_gpu_memory_mib": 61000, "gpu_memory_mib": 12288,
+                 "fits": False, "message": "needs 61000 MiB per GPU; try method qlora"},
+        "data": {"records": 10},
+        "error": {"reason": "PlanRefused", "message": "7B full fine-tune needs 61000 MiB"},
+    }  # fmt: skip
+    new = st.derive_status(make_job(), [], None, result, NOW)
+    assert (new.phase, new.reason) == (P.FAILED, R.PLAN_REFUSED)
+    assert new.plan is not None and new.plan.fits is False
+    assert new.plan.estimated_gpu_memory_mib == 61000
+    assert new.data is not None and new.data.records == 10
+
+
 def test_prepared_job_starts_attempt_one(make_job: JobF) -> None:
     job = make_job()
     new = st.derive_status(job, [], None, OK_PREPARE, NOW)
