@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,9 @@ class Operator:
     def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
         self.cluster, self.namespace, self.log = cluster, namespace, log
         self.proc: subprocess.Popen[bytes] | None = None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.metrics_port = sock.getsockname()[1]
 
     def start(self) -> None:
         env = {
@@ -60,7 +65,7 @@ class Operator:
             "FTO_NAMESPACES": self.namespace,
             "FTO_TRAINER_IMAGE": STANDIN,
             "FTO_HEALTH_PORT": "0",
-            "FTO_METRICS_PORT": "0",
+            "FTO_METRICS_PORT": str(self.metrics_port),
             "FTO_RESYNC_SECONDS": "1",
             "FTO_TERMINATION_GRACE_SECONDS": "30",
             "FTO_PROGRESS_INTERVAL_SECONDS": "0.5",
@@ -222,6 +227,8 @@ def test_create_runs_to_success_with_progress_mirrored(
     assert done["progress"]["step"] == 10 and done["progress"]["percent"] == 100
     assert conditions(done)["Succeeded"] == "True" and conditions(done)["Stalled"] == "False"
     assert done["observedGeneration"] == 1 and done["completionTime"]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics").read()
+    assert f'namespace="{namespace}"'.encode() in scraped
     # no finalizer: a job can be deleted while the operator is down
     assert "finalizers" not in get(cluster, namespace, "ftj", "bot")["metadata"]
     assert [a["reason"] for a in done["attempts"]] == ["Completed"]

@@ -16,13 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # kopf logs every successful handler run at INFO; pod events make that noise.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from prometheus_client import start_http_server
-
-    from finetune_operator import handlers  # registers the handlers
+    from finetune_operator import handlers, metrics  # registers the handlers
 
     settings = handlers.SETTINGS
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port)
+    metrics.start_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     namespaces = list(settings.namespaces)
     kopf.run(

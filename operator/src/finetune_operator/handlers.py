@@ -22,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, planner
+from finetune_operator import kube, metrics, planner
 from finetune_operator import models as m
 from finetune_operator import status as st
 from finetune_operator.settings import Settings
@@ -94,13 +94,14 @@ def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour)."""
     futures = []
     namespaces: list[str | None] = [*SETTINGS.namespaces] or [None]
-    for ns in namespaces:
-        for item in kube.list_jobs(ns):
-            meta, spec = item.get("metadata") or {}, item.get("spec") or {}
-            phase = (item.get("status") or {}).get("phase")
-            if phase in m.Phase.TERMINAL and spec.get("ttlSecondsAfterFinished") is None:
-                continue
-            futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
+    jobs = [item for ns in namespaces for item in kube.list_jobs(ns)]
+    metrics.observe_jobs(jobs)
+    for item in jobs:
+        meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+        phase = (item.get("status") or {}).get("phase")
+        if phase in m.Phase.TERMINAL and spec.get("ttlSecondsAfterFinished") is None:
+            continue
+        futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
     for future in futures:
         future.result()
 
@@ -209,7 +210,7 @@ def reconcile(namespace: str, name: str) -> None:
                 _start_pod(job, new, acts)
         for pod in acts.delete_pods:
             kube.delete_pod(namespace, pod)
-        _publish(body, job.status, new, old_raw)
+        _publish(body, job.status, new, old_raw, now)
 
 
 def _publish(
@@ -217,11 +218,14 @@ def _publish(
     old: m.FineTuneJobStatus,
     new: m.FineTuneJobStatus,
     old_raw: dict[str, Any],
+    now: datetime,
 ) -> None:
     meta = body.get("metadata") or {}
-    patch = st.merge_patch(old_raw, m.dump(new))
+    new_raw = m.dump(new)
+    patch = st.merge_patch(old_raw, new_raw)
     if patch:
         kube.patch_job_status(meta["namespace"], meta["name"], patch)
+        metrics.observe_status(meta["namespace"], meta["name"], old_raw, new_raw, now)
     for kind, reason, message in st.transition_events(old, new):
         kube.emit_event(body, kind, reason, message)
 
@@ -238,4 +242,4 @@ def _bad_spec(
     message = f"invalid spec at {where}: {err['msg']}"
     generation = int((body.get("metadata") or {}).get("generation", 1))
     new = st.failed_status(old, generation, m.Reason.BAD_SPEC, message, now)
-    _publish(body, old, new, old_raw)
+    _publish(body, old, new, old_raw, now)
