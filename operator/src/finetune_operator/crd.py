@@ -232,6 +232,8 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "resources": [f"{m.PLURAL}/status"],
         "verbs": ["get", "patch", "update"],
     },
+    # children carry blockOwnerDeletion; OwnerReferencesPermissionEnforcement wants this
+    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/finalizers"], "verbs": ["update"]},
     {
         "apiGroups": [""],
         "resources": ["pods"],
