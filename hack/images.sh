@@ -4,7 +4,10 @@
 #   hack/images.sh pause        static pause binary -> registry.k8s.io/pause:3.10
 #   hack/images.sh python-base  base + /opt/venv with requirements/trainer.txt -> localhost/python-base:bookworm
 #   hack/images.sh trainer|operator|standin   docker build of the project images, then load them
-#                               into the local cluster's containerd (skipped when unchanged)
+#                               into the local cluster's containerd (skipped when unchanged):
+#     trainer   trainer-image/Dockerfile, context trainer-image/, BASE_IMAGE=localhost/python-base:bookworm
+#     operator  operator/Dockerfile, context the repo root, BASE_IMAGE=localhost/debian:bookworm
+#     standin   tests/standin/Dockerfile, context tests/standin/, BASE_IMAGE=localhost/debian:bookworm
 # Every result is cached under $FTO_CACHE/images, keyed by what it is built from.
 set -euo pipefail
 FTO_LOG_TAG=images
@@ -116,23 +119,27 @@ DOCKERFILE
   log "$PYBASE_IMAGE ready (key $key)"
 }
 
-# build_app NAME DOCKERFILE IMAGE SOURCES...: build from the repo root as context; the key is the
-# hash of the Dockerfile, the listed sources and the base image, so an unchanged image is neither
-# rebuilt nor reloaded.
+# build_app NAME DOCKERFILE CONTEXT BASE IMAGE SOURCES...: docker build DOCKERFILE in CONTEXT with
+# --build-arg BASE_IMAGE=BASE and --network none, then load IMAGE into the node. The key hashes the
+# Dockerfile, the SOURCES (tracked and untracked, not ignored) and the base image's id, so an
+# unchanged image is neither rebuilt nor reloaded.
 build_app() {
-  local name=$1 dockerfile=$2 image=$3; shift 3
+  local name=$1 dockerfile=$2 context=$3 base=$4 image=$5; shift 5
   if [[ ! -f $FTO_ROOT/$dockerfile ]]; then
     log "skipping $name: $dockerfile does not exist yet"; return
   fi
-  build_python_base
-  local base_id; base_id=$(docker image inspect -f '{{.Id}}' "$PYBASE_IMAGE")
+  case $base in
+    "$PYBASE_IMAGE") build_python_base ;;
+    "$BASE_IMAGE") build_base ;;
+  esac
+  local base_id; base_id=$(docker image inspect -f '{{.Id}}' "$base")
   local key
   key=$(cd "$FTO_ROOT" && { echo "$base_id"; git ls-files -co --exclude-standard -- "$dockerfile" "$@" |
         sort | xargs -r sha256sum; } | sha256sum | cut -c1-12)
   if ! has_image "$image" "$key"; then
-    log "building $image from $dockerfile"
+    log "building $image from $dockerfile (context $context, BASE_IMAGE=$base)"
     (cd "$FTO_ROOT" && docker build -q --network none -f "$dockerfile" \
-      --build-arg "BASE_IMAGE=$PYBASE_IMAGE" --label "fto.key=$key" -t "$image" .) >/dev/null
+      --build-arg "BASE_IMAGE=$base" --label "fto.key=$key" -t "$image" "$context") >/dev/null
   fi
   if cluster_running; then
     if ! ctr_k8s images ls "name==$image" 2>/dev/null | grep -q "fto.key=$key"; then
@@ -156,9 +163,19 @@ for what in "$@"; do
     base) build_base ;;
     pause) build_pause ;;
     python-base) build_python_base ;;
-    trainer) build_app trainer trainer-image/Dockerfile "$TRAINER_IMAGE" trainer-image requirements ;;
-    operator) build_app operator operator/Dockerfile "$OPERATOR_IMAGE" operator requirements ;;
-    standin) build_app standin tests/standin/Dockerfile "$STANDIN_IMAGE" tests/standin ;;
+    trainer)
+      build_app trainer trainer-image/Dockerfile trainer-image "$PYBASE_IMAGE" "$TRAINER_IMAGE" \
+        trainer-image requirements/trainer.txt ;;
+    operator)
+      # its dependencies come as pre-downloaded wheels (build/operator-wheels/current, git-ignored;
+      # keyed by the pins in requirements/, which are part of this image's key)
+      [[ ! -x $FTO_ROOT/hack/operator-wheels.sh || ! -f $FTO_ROOT/operator/Dockerfile ]] ||
+        "$FTO_ROOT/hack/operator-wheels.sh" >/dev/null
+      # on the plain Debian base: the operator needs no torch, and a small image loads in seconds
+      build_app operator operator/Dockerfile . "$BASE_IMAGE" "$OPERATOR_IMAGE" \
+        operator requirements ;;
+    standin)
+      build_app standin tests/standin/Dockerfile tests/standin "$BASE_IMAGE" "$STANDIN_IMAGE" tests/standin ;;
     *) die "unknown image '$what' (base pause python-base trainer operator standin)" ;;
   esac
 done
