@@ -93,12 +93,12 @@ def cmd_peak(_: argparse.Namespace) -> None:
 
 def cmd_make_model(args: argparse.Namespace) -> None:
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     geo = dict(GEOMETRIES[args.geometry])
     out = Path(args.out)
     if (out / "config.json").exists():
+        write_tokenizer(out, geo["vocab_size"])
         emit({"kind": "make-model", "geometry": args.geometry, "cached": True})
         return
     t = time.time()
@@ -111,9 +111,28 @@ def cmd_make_model(args: argparse.Namespace) -> None:
     model.save_pretrained(out, safe_serialization=True)
     del model
     torch.cuda.empty_cache()
-    # A word-level tokenizer covering the whole vocabulary: the data is pre-tokenised anyway.
-    vocab = {f"w{i}": i for i in range(geo["vocab_size"])}
-    vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3})
+    write_tokenizer(out, geo["vocab_size"])
+    emit(
+        {
+            "kind": "make-model",
+            "geometry": args.geometry,
+            "params": n_params,
+            "seconds": round(time.time() - t, 1),
+        }
+    )
+
+
+def write_tokenizer(out: Path, vocab_size: int) -> None:
+    """A word-level tokenizer covering the whole vocabulary (the data is token ids as words).
+
+    Special tokens own ids 0-3 and no word shares an id with them: a tokenizer.json whose
+    vocabulary maps two strings to one id keeps only one of them, chosen by hash order.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    vocab.update({f"w{i}": i for i in range(4, vocab_size)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
@@ -128,14 +147,6 @@ def cmd_make_model(args: argparse.Namespace) -> None:
         "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
     )
     fast.save_pretrained(out)
-    emit(
-        {
-            "kind": "make-model",
-            "geometry": args.geometry,
-            "params": n_params,
-            "seconds": round(time.time() - t, 1),
-        }
-    )
 
 
 def realistic_lengths(n: int, rng: random.Random, max_len: int) -> list[int]:

@@ -83,7 +83,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
             "batch_size": (a.mb or 4) * max(a.gpus, 1) * a.accum,
             "micro_batch_size": mb,
             "gradient_accumulation": a.accum if mb else None,
-            "max_seq_length": 2048,
+            "max_seq_length": a.seq,
             "warmup_steps": 0,
             "warmup_ratio": 0.0,
             "scheduler": "linear",
@@ -127,13 +127,14 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--cap-gib", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--resume-test", action="store_true")
     a = p.parse_args()
     vocab = json.loads((Path(a.model) / "config.json").read_text())["vocab_size"]
     root = Path(os.environ["BENCH_DIR"])
-    work = root / f"ours-{a.model_tag}-{a.method}-{a.shape}-{a.gpus}-{a.mb}-{a.cap_gib}"
+    work = root / f"ours-{a.model_tag}-{a.method}-{a.shape}-{a.gpus}-{a.mb}-{a.cap_gib}-{a.seq}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data = text_dataset(a.shape, vocab, root / f"t-{a.shape}-{vocab}.jsonl")
@@ -191,7 +192,9 @@ def main() -> None:
             }
         )
         return
-    emit(measure(json.loads(summary_path.read_text()), a.warmup, tag))
+    rec = measure(json.loads(summary_path.read_text()), a.warmup, tag)
+    rec["seq"] = a.seq
+    emit(rec)
 
 
 def reason(work: Path) -> str:
@@ -224,6 +227,7 @@ def measure(summary: dict[str, Any], warmup: int, tag: dict[str, Any]) -> dict[s
         "first_step_seconds": timing.get("process_start_to_first_step_seconds"),
         "peak_allocated_gib": round(timing.get("peak_allocated_mib", 0) / 1024, 2),
         "peak_reserved_gib": round(timing.get("peak_reserved_mib", 0) / 1024, 2),
+        "load_peak_reserved_gib": round((timing.get("load_peak_reserved_mib") or 0) / 1024, 2),
         "mfu": round(6 * n * tps / (peak * 1e12), 3) if (peak and tps and n) else None,
         "losses": [round(x["loss"], 4) for x in summary.get("losses", [])],
     }

@@ -31,7 +31,7 @@ setup() {
 }
 
 model() { # geometry
-  [[ -f $BENCH_DIR/m$1/config.json ]] || $B make-model --geometry "$1" --out "$BENCH_DIR/m$1"
+  $B make-model --geometry "$1" --out "$BENCH_DIR/m$1" | grep RESULT
 }
 data() { # shape vocab n
   local f="$BENCH_DIR/d-$1-$2.jsonl"
@@ -53,16 +53,25 @@ ours() { # geometry method shape gpus [mb] [cap]
 smoke()    { model 1b; run hf 1b lora fixed 8 --steps 8 --warmup 2; run unsloth 1b lora fixed 8 --steps 8 --warmup 2; }
 stacks1b() { model 1b; for s in hf unsloth; do run $s 1b lora fixed 8; run $s 1b qlora fixed 8; done
              ours 1b lora fixed 1 8; run unsloth 1b lora realistic 8; ours 1b lora realistic 1 8; run hf 1b lora realistic 8; }
+stacks7b_fixed() { model 7b; run hf 7b qlora fixed 4; run unsloth 7b qlora fixed 4; ours 7b qlora fixed 1 4; }
+stacks7b_more() { model 7b; ours 7b qlora realistic 1; run unsloth 7b qlora realistic 4; run unsloth 7b lora fixed 4; ours 7b lora fixed 1 4; }
 stacks7b() { model 7b; for s in hf unsloth; do run $s 7b qlora fixed 4; done; ours 7b qlora fixed 1 4
              run unsloth 7b lora fixed 4; ours 7b lora fixed 1 4
              run unsloth 7b qlora realistic 4; ours 7b qlora realistic 1; run hf 7b qlora realistic 4; }
+memory_ours() { # per-process peaks are exact even when runs share the GPU: 4 at a time
+  model 1b; model 7b
+  { for seq in 512 2048; do for mb in 1 4; do echo "1b lora $seq $mb"; echo "7b qlora $seq $mb"; echo "1b qlora $seq $mb"; echo "7b lora $seq $mb"; done; done
+    echo "1b full 512 1"; echo "1b full 512 4"; echo "1b full 2048 1"; echo "1b full 2048 4"; } |
+  xargs -P 4 -L 1 bash -c 'timeout 400 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 --model-tag $0 --method $1 --seq $2 --mb $3 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-400'
+}
 memory()   { model 1b; model 7b; for g in 1b 7b; do for m in lora qlora; do for seq in 512 2048; do for mb in 1 4; do
                run unsloth $g $m fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; done; done
              for seq in 512 2048; do for mb in 1 4; do run unsloth 1b full fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; }
 cap12()    { model 7b; ours 7b qlora fixed 1 0 12; ours 7b qlora fixed 1 0 4; }
 resume()   { model 1b; model 7b; $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m1b" --model-tag 1b --method lora --shape fixed --gpus 1;
              $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora --shape fixed --gpus 1; }
-ddp()      { model 7b; model 1b; ours 7b qlora fixed 1 4; ours 7b qlora fixed 2 4; ours 1b lora fixed 2 8; }
+ddp()      { model 7b; model 1b; ours 7b qlora fixed 2 4; ours 7b qlora fixed 1 4; ours 1b lora fixed 2 8
+             ours 1b lora fixed 1 8; ours 7b qlora fixed 2 0 12; }
 
 setup
 for plan in "$@"; do

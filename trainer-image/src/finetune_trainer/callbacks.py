@@ -185,6 +185,16 @@ class TimingCallback(TrainerCallback):
         self.first_step_seconds: float | None = None
         self.step_times: list[float] = []
         self.tokens_seen: list[int] = []
+        self.load_peak_reserved_mib: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # loading (quantisation of bf16 shards) peaks differently from training: keep both
+        if self.cuda:
+            import torch
+
+            self.load_peak_reserved_mib = int(torch.cuda.max_memory_reserved() // 2**20)
+            torch.cuda.reset_peak_memory_stats()
+        return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         now = time.time()
@@ -203,6 +213,7 @@ class TimingCallback(TrainerCallback):
         if self.cuda:
             import torch
 
+            out["load_peak_reserved_mib"] = self.load_peak_reserved_mib
             out["peak_allocated_mib"] = int(torch.cuda.max_memory_allocated() // 2**20)
             out["peak_reserved_mib"] = int(torch.cuda.max_memory_reserved() // 2**20)
         return out
