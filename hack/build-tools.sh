@@ -82,8 +82,17 @@ build_helm() {
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 }
 
+# The cached binary is keyed by its sources too, so an edit of tools/kstatus rebuilds it
+# (tests/unit/gitops/test_kstatus.py computes the same key).
+kstatus_key() {
+  cat "$ROOT/tools/kstatus/go.mod" "$ROOT/tools/kstatus/go.sum" "$ROOT/tools/kstatus/main.go" |
+    sha256sum | cut -c1-12
+}
+
 build_kstatus() {
-  local out="$BIN/kstatus-check-$CLI_UTILS_VERSION"
+  local key out
+  key=$(kstatus_key)
+  out="$BIN/kstatus-check-$CLI_UTILS_VERSION-$key"
   if [[ -x $out/kstatus-check ]]; then log "kstatus-check cached"; return; fi
   log "building kstatus-check against sigs.k8s.io/cli-utils $CLI_UTILS_VERSION"
   mkdir -p "$out"
