@@ -180,6 +180,8 @@ def test_service_monitor_and_extra_env(render: Render) -> None:
     sm = _one(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    # the series carry namespace/job_name labels of their own: Prometheus must keep them
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     svc = _one(docs, "Service")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
