@@ -26,7 +26,8 @@ def _extracted(cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """``promtool``: on PATH, else unpacked from Debian's ``prometheus`` package into the cache
-    (``apt-get download`` + ``dpkg-deb -x``: no daemon is installed or started)."""
+    (``apt-get download`` + ``dpkg-deb -x``: no daemon is installed or started; the package lists
+    are fetched first when a fresh machine has none)."""
     found = shutil.which("promtool")
     if found:
         return found
@@ -38,14 +39,16 @@ def promtool() -> str:
         pytest.skip(f"promtool missing and no apt-get to fetch Debian's {PROMTOOL_PACKAGE}")
     download = cache / "deb"
     download.mkdir(parents=True, exist_ok=True)
+    get = ["apt-get", "download", PROMTOOL_PACKAGE]
     try:
-        subprocess.run(
-            ["apt-get", "download", PROMTOOL_PACKAGE],
-            cwd=download,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        first = subprocess.run(get, cwd=download, check=False, capture_output=True, timeout=600)
+        if first.returncode != 0:
+            # A fresh machine may have no package lists yet: fetch them once (root only).
+            if os.geteuid() == 0:
+                subprocess.run(
+                    ["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600
+                )
+            subprocess.run(get, cwd=download, check=True, capture_output=True, timeout=600)
         deb = next(download.glob(f"{PROMTOOL_PACKAGE}_*.deb"))
         subprocess.run(
             ["dpkg-deb", "-x", str(deb), str(cache)], check=True, capture_output=True, timeout=600
