@@ -121,8 +121,9 @@ DOCKERFILE
 
 # build_app NAME DOCKERFILE CONTEXT BASE IMAGE SOURCES...: docker build DOCKERFILE in CONTEXT with
 # --build-arg BASE_IMAGE=BASE and --network none, then load IMAGE into the node. The key hashes the
-# Dockerfile, the SOURCES (tracked and untracked, not ignored) and the base image's id, so an
-# unchanged image is neither rebuilt nor reloaded.
+# Dockerfile, the SOURCES (tracked and untracked, not ignored), the base image's id and $EXTRA_KEY
+# (inputs that are git-ignored, e.g. the operator's wheel set), so an unchanged image is neither
+# rebuilt nor reloaded.
 build_app() {
   local name=$1 dockerfile=$2 context=$3 base=$4 image=$5; shift 5
   if [[ ! -f $FTO_ROOT/$dockerfile ]]; then
@@ -134,7 +135,7 @@ build_app() {
   esac
   local base_id; base_id=$(docker image inspect -f '{{.Id}}' "$base")
   local key
-  key=$(cd "$FTO_ROOT" && { echo "$base_id"; git ls-files -co --exclude-standard -- "$dockerfile" "$@" |
+  key=$(cd "$FTO_ROOT" && { echo "$base_id"; echo "${EXTRA_KEY:-}"; git ls-files -co --exclude-standard -- "$dockerfile" "$@" |
         sort | xargs -r sha256sum; } | sha256sum | cut -c1-12)
   if ! has_image "$image" "$key"; then
     log "building $image from $dockerfile (context $context, BASE_IMAGE=$base)"
@@ -172,7 +173,9 @@ for what in "$@"; do
       [[ ! -x $FTO_ROOT/hack/operator-wheels.sh || ! -f $FTO_ROOT/operator/Dockerfile ]] ||
         "$FTO_ROOT/hack/operator-wheels.sh" >/dev/null
       # on the plain Debian base: the operator needs no torch, and a small image loads in seconds
-      build_app operator operator/Dockerfile . "$BASE_IMAGE" "$OPERATOR_IMAGE" \
+      # the wheel set is git-ignored: its key (build/operator-wheels/current/.key) joins the image's
+      EXTRA_KEY="wheels=$(cat "$FTO_ROOT/build/operator-wheels/current/.key" 2>/dev/null)" \
+        build_app operator operator/Dockerfile . "$BASE_IMAGE" "$OPERATOR_IMAGE" \
         operator requirements ;;
     standin)
       build_app standin tests/standin/Dockerfile tests/standin "$BASE_IMAGE" "$STANDIN_IMAGE" tests/standin ;;
