@@ -87,6 +87,47 @@ def test_estimate_is_calibrated_against_measurements(
     assert measured * 0.9 <= torch_part <= measured * 1.35, (torch_part, measured)
 
 
+# Our trainer on one H100 with the unsloth backend (bench/gpu/results/2026-11-26-h100.jsonl): whole
+# card = torch max_memory_reserved after the load + the 800 MiB CUDA context, MiB. The planner was
+# calibrated on these rows; bench/planner_table.py prints the same comparison into
+# docs/benchmarks.md.
+H100_UNSLOTH = [
+    # geometry, method, seq, micro-batch, measured MiB
+    (L1B, "lora", 512, 1, 4425),
+    (L1B, "lora", 512, 4, 4425),
+    (L1B, "lora", 2048, 1, 4425),
+    (L1B, "lora", 2048, 4, 5326),
+    (L1B, "lora", 2048, 8, 6760),
+    (L1B, "qlora", 512, 1, 3063),
+    (L1B, "qlora", 512, 4, 3063),
+    (L1B, "qlora", 2048, 1, 3063),
+    (L1B, "qlora", 2048, 4, 3903),
+    (M7B, "lora", 512, 1, 15720),
+    (M7B, "lora", 512, 4, 16396),
+    (M7B, "lora", 2048, 1, 16375),
+    (M7B, "lora", 2048, 4, 18085),
+    (M7B, "qlora", 512, 1, 5971),
+    (M7B, "qlora", 512, 4, 6309),
+    (M7B, "qlora", 2048, 1, 6309),
+    (M7B, "qlora", 2048, 4, 8152),
+]
+
+
+@pytest.mark.parametrize(("geometry", "method", "seq", "micro", "measured"), H100_UNSLOTH)
+def test_estimate_within_15_percent_of_h100_peaks(
+    geometry: Geometry, method: str, seq: int, micro: int, measured: int
+) -> None:
+    req = request(geometry, method=method, max_seq_length=seq, gpu_memory_mib=81559)
+    total = planner.estimate(req, micro).total
+    assert measured * 0.85 <= total <= measured * 1.15, (total, measured, total / measured)
+
+
+def test_7b_qlora_seq_2048_fits_12gib_up_to_micro_batch_4() -> None:
+    for micro in (1, 2, 4):
+        plan = planner.plan(request(micro_batch_size=micro))
+        assert plan.fits, plan.message
+
+
 def test_7b_full_finetune_on_12gib_is_refused_with_qlora_suggestion() -> None:
     plan = planner.plan(request(method="full"))
     assert not plan.fits

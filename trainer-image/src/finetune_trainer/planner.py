@@ -7,12 +7,15 @@ Inputs are plain values (the model's config.json, the method, the batch, the GPU
   + weights            (bf16, or 4-bit NF4 linears + bf16 embeddings for qlora)
   + trainable state    (full: bf16 grads + fp32 master + Adam m/v; LoRA: fp32 A/B + grads + Adam)
   + activations        tokens per micro-batch x bytes per token (checkpointed layer inputs, one
-                       layer's working set during recomputation, logits)
+                       layer's working set during recomputation, logits), plus the loss's
+                       working buffers, which scale with the output head (vocab x hidden)
   + DDP                (NCCL buffers and gradient buckets, per process)
 
-with every calibration number in ``CONSTANTS``. The first calibration reproduces the reference
-measurements in docs (one H100, seq 2048, LoRA r=16 on all 7 projections) within ~10 %; see
-tests/trainer/test_planner.py for the table it is checked against.
+with every calibration number in ``CONSTANTS``. Calibrated against our trainer's training peaks
+on H100 with the unsloth backend (torch reserved + the CUDA context; 1B and 7B x LoRA/QLoRA x
+seq 512/2048 x micro-batch 1/4, single GPU and DDP): every row within ±15 %. The table is in
+docs/benchmarks.md ("Memory planner accuracy", written by bench/planner_table.py) and
+tests/trainer/test_planner.py checks it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ class Constants:
     # logits bytes per vocabulary entry per token (unsloth chunks the cross-entropy):
     logit_bytes: Mapping[str, float] = field(
         default_factory=lambda: {"unsloth": 0.625, "transformers": 12.0}
+    )
+    # Working buffers that scale with the output head (vocab x hidden elements), whatever the
+    # batch: the chunked cross-entropy's copies of the head and its gradient path. This is what
+    # separates a 1B model with a 128k vocabulary (tied embeddings) from a 7B one with 32k; fitted
+    # to the H100 runs (bench/gpu/results/2026-11-26-*.jsonl, see bench/planner_table.py).
+    head_workspace_bytes: Mapping[str, float] = field(
+        default_factory=lambda: {"unsloth": 3.0, "transformers": 0.0}
     )
     split_imbalance: float = 0.15  # a layer-wise split is never perfectly even
     default_micro_batch_cap: int = 8  # when the GPU memory is unknown (or on CPU)
@@ -258,7 +268,8 @@ def estimate(
         weights = params * c.bf16_bytes
     trainable = trainable_parameters(req)
     state = trainable * (c.full_state_bytes if req.method == "full" else c.lora_state_bytes)
-    activations = micro_batch * req.max_seq_length * activation_bytes_per_token(req, c)
+    head = g.vocab * g.hidden * c.head_workspace_bytes[req.backend]
+    activations = micro_batch * req.max_seq_length * activation_bytes_per_token(req, c) + head
     ddp_bytes = 0.0
     if ddp:
         grad_bytes = c.bf16_bytes if req.method == "full" else 4.0
