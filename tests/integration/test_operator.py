@@ -405,3 +405,29 @@ def test_output_claim_created_from_a_size_outlives_the_job(
     wait_until(lambda: not cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").strip(),
                timeout=60, message="the pods to be collected")  # fmt: skip
     assert get(cluster, namespace, "pvc", "bot-output")["status"]["phase"] == "Bound"
+
+
+def test_restart_annotation_mid_run_starts_over_from_step_0(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, steps=20, pace=0.3)
+    wait_phase(cluster, namespace, "Running",
+               extra=lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 3)  # fmt: skip
+    value = "2026-11-26T12:00:00Z"
+    # what `kubectl finetune restart` and the Argo CD action do: no spec change, no new generation
+    cluster.kubectl("annotate", "ftj", "bot", "-n", namespace,
+                    f"finetune.dev/restart-requested-at={value}")  # fmt: skip
+    done = wait_phase(cluster, namespace, "Succeeded", timeout=150,
+                      extra=lambda s: s.get("lastRestartRequestedAt") == value)  # fmt: skip
+    assert done["run"] == 1
+    assert done["attempt"] == 1 and [a["reason"] for a in done["attempts"]] == ["Completed"]
+    assert done["progress"]["step"] == 20
+    # the new pod trained in runs/1, where no checkpoint of the first run could be found
+    assert "attempt 1: resuming from step 0 of 20" in logs(cluster, namespace, "bot-1")
+    config = get(cluster, namespace, "cm", "bot-config")["data"]["config.json"]
+    assert json.loads(config)["paths"]["work"] == "/workspace/runs/1"
+    events = cluster.kubectl("get", "events", "-n", namespace,
+                             "--field-selector", "reason=Restarting", "-o", "name")  # fmt: skip
+    assert events.split(), "no Restarting event"

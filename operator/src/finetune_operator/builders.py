@@ -113,6 +113,12 @@ def _dataset_config(ds: m.DatasetSource) -> dict[str, Any]:
     }
 
 
+def work_dir(run: int) -> str:
+    """``paths.work`` of a run: the volume's root for run 0, ``runs/<n>`` after the n-th restart
+    (a fresh directory: no checkpoint to resume, no prepared data, its own output)."""
+    return WORK_DIR if run == 0 else f"{WORK_DIR}/runs/{run}"
+
+
 def trainer_config(
     job: m.FineTuneJob,
     attempt: int,
@@ -168,7 +174,7 @@ def trainer_config(
         "backend": spec.backend,
         "gpus": spec.resources.gpus,
         "gpu_memory_mib": gpu_memory_mib,
-        "paths": {"work": WORK_DIR, "model_cache": CACHE_DIR},
+        "paths": {"work": work_dir(job.status.run), "model_cache": CACHE_DIR},
         "progress": {
             "config_map": progress_name(job),
             "namespace": job.namespace,

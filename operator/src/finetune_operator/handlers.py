@@ -22,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, metrics, planner
+from finetune_operator import gitops, kube, metrics, planner
 from finetune_operator import models as m
 from finetune_operator import status as st
 from finetune_operator.settings import Settings
@@ -30,6 +30,7 @@ from finetune_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
+RESTART_FIELD = ("metadata", "annotations", gitops.RESTART_ANNOTATION)
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -62,6 +63,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field="spec")
 def job_changed(name: str, namespace: str | None, **_: Any) -> None:
+    reconcile(namespace or "default", name)
+
+
+# An annotation does not bump metadata.generation and is no part of ``spec``: watch the restart
+# annotation on its own (a tuple path, since the key holds dots and a slash).
+@kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RESTART_FIELD)
+def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
     reconcile(namespace or "default", name)
 
 
@@ -98,8 +106,13 @@ def resync_once() -> None:
     metrics.observe_jobs(jobs)
     for item in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
-        phase = (item.get("status") or {}).get("phase")
-        if phase in m.Phase.TERMINAL and spec.get("ttlSecondsAfterFinished") is None:
+        status = item.get("status") or {}
+        restart = (meta.get("annotations") or {}).get(gitops.RESTART_ANNOTATION)
+        if (
+            status.get("phase") in m.Phase.TERMINAL
+            and spec.get("ttlSecondsAfterFinished") is None
+            and restart == status.get(gitops.RESTART_STATUS_FIELD)
+        ):
             continue
         futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
     for future in futures:
@@ -156,6 +169,7 @@ def _ensure_children(job: m.FineTuneJob) -> None:
 
 
 def _start_pod(job: m.FineTuneJob, new: m.FineTuneJobStatus, acts: st.Actions) -> None:
+    job = job.model_copy(update={"status": new})  # the run (work directory) of the new status
     _ensure_children(job)
     tpl = job.spec.pod_template or m.PodTemplate()
     gpus = job.spec.resources.gpus
@@ -167,8 +181,7 @@ def _start_pod(job: m.FineTuneJob, new: m.FineTuneJobStatus, acts: st.Actions) -
         kube.apply_config_map(b.config_map(job, config))
         kube.create_or_get(b.prepare_pod(job, SETTINGS))
     elif acts.create_train is not None:
-        planned = job.model_copy(update={"status": new})
-        batch = st.batch_for_attempt(planned)
+        batch = st.batch_for_attempt(job)
         config = b.trainer_config(job, acts.create_train, batch, gpu_mem, SETTINGS)
         kube.apply_config_map(b.config_map(job, config))
         kube.create_or_get(b.train_pod(job, acts.create_train, SETTINGS))
@@ -202,6 +215,10 @@ def reconcile(namespace: str, name: str) -> None:
             job, pods, progress, prepared, now, max_backoff=SETTINGS.retry_max_backoff_seconds
         )
         acts = st.next_actions(job, new, pods, now)
+        if acts.reset_progress:  # a restart: the previous run's reports must not count
+            kube.clear_config_map_keys(
+                namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY)
+            )
         if acts.create_prepare or acts.create_train is not None:
             missing = _missing_refs(job)
             if missing is not None:

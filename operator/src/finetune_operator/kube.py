@@ -174,6 +174,17 @@ def apply_config_map(body: dict[str, Any]) -> None:
     )
 
 
+def clear_config_map_keys(namespace: str, name: str, keys: tuple[str, ...]) -> None:
+    """Remove keys from a ConfigMap's data (a missing ConfigMap is fine)."""
+    with contextlib.suppress(NotFoundError):
+        request(
+            "PATCH",
+            _ns_path("v1", namespace, "configmaps", name),
+            {"data": dict.fromkeys(keys)},
+            content_type="application/merge-patch+json",
+        )
+
+
 def read_config_map_data(namespace: str, name: str) -> dict[str, str] | None:
     try:
         obj = request("GET", _ns_path("v1", namespace, "configmaps", name))

@@ -112,6 +112,7 @@ class Reason:
     PREEMPTED = "Preempted"
     POD_DELETED = "PodDeleted"
     RETRYING = "Retrying"
+    RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"
@@ -742,6 +743,18 @@ class FineTuneJobStatus(_Base):
     plan: PlanStatus | None = Field(default=None, description="Memory plan.")
     start_time: datetime | None = Field(default=None, description="First training pod start.")
     completion_time: datetime | None = Field(default=None, description="When it ended.")
+    run: int = Field(
+        default=0,
+        ge=0,
+        description="Run number: 0 at first, bumped by every restart "
+        "(annotation finetune.dev/restart-requested-at). Run n > 0 works in its own directory, "
+        "runs/<n> under the job's work volume, so it starts from step 0 with no checkpoint.",
+    )
+    last_restart_requested_at: str | None = Field(
+        default=None,
+        description="Value of the finetune.dev/restart-requested-at annotation the operator "
+        "last acted on; a different value asks for a restart.",
+    )
 
 
 class FineTuneJob(_Base):

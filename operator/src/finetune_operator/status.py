@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from finetune_operator import builders as b
+from finetune_operator import gitops, planner
 from finetune_operator import models as m
-from finetune_operator import planner
 
 C = m.ConditionType
 P = m.Phase
@@ -486,6 +486,65 @@ def _retry_or_fail(
     return True
 
 
+def restart_requested(job: m.FineTuneJob) -> str | None:
+    """The restart annotation's value when the operator has not acted on it yet, else None."""
+    value = (job.metadata.get("annotations") or {}).get(gitops.RESTART_ANNOTATION)
+    if not value or value == job.status.last_restart_requested_at:
+        return None
+    return str(value)
+
+
+def restarting(status: m.FineTuneJobStatus) -> bool:
+    """True while a restart waits for the previous run's pods to go."""
+    return status.phase == P.PENDING and status.reason == R.RESTARTING
+
+
+def restart_status(job: m.FineTuneJob, value: str, now: datetime) -> m.FineTuneJobStatus:
+    """Start over: a new run (its own work directory, so no checkpoint is resumed) with no
+    progress, checkpoint, attempts, retries or plan; Pending until the old pods are gone."""
+    old = job.status
+    run = old.run + 1
+    message = f"restart requested at {value}: stopping the pods; run {run} starts from step 0"
+    return m.FineTuneJobStatus(
+        phase=P.PENDING,
+        reason=R.RESTARTING,
+        message=message[:MAX_MESSAGE],
+        observed_generation=job.generation,
+        conditions=conditions_for(
+            P.PENDING,
+            reason=R.RESTARTING,
+            message=message,
+            generation=job.generation,
+            old=old.conditions,
+            now=now,
+        ),
+        run=run,
+        last_restart_requested_at=value,
+    )
+
+
+def _still_restarting(
+    job: m.FineTuneJob, pods: list[dict[str, Any]], now: datetime
+) -> m.FineTuneJobStatus:
+    old = job.status
+    names = ", ".join(sorted(str((p.get("metadata") or {}).get("name")) for p in pods))
+    message = f"restart: waiting for the previous run's pods to go ({names})"
+    return old.model_copy(
+        update={
+            "message": message[:MAX_MESSAGE],
+            "observed_generation": job.generation,
+            "conditions": conditions_for(
+                P.PENDING,
+                reason=R.RESTARTING,
+                message=message,
+                generation=job.generation,
+                old=old.conditions,
+                now=now,
+            ),
+        }
+    )
+
+
 def derive_status(
     job: m.FineTuneJob,
     pods: list[dict[str, Any]],
@@ -495,7 +554,18 @@ def derive_status(
     *,
     max_backoff: int | None = None,
 ) -> m.FineTuneJobStatus:
-    """The job's new status. Bumps ``attempt`` (phase Starting) when a new training pod is due."""
+    """The job's new status. Bumps ``attempt`` (phase Starting) when a new training pod is due.
+
+    A restart request (annotation) comes first, whatever the phase; the restart then waits until
+    every pod of the previous run is gone (they may still report) before the new run prepares,
+    and ignores the reports left in the progress object (``next_actions`` wipes them)."""
+    requested = restart_requested(job)
+    if requested is not None:
+        return restart_status(job, requested, now)
+    if restarting(job.status):
+        if pods:
+            return _still_restarting(job, pods, now)
+        progress, prepare_result = None, None
     old = job.status
     gen = job.generation
     if old.phase in P.TERMINAL:
@@ -584,6 +654,8 @@ def derive_status(
         plan=w.plan,
         start_time=w.start_time,
         completion_time=w.completion_time if w.phase in P.TERMINAL else None,
+        run=old.run,
+        last_restart_requested_at=old.last_restart_requested_at,
     )
 
 
@@ -794,12 +866,24 @@ class Actions:
     create_train: int | None = None
     delete_pods: tuple[str, ...] = ()
     requeue_after: float | None = None
+    reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
 
 
 def next_actions(
     job: m.FineTuneJob, new: m.FineTuneJobStatus, pods: list[dict[str, Any]], now: datetime
 ) -> Actions:
     states = {s.name: s for s in (pod_state(p) for p in pods)}
+    if restarting(new):  # every pod of the previous run goes, finished ones too (names reused)
+        return Actions(delete_pods=tuple(sorted(n for n, s in states.items() if not s.deleting)))
+    acts = _next_actions(job, new, states, now)
+    if restarting(job.status):
+        return replace(acts, reset_progress=True)
+    return acts
+
+
+def _next_actions(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, states: dict[str, PodState], now: datetime
+) -> Actions:
     prep = b.prepare_pod_name(job)
     active = tuple(sorted(n for n, s in states.items() if not s.terminated and not s.deleting))
     phase = new.phase
@@ -825,6 +909,8 @@ def transition_events(
 ) -> list[tuple[str, str, str]]:
     """(type, reason, message) Events for what changed: each new finished attempt, each phase
     transition, a halved micro-batch."""
+    if new.last_restart_requested_at != old.last_restart_requested_at and restarting(new):
+        return [("Normal", R.RESTARTING, new.message or "restart requested")]
     events: list[tuple[str, str, str]] = []
     for rec in new.attempts[len(old.attempts) :]:
         if rec.reason in (R.COMPLETED, R.SUSPENDED):
