@@ -151,7 +151,8 @@ NCCL, which allocates outside torch's caching allocator and so is not in
 def write_doc(text: str, doc: Path = DOC) -> None:
     """Replace the section (up to the next ``## `` heading) or append it."""
     current = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
+    # up to the next section, or a marker comment that opens another generator's section
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |^<!-- |\Z)", re.M | re.S)
     if pattern.search(current):
         new = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", current, count=1)
         new = new.rstrip("\n") + "\n"
