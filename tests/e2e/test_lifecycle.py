@@ -1,0 +1,404 @@
+"""End to end on the real node: the operator installed by the Helm chart, the real trainer image,
+a tiny llama trained on CPU through the whole lifecycle, pause/resume, faults and bad inputs.
+
+Jobs with ``gpus: 2`` request both (fake) GPUs of the node; with no CUDA device the trainer runs
+its two data-parallel processes on CPU (gloo), so GPU queueing is real and training still works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import SYSTEM_NS, VOLUMES
+from tests.harness import REPO_ROOT, Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CAPTURE = REPO_ROOT / "tests" / "fixtures" / "status" / "captured"
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def job_body(
+    ns: str,
+    name: str,
+    *,
+    steps: int = 12,
+    gpus: int = 0,
+    every: int = 3,
+    model_path: str = "tiny-llama",
+    data_path: str = "data/train.jsonl",
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "model": {"pvc": "models", "path": model_path},
+            "dataset": {"pvc": "models", "path": data_path, "format": "alpaca"},
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 16},
+            "training": {"maxSteps": steps, "learningRate": 0.002, "batchSize": 4,
+                         "microBatchSize": 2, "maxSeqLength": 128},
+            "resources": {"gpus": gpus, "cpu": "500m", "memory": "3Gi"},
+            "checkpoint": {"everySteps": every, "keep": 2},
+            "output": {"pvc": "out"},
+            "retry": {"limit": 2, "backoffSeconds": 1},
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def apply_job(cluster: Cluster, ns: str, name: str, **kw: Any) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(job_body(ns, name, **kw)))
+
+
+def get(cluster: Cluster, ns: str, kind: str, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(cluster.kubectl("get", kind, name, "-n", ns, "-o", "json"))
+    return out
+
+
+def status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    st: dict[str, Any] = get(cluster, ns, "ftj", name).get("status") or {}
+    return st
+
+
+def step(st: dict[str, Any]) -> int:
+    return int((st.get("progress") or {}).get("step") or 0)
+
+
+def pods(cluster: Cluster, ns: str) -> list[str]:
+    out = cluster.kubectl("get", "pods", "-n", ns, "-l", "finetune.dev/job", "-o", "name")
+    return sorted(line.removeprefix("pod/") for line in out.split())
+
+
+def capture(obj: dict[str, Any]) -> None:
+    """With FTO_CAPTURE_STATUS=1, keep one real object per phase for the kstatus tests."""
+    if os.environ.get("FTO_CAPTURE_STATUS") != "1":
+        return
+    phase = (obj.get("status") or {}).get("phase")
+    if not phase:
+        return
+    CAPTURE.mkdir(parents=True, exist_ok=True)
+    meta = obj["metadata"]
+    keep = {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": {k: meta[k] for k in ("name", "generation") if k in meta},
+        "spec": obj["spec"],
+        "status": obj["status"],
+    }
+    (CAPTURE / f"{phase.lower()}.yaml").write_text(yaml.safe_dump(keep, sort_keys=False))
+
+
+def wait_phase(
+    cluster: Cluster,
+    ns: str,
+    name: str,
+    phase: str,
+    *,
+    timeout: float = 180,
+    extra: Callable[[dict[str, Any]], bool] = lambda _: True,
+    seen: set[str] | None = None,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = get(cluster, ns, "ftj", name)
+        st = obj.get("status") or {}
+        if seen is not None and st.get("phase"):
+            seen.add(st["phase"])
+        if st.get("phase") == "Failed" and phase != "Failed":
+            raise AssertionError(f"{name} failed: {st.get('reason')}: {st.get('message')}")
+        if st.get("phase") == phase and extra(st):
+            capture(obj)
+            return st
+        return None
+
+    try:
+        return wait_until(
+            check,
+            timeout=timeout,
+            interval=0.5,
+            message=lambda: (
+                f"{name} to be {phase}; status: {json.dumps(status(cluster, ns, name))[:2000]}"
+            ),
+        )
+    except TimeoutError as e:
+        if isinstance(e.__cause__, AssertionError):
+            raise e.__cause__ from None
+        raise
+
+
+def conditions(st: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in st.get("conditions", [])}
+
+
+def events(cluster: Cluster, ns: str, name: str) -> list[str]:
+    out = cluster.kubectl(
+        "get", "events", "-n", ns, "--field-selector",
+        f"involvedObject.kind=FineTuneJob,involvedObject.name={name}",
+        "-o", "jsonpath={.items[*].reason}",
+    )  # fmt: skip
+    return out.split()
+
+
+def logs(cluster: Cluster, ns: str, pod: str) -> str:
+    return cluster.kubectl("logs", pod, "-n", ns, check=False)
+
+
+def output_dir(ns: str, job: str) -> Path:
+    return VOLUMES / f"{ns}-out" / job / "output"
+
+
+def summary(ns: str, job: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads((output_dir(ns, job) / "summary.json").read_text())
+    return out
+
+
+def losses(s: dict[str, Any]) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in s["losses"]]
+
+
+def suspend(cluster: Cluster, ns: str, name: str, value: bool) -> None:
+    cluster.kubectl("patch", "ftj", name, "-n", ns, "--type", "merge",
+                    "-p", json.dumps({"spec": {"suspend": value}}))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.e2e_ns("train")
+def test_tiny_job_trains_to_success_and_the_adapter_loads(cluster: Cluster, e2e_ns: str) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "tiny", steps=16, every=4)
+    seen: set[str] = set()
+    first = wait_phase(cluster, ns, "tiny", "Running", extra=lambda s: step(s) > 0, seen=seen)
+    printed = cluster.kubectl("get", "ftj", "tiny", "-n", ns)
+    assert printed.split()[:6] == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "ETA"]
+    assert "Running" in printed
+    later = wait_phase(
+        cluster, ns, "tiny", "Running", extra=lambda s: step(s) > step(first), seen=seen
+    )
+    assert later["progress"]["totalSteps"] == 16
+    assert conditions(later)["Ready"] == "True"
+    done = wait_phase(cluster, ns, "tiny", "Succeeded", seen=seen)
+    assert {"Running", "Succeeded"} <= seen
+    assert done["progress"]["step"] == 16 and done["progress"]["percent"] == 100
+    assert conditions(done)["Succeeded"] == "True"
+    assert [a["reason"] for a in done["attempts"]] == ["Completed"]
+    assert {"Starting", "Succeeded"} <= set(events(cluster, ns, "tiny"))
+
+    out = output_dir(ns, "tiny")
+    s = summary(ns, "tiny")
+    assert s["steps"] == 16 and len(s["losses"]) == 16 and s["backend"] == "transformers"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert s["losses"][-1]["loss"] < s["losses"][0]["loss"]  # it learned something
+
+    # the adapter loads with PEFT on the base model and generates
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = VOLUMES / f"{ns}-models" / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(str(out / "adapter"))
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    ids = tok("### Instruction:\nAdd 2 and 3.\n\n### Response:\n", return_tensors="pt")
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] > ids["input_ids"].shape[1]
+    assert isinstance(tok.decode(gen[0][ids["input_ids"].shape[1] :]), str)
+
+
+@pytest.mark.e2e_ns("suspend")
+def test_suspend_frees_the_gpus_and_resume_matches_an_uninterrupted_run(
+    cluster: Cluster, e2e_ns: str
+) -> None:
+    ns = e2e_ns
+    steps = 400  # a tiny step takes ~0.1 s: long enough to queue a second job and suspend
+    # the reference: the same job, uninterrupted
+    apply_job(cluster, ns, "ref", steps=steps, gpus=2, every=20)
+    wait_phase(cluster, ns, "ref", "Succeeded", timeout=300)
+    reference = losses(summary(ns, "ref"))
+    assert len(reference) == steps
+    cluster.kubectl("delete", "ftj", "ref", "-n", ns, "--wait=true")
+
+    apply_job(cluster, ns, "bot", steps=steps, gpus=2, every=20)
+    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 1)
+    apply_job(cluster, ns, "second", steps=4, gpus=2, every=2)
+    queued = wait_phase(cluster, ns, "second", "Queued")
+    assert queued["message"].startswith("waiting for 2 nvidia.com/gpu")
+    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 21)
+    suspend(cluster, ns, "bot", True)
+    suspended = wait_phase(cluster, ns, "bot", "Suspended", timeout=120)
+    assert suspended["attempts"][-1]["reason"] == "Suspended"
+    assert suspended["attempts"][-1]["exitCode"] == 10  # checkpointed on SIGTERM, then exited
+    ckpt = suspended["checkpoint"]["step"]
+    assert 20 <= ckpt < steps
+    ckpt_dir = VOLUMES / f"{ns}-out" / "bot" / "checkpoints" / f"checkpoint-{ckpt}"
+    assert (ckpt_dir / "COMPLETE").exists(), sorted(p.name for p in ckpt_dir.parent.iterdir())
+    assert conditions(suspended)["Suspended"] == "True"
+    assert "bot-1" not in [
+        p for p in pods(cluster, ns)
+        if get(cluster, ns, "pod", p)["status"]["phase"] in ("Pending", "Running")
+    ]  # fmt: skip
+    # the GPUs are free: the queued job runs now
+    wait_phase(cluster, ns, "second", "Succeeded", timeout=240)
+
+    suspend(cluster, ns, "bot", False)
+    done = wait_phase(cluster, ns, "bot", "Succeeded", timeout=300)
+    assert [a["reason"] for a in done["attempts"]] == ["Suspended", "Completed"]
+    assert f"checkpoint-{ckpt}" in logs(cluster, ns, "bot-2")
+    resumed = summary(ns, "bot")
+    assert resumed["resumed_from"] == f"checkpoint-{ckpt}"
+    assert [s for s, _ in losses(resumed)] == list(range(1, steps + 1))
+    # the loss curve is the uninterrupted one, step for step (exact on CPU)
+    assert losses(resumed) == reference
+
+
+@pytest.mark.e2e_ns("podkill")
+def test_force_deleted_pod_resumes_from_the_last_checkpoint(cluster: Cluster, e2e_ns: str) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "bot", steps=30, every=3)
+    before = wait_phase(
+        cluster, ns, "bot", "Running",
+        extra=lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 3,
+    )  # fmt: skip
+    cluster.kubectl("delete", "pod", "bot-1", "-n", ns, "--grace-period=0", "--force")
+    done = wait_phase(cluster, ns, "bot", "Succeeded", timeout=300)
+    reasons = [a["reason"] for a in done["attempts"]]
+    assert reasons == ["PodDeleted", "Completed"], done["attempts"]
+    assert done["attempts"][0]["pod"] == "bot-1"
+    resumed = summary(ns, "bot")["resumed_from"]
+    assert resumed and int(resumed.split("-")[1]) >= before["checkpoint"]["step"]
+    assert summary(ns, "bot")["steps"] == 30
+    assert "PodDeleted" in events(cluster, ns, "bot")
+
+
+@pytest.mark.e2e_ns("oprestart")
+def test_operator_restart_mid_run_makes_no_duplicate_pod(cluster: Cluster, e2e_ns: str) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "bot", steps=40, every=5)
+    before = wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 2)
+    selector = "app.kubernetes.io/name=finetune-operator"
+    old = cluster.kubectl("get", "pods", "-n", SYSTEM_NS, "-l", selector, "-o", "name").split()
+    assert len(old) == 1
+    cluster.kubectl("delete", *old, "-n", SYSTEM_NS, "--wait=false")
+
+    def new_operator_ready() -> bool:
+        out = json.loads(cluster.kubectl("get", "pods", "-n", SYSTEM_NS, "-l", selector,
+                                         "-o", "json"))  # fmt: skip
+        return any(
+            f"pod/{p['metadata']['name']}" not in old
+            and any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions", []))
+            for p in out["items"]
+        )  # fmt: skip
+
+    wait_until(new_operator_ready, timeout=120, message="the new operator pod to be Ready")
+    # status keeps advancing under the new operator pod
+    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) > step(before) + 2)
+    done = wait_phase(cluster, ns, "bot", "Succeeded", timeout=300)
+    assert pods(cluster, ns) == ["bot-1", "bot-prepare"]
+    assert [a["reason"] for a in done["attempts"]] == ["Completed"]
+    assert done["startTime"] == before["startTime"]
+
+
+@pytest.mark.e2e_ns("queue")
+def test_second_two_gpu_job_is_queued_until_the_first_ends(cluster: Cluster, e2e_ns: str) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "first", steps=10, gpus=2, every=5)
+    wait_phase(cluster, ns, "first", "Running")
+    apply_job(cluster, ns, "second", steps=4, gpus=2, every=2)
+    queued = wait_phase(cluster, ns, "second", "Queued")
+    assert queued["reason"] == "Unschedulable"
+    assert queued["message"].startswith("waiting for 2 nvidia.com/gpu: ")
+    assert "Insufficient nvidia.com/gpu" in queued["message"]
+    assert conditions(queued)["Ready"] == "True"
+    first_done = wait_phase(cluster, ns, "first", "Succeeded", timeout=300)
+    # while the first ran, the second never got a GPU
+    wait_phase(cluster, ns, "second", "Running", timeout=180)
+    done = wait_phase(cluster, ns, "second", "Succeeded", timeout=240)
+    assert done["completionTime"] > first_done["completionTime"]
+    pod = get(cluster, ns, "pod", "second-1")
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+@pytest.mark.e2e_ns("bad", bad_row=5)
+def test_bad_inputs_fail_with_a_named_reason_and_are_not_retried(
+    cluster: Cluster, e2e_ns: str
+) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "no-pvc", output={"pvc": "nope"})
+    apply_job(cluster, ns, "bad-data")  # the seeded dataset has a broken line 5
+    apply_job(cluster, ns, "no-model", model_path="missing-model")
+    expect = {"no-pvc": "PVCNotFound", "bad-data": "BadData", "no-model": "ModelNotFound"}
+    failed = {name: wait_phase(cluster, ns, name, "Failed", timeout=240) for name in expect}
+    for name, reason in expect.items():
+        st = failed[name]
+        assert st["reason"] == reason, (name, st.get("message"))
+        assert conditions(st)["Stalled"] == "True" and conditions(st)["Ready"] == "False"
+        assert reason in events(cluster, ns, name), (name, events(cluster, ns, name))
+        assert f"{name}-1" not in pods(cluster, ns)  # no training pod, no GPU taken
+    assert '"nope"' in failed["no-pvc"]["message"]
+    assert re.search(r"\b5\b", failed["bad-data"]["message"]), failed["bad-data"]["message"]
+    assert "missing-model" in failed["no-model"]["message"]
+    # nothing is retried: the prepare pods ran once, and the jobs stay Failed
+    for name in expect:
+        st = failed[name]
+        assert len(st.get("attempts") or []) <= 1 and not st.get("retryAfter"), st
+    assert not [p for p in pods(cluster, ns) if not p.endswith("-prepare")]
+
+
+@pytest.mark.e2e_ns("reject", seed=False)
+def test_the_apiserver_rejects_an_invalid_spec(cluster: Cluster, e2e_ns: str) -> None:
+    ns = e2e_ns
+    body = job_body(ns, "qlora-on-cpu", method="qlora")
+    proc = subprocess.run(
+        [*kubectl_argv(cluster), "apply", "-f", "-"], check=False, input=json.dumps(body),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "qlora" in proc.stderr and "gpus" in proc.stderr, proc.stderr
+    assert not cluster.kubectl("get", "ftj", "-n", ns, "-o", "name").strip()
+
+
+def kubectl_argv(cluster: Cluster) -> list[str]:
+    from tests.harness.cluster import _kubectl_path
+
+    return [_kubectl_path(), "--kubeconfig", cluster.kubeconfig]
+
+
+@pytest.mark.e2e_ns("delete")
+def test_deleting_a_running_job_collects_its_children_and_keeps_user_pvcs(
+    cluster: Cluster, e2e_ns: str
+) -> None:
+    ns = e2e_ns
+    apply_job(cluster, ns, "bot", steps=500, every=50)
+    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 1)
+    children = {"pods": ["bot-1"], "cm": ["bot-config", "bot-progress"], "sa": ["bot-trainer"],
+                "role": ["bot-trainer"], "rolebinding": ["bot-trainer"]}  # fmt: skip
+    for kind, names in children.items():
+        for name in names:
+            assert get(cluster, ns, kind, name)["metadata"]["name"] == name
+    cluster.kubectl("delete", "ftj", "bot", "-n", ns, "--wait=true")
+
+    def children_gone() -> bool:
+        out = cluster.kubectl("get", ",".join(children), "-n", ns, "-l",
+                              "finetune.dev/job=bot", "-o", "name")  # fmt: skip
+        return not out.strip()
+
+    wait_until(children_gone, timeout=120, message="the job's children to be collected")
+    for claim in ("out", "models"):
+        assert get(cluster, ns, "pvc", claim)["status"]["phase"] == "Bound"
+    assert (VOLUMES / f"{ns}-models" / "tiny-llama" / "config.json").is_file()
