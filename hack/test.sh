@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test entry point of the Makefile and CI.
-#   hack/test.sh all          setup-host, build-tools, venv, lint, verify, unit, cluster-up, images,
+#   hack/test.sh all          setup-host, build-tools, venv, lint, verify, unit (+ trainer), cluster-up, images,
 #                             integration, e2e (stops at the first failure)
 #   hack/test.sh unit|integration|e2e   one tier (with what it needs first)
 # Prints the wall time of every phase at the end. If $KUBECONFIG points at a reachable cluster
@@ -70,7 +70,7 @@ cluster_up() {
 
 images() { hack/images.sh trainer operator standin; }
 
-run_unit() { phase venv venv && phase unit tier unit tests/unit; }
+run_unit() { phase venv venv && phase unit tier unit tests/unit tests/trainer; }
 run_integration() {
   phase venv venv
   phase cluster-up cluster_up
@@ -90,7 +90,7 @@ case ${1:-all} in
     phase venv venv
     phase lint make -s lint
     phase verify make -s verify
-    phase unit tier unit tests/unit
+    phase unit tier unit tests/unit tests/trainer
     phase cluster-up cluster_up
     phase images images
     phase integration tier integration tests/integration -m integration
