@@ -189,3 +189,46 @@ def test_fixture_conditions_follow_the_operator_table(phase: str) -> None:
     assert got == dict(zip(types, op_status.CONDITION_TABLE[phase], strict=True))
     generation = obj["metadata"]["generation"]
     assert all(c["observedGeneration"] == generation for c in obj["status"]["conditions"])
+
+
+# ------------------------------------------------------------------- captured from e2e runs
+
+CAPTURED = FIXTURES / "captured"
+CAPTURED_EXPECTED = {
+    "Queued": "Current",
+    "Running": "Current",
+    "Suspended": "Current",
+    "Succeeded": "Current",
+    "Failed": "Failed",
+}
+
+
+def _captured() -> list[Path]:
+    return sorted(CAPTURED.glob("*.yaml"))
+
+
+def test_captured_objects_cover_the_long_lived_phases() -> None:
+    phases = {yaml.safe_load(p.read_text())["status"]["phase"] for p in _captured()}
+    assert phases == set(CAPTURED_EXPECTED)
+
+
+@pytest.mark.parametrize("path", _captured(), ids=lambda p: p.stem)
+def test_captured_objects_read_right_to_the_python_port(path: Path) -> None:
+    obj = yaml.safe_load(path.read_text())
+    assert kstatus.compute(obj).status == CAPTURED_EXPECTED[obj["status"]["phase"]]
+
+
+def test_go_library_agrees_on_captured_objects(kstatus_check: Path) -> None:
+    paths = _captured()
+    proc = subprocess.run(
+        [str(kstatus_check), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    for path, line in zip(paths, proc.stdout.splitlines(), strict=True):
+        got, obj = json.loads(line), yaml.safe_load(path.read_text())
+        port = kstatus.compute(obj)
+        assert (got["status"], got["message"]) == (port.status, port.message), path.name
+        assert got["status"] == CAPTURED_EXPECTED[obj["status"]["phase"]], path.name
