@@ -115,6 +115,15 @@ def pvc(cluster: Cluster, namespace: str, name: str = "out") -> None:
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    # bound before a job uses it: an unbound claim is itself a (transient) scheduling reason
+    cluster.kubectl(
+        "wait",
+        "--for=jsonpath={.status.phase}=Bound",
+        f"pvc/{name}",
+        "-n",
+        namespace,
+        "--timeout=60s",
+    )
 
 
 def data_config_map(cluster: Cluster, namespace: str) -> None:
