@@ -2,7 +2,7 @@
 # Install the host packages the local cluster and the image builds need (Debian/Ubuntu, root).
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
-PKGS=(docker.io containerd runc containernetworking-plugins debootstrap iptables iproute2 openssl gcc libc6-dev)
+PKGS=(docker.io containerd runc containernetworking-plugins debootstrap iptables iproute2 openssl gcc libc6-dev tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
