@@ -22,7 +22,7 @@ setup: ## Install host packages (apt), the Go-built binaries and the Python venv
 	@echo "venv: $(VENV)"
 
 ##@ Development
-generate: ## Regenerate the CRD, chart CRDs, RBAC, values schema and Argo CD snippet from the code.
+generate: ## Regenerate the CRD (+ chart and kustomize copies), RBAC, API reference and Argo CD snippet from the code.
 	$(PY) -m finetune_operator.generate --root .
 
 verify: ## Fail if generated files drift from the code.
@@ -38,7 +38,7 @@ fmt: ## Format the Python code.
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-run-operator: ## Run the operator out of cluster against $$KUBECONFIG.
+run-operator: ## Run the operator out of cluster against KUBECONFIG.
 	$(VENV)/bin/finetune-operator
 
 ##@ Tests
