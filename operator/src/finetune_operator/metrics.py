@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import start_http_server
 
 from finetune_operator import models as m
+from finetune_operator.status import parse_time
 
 P = m.Phase
 NO_PHASE = "None"
@@ -50,17 +51,6 @@ def _version() -> str:
         return metadata.version("finetune-operator")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return None
 
 
 def _number(value: Any) -> float | None:
@@ -241,8 +231,8 @@ class OperatorMetrics:
         result = "succeeded" if phase == P.SUCCEEDED else "failed"
         default = m.Reason.COMPLETED if phase == P.SUCCEEDED else m.Reason.ERROR
         self.finished.labels(result=result, reason=str(status.get("reason") or default)).inc()
-        start = _time(status.get("startTime"))
-        end = _time(status.get("completionTime")) or now
+        start = parse_time(status.get("startTime"))
+        end = parse_time(status.get("completionTime")) or now
         if start is not None:
             self.run_duration.observe(max(0.0, (end - start).total_seconds()))
 
@@ -283,7 +273,7 @@ class OperatorMetrics:
             if state.startup_observed == state.running_attempt:
                 return
             state.startup_observed = state.running_attempt
-            when = _time(progress.get("updatedAt")) or now
+            when = parse_time(progress.get("updatedAt")) or now
             if when is None:
                 return
             self.startup.observe(max(0.0, (when - state.running_since).total_seconds()))

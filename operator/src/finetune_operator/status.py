@@ -119,7 +119,8 @@ class PodState:
         return self.kind in ("succeeded", "failed")
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (or a datetime) from the API or a trainer report; None if unreadable."""
     if isinstance(value, datetime):
         return value
     if isinstance(value, str) and value:
@@ -147,14 +148,14 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     status = pod.get("status") or {}
     name = str(meta.get("name", ""))
     deleting = bool(meta.get("deletionTimestamp"))
-    started = _time(status.get("startTime"))
+    started = parse_time(status.get("startTime"))
     phase = status.get("phase", "Pending")
     containers = status.get("containerStatuses") or []
     cstate: dict[str, Any] = (containers[0].get("state") or {}) if containers else {}
     term = cstate.get("terminated")
     if phase in ("Succeeded", "Failed") or term:
         code = term.get("exitCode") if term else None
-        finished = _time(term.get("finishedAt")) if term else None
+        finished = parse_time(term.get("finishedAt")) if term else None
         message = _last_line(term.get("message") if term else None)
         if phase == "Failed" and status.get("reason") == "Evicted":
             msg = _last_line(status.get("message"))
@@ -288,7 +289,7 @@ def merge_progress(
         eta_seconds=eta,
         eta=humanize(eta) if eta is not None else None,
         gpu_memory_mib=_int(raw.get("gpu_memory_mib"), 0, 10**7),
-        updated_at=_time(raw.get("time"))
+        updated_at=parse_time(raw.get("time"))
         or (
             old.updated_at
             if old is not None and (old.attempt, old.step) == (attempt, step)
@@ -309,7 +310,7 @@ def merge_checkpoint(
         return old
     path = ckpt.get("path")
     return m.CheckpointStatus(
-        step=step, path=str(path)[:1024] if path else "", time=_time(ckpt.get("time"))
+        step=step, path=str(path)[:1024] if path else "", time=parse_time(ckpt.get("time"))
     )
 
 

@@ -418,33 +418,10 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
             f"{req.gradient_accumulation} x {chosen.processes} processes != batchSize "
             f"{req.batch_size}"
         )
-    if shape_error is not None:
+
+    def result(fits: bool, message: str, suggestion: str | None) -> Plan:
         return Plan(
-            False,
-            chosen.strategy,
-            chosen.processes,
-            chosen.micro,
-            accumulation,
-            est.total,
-            req.gpu_memory_mib,
-            params,
-            trainable,
-            shape_error,
-            breakdown,
-            "make batchSize = microBatchSize x gradientAccumulation x processes",
-        )
-    if fit is None:
-        assert req.gpu_memory_mib is not None
-        suggestion = _suggest(req, c)
-        gpus = f"{req.gpus} GPUs of " if req.gpus > 1 else "a GPU with "
-        message = (
-            f"does not fit: {what} needs an estimated {est.total:,} MiB per GPU "
-            f"({chosen.strategy}), but {gpus}{req.gpu_memory_mib:,} MiB allows "
-            f"{usable_mib(req.gpu_memory_mib, c):,} MiB ({c.safety_fraction:.0%} kept free); "
-            f"{suggestion}"
-        )
-        return Plan(
-            False,
+            fits,
             chosen.strategy,
             chosen.processes,
             chosen.micro,
@@ -457,6 +434,22 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
             breakdown,
             suggestion,
         )
+
+    if shape_error is not None:
+        return result(
+            False, shape_error, "make batchSize = microBatchSize x gradientAccumulation x processes"
+        )
+    if fit is None:
+        assert req.gpu_memory_mib is not None
+        suggestion = _suggest(req, c)
+        gpus = f"{req.gpus} GPUs of " if req.gpus > 1 else "a GPU with "
+        message = (
+            f"does not fit: {what} needs an estimated {est.total:,} MiB per GPU "
+            f"({chosen.strategy}), but {gpus}{req.gpu_memory_mib:,} MiB allows "
+            f"{usable_mib(req.gpu_memory_mib, c):,} MiB ({c.safety_fraction:.0%} kept free); "
+            f"{suggestion}"
+        )
+        return result(False, message, suggestion)
     if req.gpus == 0:
         message = f"CPU run: {what}; GPU memory not planned"
     elif req.gpu_memory_mib is None:
@@ -466,19 +459,7 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
             f"fits: {what}, {chosen.strategy} on {max(req.gpus, 1)} GPU(s), estimated "
             f"{est.total:,} of {req.gpu_memory_mib:,} MiB per GPU"
         )
-    return Plan(
-        True,
-        chosen.strategy,
-        chosen.processes,
-        chosen.micro,
-        accumulation,
-        est.total,
-        req.gpu_memory_mib,
-        params,
-        trainable,
-        message,
-        breakdown,
-    )
+    return result(True, message, None)
 
 
 def total_steps(
