@@ -5,7 +5,8 @@ SHELL := /bin/bash
 
 FTO_CACHE ?= $(HOME)/.cache/finetune-operator
 export FTO_CACHE
-VENV = $(shell hack/setup-venv.sh)
+# resolved once, on first use (help needs no venv)
+VENV = $(eval VENV := $(shell hack/setup-venv.sh))$(VENV)
 PY = $(VENV)/bin/python
 KUBECONFIG_LOCAL ?= /run/fto-cluster/admin.kubeconfig
 TRAINER_IMAGE ?= localhost/finetune-trainer:dev
