@@ -39,6 +39,7 @@ def crd(cluster: Cluster) -> None:
 @pytest.fixture(scope="session")
 def standin(cluster: Cluster) -> str:
     """The stand-in trainer image on the node (python3-only Debian base; seconds to build)."""
+    subprocess.run([str(REPO_ROOT / "hack/docker-up.sh")], check=True, capture_output=True)
     subprocess.run(
         ["docker", "build", "-q", "--network", "none", "--build-arg",
          "BASE_IMAGE=localhost/debian:bookworm", "-t", STANDIN, str(REPO_ROOT / "tests/standin")],
