@@ -87,7 +87,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
             "warmup_steps": 0,
             "warmup_ratio": 0.0,
             "scheduler": "linear",
-            "optimizer": "adamw_torch",
+            "optimizer": a.optimizer,
             "weight_decay": 0.0,
             "seed": 3407,
             "precision": "auto",
@@ -96,7 +96,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
         },
         "checkpoint": {"every_steps": a.checkpoint_every, "keep": 2},
         "output": {"merge_adapter": False},
-        "backend": "auto",
+        "backend": a.backend,
         "gpus": a.gpus,
         "gpu_memory_mib": int(a.cap_gib * 1024) if a.cap_gib else 81559,
         "paths": {"work": str(work), "model_cache": str(work / "cache")},
@@ -116,6 +116,13 @@ def trainer(cmd: str, cfg: Path, env: dict[str, str], **kw: Any) -> subprocess.P
     )
 
 
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The end of a process's log: the traceback of a failed run, kept in its result line."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
@@ -131,6 +138,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--resume-test", action="store_true")
+    p.add_argument("--optimizer", default="adamw_torch")
+    p.add_argument("--backend", default="auto")
     a = p.parse_args()
     vocab = json.loads((Path(a.model) / "config.json").read_text())["vocab_size"]
     root = Path(os.environ["BENCH_DIR"])
@@ -170,6 +179,8 @@ def main() -> None:
         "data": a.shape,
         "gpus": a.gpus,
         "cap_gib": a.cap_gib,
+        "optimizer": a.optimizer,
+        "backend_asked": a.backend,
         "prepare_seconds": prepare_seconds,
         "plan": result.get("plan"),
     }
@@ -177,7 +188,8 @@ def main() -> None:
         resume_test(a, cfg, env, work, tag)
         return
     t = time.time()
-    code = trainer("train", cfg, env).wait()
+    with (work / "train.log").open("wb") as log:
+        code = trainer("train", cfg, env, stdout=log, stderr=subprocess.STDOUT).wait()
     summary_path = work / "output" / "summary.json"
     if code != 0 or not summary_path.exists():
         emit(
@@ -186,15 +198,15 @@ def main() -> None:
                 **tag,
                 "stage": "train",
                 "code": code,
-                "reason": (work / "termination-log").read_text()
-                if (work / "termination-log").exists()
-                else "",
+                "reason": reason(work),
+                "log_tail": log_tail(work / "train.log"),
             }
         )
         return
     rec = measure(json.loads(summary_path.read_text()), a.warmup, tag)
     rec["seq"] = a.seq
     emit(rec)
+    shutil.rmtree(work, ignore_errors=True)  # full fine-tunes write GBs: keep the disk free
 
 
 def reason(work: Path) -> str:

@@ -1,7 +1,8 @@
 """Turn the GPU benchmark's JSON lines into the "GPU" section of docs/benchmarks.md and PNG plots.
 
-  python bench/gpu/report.py bench/gpu/results/2026-11-26-h100.jsonl \
-      bench/gpu/results/2026-11-26-2xh100.jsonl
+  python bench/gpu/report.py bench/gpu/results/2026-11-26-h100-smoke.jsonl \
+      bench/gpu/results/2026-11-26-h100.jsonl bench/gpu/results/2026-11-26-2xh100.jsonl \
+      bench/gpu/results/2026-11-26-h100-full-optim.jsonl
 
 Replaces everything between the markers <!-- gpu:begin --> and <!-- gpu:end --> in
 docs/benchmarks.md (appending the section when the markers are absent).
@@ -85,6 +86,7 @@ def stacks_table(rows: list[dict[str, Any]]) -> list[str]:
                 and not r.get("cap_gib")
                 and r.get("seq") == 2048
                 and r.get("steps_measured", 0) >= 19
+                and r.get("optimizer", "adamw_torch") == "adamw_torch"
             ),
             None,
         )
@@ -168,6 +170,59 @@ def cap_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{plan.get('micro_batch_size', '–')} | {est:,} MiB | {res} |"
             if est
             else f"| {r.get('model')} | {r.get('gpus')} | {r['cap_gib']} | – | – | {res} |"
+        )
+    return out
+
+
+def full_table(rows: list[dict[str, Any]]) -> list[str]:
+    """1B full fine-tuning: our trainer over the planner matrix, and Unsloth directly."""
+    out = [
+        "| stack | seq | micro-batch | tok/s | MFU | peak allocated GiB | peak reserved GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    full = [r for r in rows if r.get("kind") == "run" and r.get("method") == "full"]
+    for r in sorted(full, key=lambda r: (r["stack"] != "ours", r.get("seq"), r.get("mb"))):
+        name = "(c) finetune-trainer" if r["stack"] == "ours" else "(b) Unsloth"
+        out.append(
+            f"| {name} | {r.get('seq')} | {r.get('mb')} | {num(r, 'tokens_per_second')} | "
+            f"{mfu(r)} | {gib(r, 'peak_allocated_gib')} | {gib(r, 'peak_reserved_gib')} |"
+        )
+    return out
+
+
+def optimizer_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Peak memory like for like: (c) with its default optimizer and with (b)'s adamw_8bit."""
+    out = [
+        "| model / method (fixed, seq 2048) | (b) Unsloth, adamw_8bit | (c) adamw_torch "
+        "(default) | (c) adamw_8bit | (c)/(b) with adamw_8bit |",
+        "|---|---|---|---|---|",
+    ]
+    for model, method in [("1b", "lora"), ("7b", "qlora")]:
+        b = pick(rows, stack="unsloth", model=model, method=method, data="fixed")
+        c = [
+            r
+            for r in rows
+            if r.get("kind") == "run" and r.get("stack") == "ours" and r.get("model") == model
+            and r.get("method") == method and r.get("data") == "fixed" and r.get("gpus") == 1
+            and not r.get("cap_gib") and r.get("seq") == 2048
+            and r.get("steps_measured", 0) >= 19
+        ]  # fmt: skip
+        torch_c = next((r for r in c if r.get("optimizer", "adamw_torch") == "adamw_torch"), None)
+        bnb_c = next((r for r in c if r.get("optimizer") == "adamw_8bit"), None)
+
+        def cell(r: dict[str, Any] | None) -> str:
+            if not r:
+                return "–"
+            return (
+                f"{gib(r, 'peak_allocated_gib')} / {gib(r, 'peak_reserved_gib')} GiB, "
+                f"{num(r, 'tokens_per_second')} tok/s"
+            )
+
+        ratio = "–"
+        if b and bnb_c:
+            ratio = f"{bnb_c['peak_reserved_gib'] / b['peak_reserved_gib']:.2f}×"
+        out.append(
+            f"| {model.upper()} {method} | {cell(b)} | {cell(torch_c)} | {cell(bnb_c)} | {ratio} |"
         )
     return out
 
@@ -302,7 +357,8 @@ def main(paths: list[str]) -> None:
         f"unsloth 2026.10.9, bitsandbytes 0.50.2, with random-initialised models built from "
         f"configs (Llama-3.2-1B geometry, 1.236 B parameters; Mistral-7B-v0.3 geometry, 7.248 "
         f"B), LoRA r=16 on the 7 projections, seq 2048. Command: `bench/gpu/run.sh stacks1b "
-        f"stacks7b_fixed stacks7b_more hfreal cap12 resume memory_ours` (one GPU) and "
+        f"stacks7b_fixed stacks7b_more hfreal cap12 resume memory_ours full1b optim8` (one GPU) "
+        f"and "
         f"`bench/gpu/run.sh ddp` (two), raw lines in `bench/gpu/results/`. (a) = transformers + "
         f"PEFT + TRL SFTTrainer with SDPA and gradient checkpointing; (b) = Unsloth as its "
         f"documentation shows (FastLanguageModel, get_peft_model, TRL SFTTrainer, adamw_8bit); "
@@ -318,6 +374,20 @@ def main(paths: list[str]) -> None:
         *stacks_table(rows),
         "",
         *(f"![{p}](img/{p})" for p in pngs),
+        "",
+        "### Peak memory like for like (allocated / reserved)",
+        "",
+        "Command: `bench/gpu/run.sh optim8`.",
+        "",
+        *optimizer_table(rows),
+        "",
+        "### 1B full fine-tuning",
+        "",
+        "Command: `bench/gpu/run.sh full1b` (one run at a time: a full checkpoint with its "
+        "optimizer state is ~15 GB). Our trainer keeps the default `adamw_torch`, (b) follows "
+        "Unsloth's docs (`adamw_8bit`); both train the bf16 weights in place.",
+        "",
+        *full_table(rows),
         "",
         "### Two GPUs (data parallel, one pod, two processes)",
         "",

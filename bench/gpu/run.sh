@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU benchmark on a machine with NVIDIA GPUs and no network.
-#   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | cap12 | resume | ddp
+#   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | full1b | full1b_tf
+#                                        | optim8 | cap12 | resume | ddp
 # Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
 # random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
 # $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
@@ -67,6 +68,28 @@ memory_ours() { # per-process peaks are exact even when runs share the GPU: 4 at
 memory()   { model 1b; model 7b; for g in 1b 7b; do for m in lora qlora; do for seq in 512 2048; do for mb in 1 4; do
                run unsloth $g $m fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; done; done
              for seq in 512 2048; do for mb in 1 4; do run unsloth 1b full fixed $mb --max-len $seq --steps 4 --warmup 1; done; done; }
+full1b()   { # the full rows of the planner matrix, one at a time (a full checkpoint is ~15 GB)
+  model 1b
+  for seq in 512 2048; do for mb in 1 4; do
+    timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m1b" --model-tag 1b --method full --seq $seq --mb $mb \
+      --steps 6 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-3000
+  done; done
+  run unsloth 1b full fixed 1 --max-len 2048 --steps 6 --warmup 1
+}
+full1b_tf() { # the same through the transformers backend, for comparison
+  model 1b
+  for seq in 512 2048; do
+    timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m1b" --model-tag 1b --method full --seq $seq --mb 4 \
+      --steps 6 --warmup 1 --gpus 1 --backend transformers 2>&1 | grep -E "^RESULT" | cut -c1-3000
+  done
+}
+optim8() { # (c) with the optimizer (b) uses, to compare memory like for like
+  model 7b; model 1b
+  FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora \
+    --shape fixed --gpus 1 --mb 4 --optimizer adamw_8bit 2>&1 | grep -E '^RESULT' | cut -c1-1500
+  FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m1b" --model-tag 1b --method lora \
+    --shape fixed --gpus 1 --mb 8 --optimizer adamw_8bit 2>&1 | grep -E '^RESULT' | cut -c1-1500
+}
 cap12()    { model 7b; ours 7b qlora fixed 1 0 12; ours 7b qlora fixed 1 0 4; }
 resume()   { model 1b; model 7b; $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m1b" --model-tag 1b --method lora --shape fixed --gpus 1;
              $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora --shape fixed --gpus 1; }
