@@ -42,6 +42,7 @@ GEOMETRIES = _geometries()
 RESULTS = [
     ROOT / "bench/gpu/results/2026-11-26-h100.jsonl",
     ROOT / "bench/gpu/results/2026-11-26-2xh100.jsonl",
+    ROOT / "bench/gpu/results/2026-11-26-h100-full-optim.jsonl",
 ]
 DOC = ROOT / "docs/benchmarks.md"
 PLOT = ROOT / "docs/img/planner-accuracy.png"
@@ -98,6 +99,8 @@ def load(paths: list[Path]) -> list[Row]:
                 continue
             if not run.get("plan") or run.get("peak_reserved_gib") is None:
                 continue
+            if run.get("optimizer", "adamw_torch") != "adamw_torch":
+                continue  # the planner models the default optimizer
             key = (
                 run["model"],
                 run["method"],
@@ -135,8 +138,9 @@ The planner's per-GPU estimate (`trainer-image/src/finetune_trainer/planner.py` 
 against our trainer's measured training peak on H100 with the unsloth backend, per process:
 torch `max_memory_reserved` after the model load + {context} MiB of CUDA context (what the
 planner counts as `context`). The measurements are from
-`bench/gpu/results/2026-11-26-h100.jsonl` and `2026-11-26-2xh100.jsonl` (GPUs 2 = DDP, per
-process); the estimates are recomputed for the same inputs, so the table follows the planner.
+`bench/gpu/results/2026-11-26-h100.jsonl`, `2026-11-26-h100-full-optim.jsonl` (1B full) and
+`2026-11-26-2xh100.jsonl` (GPUs 2 = DDP, per process); the estimates are recomputed for the
+same inputs, so the table follows the planner.
 Ratio = estimate / measured; every single-GPU row is within ±{TOLERANCE:.0%} (worst
 {worst:.0%}). The DDP rows read high on purpose: the planner adds {ddp} MiB per process for
 NCCL, which allocates outside torch's caching allocator and so is not in

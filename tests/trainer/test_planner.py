@@ -87,7 +87,7 @@ def test_estimate_is_calibrated_against_measurements(
     assert measured * 0.9 <= torch_part <= measured * 1.35, (torch_part, measured)
 
 
-# Our trainer on one H100 with the unsloth backend (bench/gpu/results/2026-11-26-h100.jsonl): whole
+# Our trainer on one H100 with the unsloth backend (bench/gpu/results/2026-11-26-h100*.jsonl): whole
 # card = torch max_memory_reserved after the load + the 800 MiB CUDA context, MiB. The planner was
 # calibrated on these rows; bench/planner_table.py prints the same comparison into
 # docs/benchmarks.md.
@@ -110,6 +110,10 @@ H100_UNSLOTH = [
     (M7B, "qlora", 512, 4, 6309),
     (M7B, "qlora", 2048, 1, 6309),
     (M7B, "qlora", 2048, 4, 8152),
+    (L1B, "full", 512, 1, 12689),
+    (L1B, "full", 512, 4, 12678),
+    (L1B, "full", 2048, 1, 12668),
+    (L1B, "full", 2048, 4, 12730),
 ]
 
 

@@ -24,7 +24,7 @@ def test_every_single_gpu_row_is_within_the_band() -> None:
     rows = pt.load(pt.RESULTS)
     single = [r for r in rows if r.gpus == 1]
     assert {(r.model, r.method) for r in single} == {
-        ("1b", "lora"), ("1b", "qlora"), ("7b", "lora"), ("7b", "qlora")
+        ("1b", "full"), ("1b", "lora"), ("1b", "qlora"), ("7b", "lora"), ("7b", "qlora")
     }  # fmt: skip
     assert all(abs(r.ratio - 1) <= pt.TOLERANCE for r in single), pt.table(rows)
 

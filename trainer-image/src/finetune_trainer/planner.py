@@ -5,16 +5,18 @@ Inputs are plain values (the model's config.json, the method, the batch, the GPU
 
     CUDA context
   + weights            (bf16, or 4-bit NF4 linears + bf16 embeddings for qlora)
-  + trainable state    (full: bf16 grads + fp32 master + Adam m/v; LoRA: fp32 A/B + grads + Adam)
+  + trainable state    (full: bf16 grads + Adam m/v in bf16; LoRA: fp32 A/B + grads + Adam)
   + activations        tokens per micro-batch x bytes per token (checkpointed layer inputs, one
                        layer's working set during recomputation, logits), plus the loss's
-                       working buffers, which scale with the output head (vocab x hidden)
+                       working buffers, which scale with the output head (vocab x hidden);
+                       for full fine-tuning the optimizer step's workspace instead when larger
+                       (the two are never alive together)
   + DDP                (NCCL buffers and gradient buckets, per process)
 
 with every calibration number in ``CONSTANTS``. Calibrated against our trainer's training peaks
 on H100 with the unsloth backend (torch reserved + the CUDA context; 1B and 7B x LoRA/QLoRA x
-seq 512/2048 x micro-batch 1/4, single GPU and DDP): every row within ±15 %. The table is in
-docs/benchmarks.md ("Memory planner accuracy", written by bench/planner_table.py) and
+seq 512/2048 x micro-batch 1/4, 1B full, single GPU and DDP): every row within ±15 %. The table
+is in docs/benchmarks.md ("Memory planner accuracy", written by bench/planner_table.py) and
 tests/trainer/test_planner.py checks it.
 """
 
@@ -50,9 +52,13 @@ class Constants:
     safety_fraction: float = 0.10  # keep 10 % of the card free (fragmentation, spikes)
     bf16_bytes: float = 2.0
     nf4_bytes: float = 0.53  # 4 bits + per-block absmax (double-quantised) constants
-    full_state_bytes: float = (
-        14.0  # bf16 grad 2 + fp32 master 4 + Adam m, v 8 (weights counted apart)
-    )
+    # Full fine-tuning trains the bf16 weights in place (no fp32 master copy) and torch's AdamW
+    # keeps m and v in the parameters' dtype: bf16 grad 2 + Adam m, v 4 (weights counted apart).
+    full_state_bytes: float = 6.0
+    # The foreach AdamW step holds one more bf16 copy of the parameters while it runs; measured
+    # on 1B full (peak flat at 11.6 GiB over seq 512/2048 x micro-batch 1/4: the step, not the
+    # activations, sets the peak).
+    full_step_workspace_bytes: float = 2.0
     lora_state_bytes: float = 16.0  # fp32 weight 4 + grad 4 + Adam m, v 8
     ckpt_bytes_per_hidden: float = 2.0  # the bf16 layer input kept per layer under checkpointing
     # one layer's working set (4 x hidden + 3 x intermediate bf16 values per token), scaled:
@@ -270,6 +276,8 @@ def estimate(
     state = trainable * (c.full_state_bytes if req.method == "full" else c.lora_state_bytes)
     head = g.vocab * g.hidden * c.head_workspace_bytes[req.backend]
     activations = micro_batch * req.max_seq_length * activation_bytes_per_token(req, c) + head
+    if req.method == "full":
+        activations = max(activations, trainable * c.full_step_workspace_bytes)
     ddp_bytes = 0.0
     if ddp:
         grad_bytes = c.bf16_bytes if req.method == "full" else 4.0
