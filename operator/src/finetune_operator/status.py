@@ -433,10 +433,18 @@ def _unschedulable(
 
 
 def _retry_or_fail(
-    w: _Work, job: m.FineTuneJob, last: m.Attempt, *, prepare: bool, now: datetime, cap: int | None
+    w: _Work,
+    job: m.FineTuneJob,
+    last: m.Attempt,
+    *,
+    prepare: bool,
+    now: datetime,
+    cap: int | None,
+    just_recorded: bool = True,
 ) -> bool:
     """After a failed attempt: Failed (not retriable / limit reached), Pending in backoff, or
-    True when the next attempt may start now."""
+    True when the next attempt may start now. A CUDA OOM halves the micro-batch once, when the
+    attempt is recorded (``just_recorded``), not again on every pass through its backoff."""
     if last.reason not in R.RETRIABLE:
         _fail(w, last.reason, last.message, now)
         return False
@@ -452,7 +460,7 @@ def _retry_or_fail(
         msg = f"{what} failed {len(failures)} times (retry limit {limit}); last: {detail}"
         _fail(w, last.reason, msg[:MAX_MESSAGE], now)
         return False
-    if last.reason == R.CUDA_OOM and not prepare:
+    if last.reason == R.CUDA_OOM and not prepare and just_recorded:
         current = _batch(job.spec, w.plan)
         micro = current.micro_batch_size if current else job.spec.training.batch_size
         halved = planner.after_cuda_oom(
@@ -766,6 +774,7 @@ def _derive_training(
         w.phase, w.reason, w.message = P.SUSPENDED, R.SUSPENDED, f"suspended{where}; GPUs released"
         return
 
+    just_recorded = False
     if n and not recorded:
         if state is None:
             state = PodState(
@@ -773,7 +782,7 @@ def _derive_training(
             )
         if state.kind == "failed":
             _record(w, n, state, step, now)
-            recorded = True
+            recorded = just_recorded = True
         elif state.kind == "waiting-error":
             _record(w, n, state, step, now)
             _fail(w, state.reason or R.ERROR, state.message, now)
@@ -802,7 +811,9 @@ def _derive_training(
     if (
         last is not None
         and last.reason != R.SUSPENDED
-        and not _retry_or_fail(w, job, last, prepare=False, now=now, cap=cap)
+        and not _retry_or_fail(
+            w, job, last, prepare=False, now=now, cap=cap, just_recorded=just_recorded
+        )
     ):
         return
     w.attempt = n + 1

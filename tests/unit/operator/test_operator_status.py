@@ -334,6 +334,24 @@ def test_cuda_oom_halves_the_micro_batch(make_job: JobF, make_pod: PodF) -> None
     assert batch is not None and batch.micro_batch_size * batch.gradient_accumulation == 8
 
 
+def test_cuda_oom_halves_once_however_often_its_backoff_is_derived(
+    make_job: JobF, make_pod: PodF
+) -> None:
+    job = make_job(spec={"retry": {"limit": 2, "backoffSeconds": 30}},
+                   status={"attempt": 1, "phase": "Running", **PREPARED})  # fmt: skip
+    pods = [make_pod("bot-1", phase="Failed", exit_code=11)]
+    first = st.derive_status(job, pods, None, OK_PREPARE, FINISHED)
+    assert first.plan is not None and first.plan.micro_batch_size == 2
+    assert (first.phase, first.reason) == (P.PENDING, R.BACKOFF)
+    # the operator reconciles again while the backoff runs, then once it has passed
+    for later in (FINISHED + timedelta(seconds=5), FINISHED + timedelta(seconds=60)):
+        again = st.derive_status(job.model_copy(update={"status": first}), pods, None,
+                                 OK_PREPARE, later)  # fmt: skip
+        assert again.plan is not None
+        assert (again.plan.micro_batch_size, again.plan.gradient_accumulation) == (2, 4)
+    assert again.attempt == 2 and again.phase == P.STARTING
+
+
 def test_cuda_oom_at_micro_batch_one_is_final(make_job: JobF, make_pod: PodF) -> None:
     status = {"attempt": 1, "plan": {"microBatchSize": 1, "gradientAccumulation": 8}}
     job = make_job(status=status)
