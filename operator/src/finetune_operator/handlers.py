@@ -190,44 +190,52 @@ def _start_pod(job: m.FineTuneJob, new: m.FineTuneJobStatus, acts: st.Actions) -
 def reconcile(namespace: str, name: str) -> None:
     """Bring one job one step closer to its spec; safe to run any number of times."""
     with _lock(namespace, name):
-        try:
-            body = kube.get_job(namespace, name)
-        except kube.NotFoundError:
-            return
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
-            return
-        now = datetime.now(UTC)
-        old_raw: dict[str, Any] = dict(body.get("status") or {})
-        try:
-            job = m.parse_job(body)
-        except ValidationError as exc:
-            _bad_spec(body, old_raw, exc, now)
-            return
-        if st.ttl_expired(job, now):
-            log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
-            kube.delete_job(namespace, name)
-            return
-        pods = kube.list_pods(namespace, name)
-        cm = kube.read_config_map_data(namespace, b.progress_name(job))
-        progress = _json_key(cm, b.PROGRESS_KEY)
-        prepared = _json_key(cm, b.PREPARE_KEY)
-        new = st.derive_status(
-            job, pods, progress, prepared, now, max_backoff=SETTINGS.retry_max_backoff_seconds
-        )
-        acts = st.next_actions(job, new, pods, now)
-        if acts.reset_progress:  # a restart: the previous run's reports must not count
-            kube.clear_config_map_keys(
-                namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY)
-            )
-        if acts.create_prepare or acts.create_train is not None:
-            missing = _missing_refs(job)
-            if missing is not None:
-                new = st.failed_status(new, job.generation, missing[0], missing[1], now)
-            else:
-                _start_pod(job, new, acts)
-        for pod in acts.delete_pods:
-            kube.delete_pod(namespace, pod)
-        _publish(body, job.status, new, old_raw, now)
+        # a status that must be on the resource before the next step (status.data and
+        # status.plan before the training pod) is published, then the job is read again
+        for _ in range(3):
+            if not _reconcile_once(namespace, name):
+                return
+
+
+def _reconcile_once(namespace: str, name: str) -> bool:
+    """One pass; True when the next step waits for the status just published."""
+    try:
+        body = kube.get_job(namespace, name)
+    except kube.NotFoundError:
+        return False
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    now = datetime.now(UTC)
+    old_raw: dict[str, Any] = dict(body.get("status") or {})
+    try:
+        job = m.parse_job(body)
+    except ValidationError as exc:
+        _bad_spec(body, old_raw, exc, now)
+        return False
+    if st.ttl_expired(job, now):
+        log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+        kube.delete_job(namespace, name)
+        return False
+    pods = kube.list_pods(namespace, name)
+    cm = kube.read_config_map_data(namespace, b.progress_name(job))
+    progress = _json_key(cm, b.PROGRESS_KEY)
+    prepared = _json_key(cm, b.PREPARE_KEY)
+    new = st.derive_status(
+        job, pods, progress, prepared, now, max_backoff=SETTINGS.retry_max_backoff_seconds
+    )
+    acts = st.next_actions(job, new, pods, now)
+    if acts.reset_progress:  # a restart: the previous run's reports must not count
+        kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
+    if acts.create_prepare or acts.create_train is not None:
+        missing = _missing_refs(job)
+        if missing is not None:
+            new = st.failed_status(new, job.generation, missing[0], missing[1], now)
+        else:
+            _start_pod(job, new, acts)
+    for pod in acts.delete_pods:
+        kube.delete_pod(namespace, pod)
+    _publish(body, job.status, new, old_raw, now)
+    return acts.publish_first
 
 
 def _publish(

@@ -113,6 +113,7 @@ class Reason:
     POD_DELETED = "PodDeleted"
     RETRYING = "Retrying"
     RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
+    PREPARED = "Prepared"  # status.data and status.plan written; the training pod comes next
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"

@@ -614,7 +614,12 @@ def derive_status(
         data = _data(prepare_result) or data
         if w.plan is None:
             w.plan = _plan(prepare_result)
-    if _prepare_ok(prepare_result):
+    if _prepare_ok(prepare_result) and old.plan is None and w.plan is not None and not attempt:
+        # what the prepare stage found goes on the resource before the training pod exists:
+        # this status is published first, then the next pass starts attempt 1
+        w.phase, w.reason = P.PREPARING, R.PREPARED
+        w.message = "data checked and memory planned; starting training"
+    elif _prepare_ok(prepare_result):
         assert prepare_result is not None
         total_steps = _int(prepare_result.get("total_steps"), 1, _MAX_STEPS)
         _derive_training(
@@ -879,6 +884,7 @@ class Actions:
     delete_pods: tuple[str, ...] = ()
     requeue_after: float | None = None
     reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
+    publish_first: bool = False  # publish this status, then reconcile again at once
 
 
 def next_actions(
@@ -899,6 +905,8 @@ def _next_actions(
     prep = b.prepare_pod_name(job)
     active = tuple(sorted(n for n, s in states.items() if not s.terminated and not s.deleting))
     phase = new.phase
+    if phase == P.PREPARING and new.reason == R.PREPARED:
+        return Actions(publish_first=True)
     if phase == P.PREPARING and prep not in states:
         return Actions(create_prepare=True)
     if phase == P.STARTING and new.attempt and b.train_pod_name(job, new.attempt) not in states:

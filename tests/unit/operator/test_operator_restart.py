@@ -106,6 +106,9 @@ def test_waits_for_the_old_pods_then_prepares_with_fresh_reports(
     assert acts == st.Actions(create_prepare=True, reset_progress=True)
     # later reconciles keep the run and the recorded value, and do not restart again
     after = restarting.model_copy(update={"status": new})
+    planned = st.derive_status(after, [], None, OK_PREPARE, NOW)
+    assert (planned.phase, planned.run) == (P.PREPARING, 1) and planned.plan is not None
+    after = after.model_copy(update={"status": planned})
     again = st.derive_status(after, [], None, OK_PREPARE, NOW)
     assert (again.phase, again.run, again.last_restart_requested_at) == (P.STARTING, 1, T1)
     assert again.attempt == 1

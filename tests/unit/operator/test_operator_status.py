@@ -95,13 +95,19 @@ def test_plan_refused_shows_the_estimate(make_job: JobF) -> None:
     assert new.data is not None and new.data.records == 10
 
 
-def test_prepared_job_starts_attempt_one(make_job: JobF) -> None:
+def test_prepared_job_publishes_data_and_plan_then_starts_attempt_one(make_job: JobF) -> None:
     job = make_job()
-    new = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    first = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    assert (first.phase, first.reason, first.attempt) == (P.PREPARING, R.PREPARED, 0)
+    assert first.plan is not None and first.plan.micro_batch_size == 4
+    assert first.data == m.DataStatus(records=200, tokens=51200, truncated=3)
+    # no training pod until data and plan are on the resource
+    assert st.next_actions(job, first, [], NOW) == st.Actions(publish_first=True)
+    published = job.model_copy(update={"status": first})
+    new = st.derive_status(published, [], None, OK_PREPARE, NOW)
     assert (new.phase, new.attempt) == (P.STARTING, 1)
-    assert new.plan is not None and new.plan.micro_batch_size == 4
-    assert new.data == m.DataStatus(records=200, tokens=51200, truncated=3)
-    assert st.next_actions(job, new, [], NOW) == st.Actions(create_train=1)
+    assert new.plan == first.plan and new.data == first.data
+    assert st.next_actions(published, new, [], NOW) == st.Actions(create_train=1)
 
 
 def test_pending_pod_is_starting(make_job: JobF, make_pod: PodF) -> None:
