@@ -23,10 +23,8 @@ SYSTEM_NS = "fto-e2e-system"
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "localhost/finetune-trainer:dev")
 OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "localhost/finetune-operator:dev")
 # one namespace per test (the operator's watch list is fixed at install time)
-NAMESPACES = [
-    f"fto-e2e-{n}"
-    for n in ("train", "suspend", "podkill", "oprestart", "queue", "bad", "delete", "reject")
-]
+TIERS = ("train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject")
+NAMESPACES = [f"fto-e2e-{n}" for n in TIERS]
 VOLUMES = Path("/var/lib/fto-volumes")
 RECORDS = 256
 
@@ -121,9 +119,16 @@ def _clean(cluster: Cluster, ns: str) -> None:
     wait_until(volumes_gone, timeout=120, interval=0.5, message=f"the volumes of {ns} reclaimed")
 
 
-def seed(cluster: Cluster, ns: str, claim: str = "models", bad_row: int | None = None) -> None:
+def seed(
+    cluster: Cluster,
+    ns: str,
+    claim: str = "models",
+    bad_row: int | None = None,
+    extra: str = "",
+) -> None:
     """PVC ``claim`` with tiny-llama/ (a tiny random llama) and data/train.jsonl (``RECORDS``
-    synthetic alpaca records; with ``bad_row``, that 1-based line is replaced by a non-JSON one)."""
+    synthetic alpaca records; with ``bad_row``, that 1-based line is replaced by a non-JSON one),
+    then the shell commands ``extra`` (run in the trainer image, the claim at /models)."""
     cluster.kubectl("apply", "-f", "-", input=json.dumps(claim_body(ns, claim)))
     script = (
         "set -e; finetune-trainer make-tiny-model /models/tiny-llama --arch llama; "
@@ -131,6 +136,8 @@ def seed(cluster: Cluster, ns: str, claim: str = "models", bad_row: int | None =
     )
     if bad_row:
         script += f"; sed -i '{bad_row}s/.*/{{not json/' /models/data/train.jsonl"
+    if extra:
+        script += f"; {extra}"
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -178,12 +185,13 @@ def e2e_ns(cluster: Cluster, operator_release: str, request: pytest.FixtureReque
     assert ns in NAMESPACES, f"{ns} is not in the operator's watch list"
     _clean(cluster, ns)
     if marker.kwargs.get("seed", True):
-        seed(cluster, ns, bad_row=marker.kwargs.get("bad_row"))
+        kw = marker.kwargs
+        seed(cluster, ns, bad_row=kw.get("bad_row"), extra=kw.get("extra", ""))
     cluster.kubectl("apply", "-f", "-", input=json.dumps(claim_body(ns, "out")))
     return ns
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "e2e_ns(name, seed=True, bad_row=None): the test's namespace"
+        "markers", "e2e_ns(name, seed=True, bad_row=None, extra=''): the test's namespace"
     )

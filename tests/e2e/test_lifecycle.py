@@ -11,14 +11,16 @@ import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import watch
 
-from tests.e2e.conftest import SYSTEM_NS, VOLUMES
+from tests.e2e.conftest import RECORDS, SYSTEM_NS, VOLUMES
 from tests.harness import REPO_ROOT, Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +42,7 @@ def job_body(
     data_path: str = "data/train.jsonl",
     **spec: Any,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": name, "namespace": ns},
@@ -58,6 +60,8 @@ def job_body(
             **spec,
         },
     }  # fmt: skip
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}  # None: leave it out
+    return body
 
 
 def apply_job(cluster: Cluster, ns: str, name: str, **kw: Any) -> None:
@@ -174,6 +178,44 @@ def suspend(cluster: Cluster, ns: str, name: str, value: bool) -> None:
                     "-p", json.dumps({"spec": {"suspend": value}}))  # fmt: skip
 
 
+class Recorder:
+    """Every watch event of one list call, from the resourceVersion of a first list (so nothing
+    that happens after construction is missed), recorded on a background thread. A watch that
+    breaks before ``stop`` fails the test there instead of losing events silently."""
+
+    def __init__(self, list_fn: Callable[..., Any], **kwargs: Any) -> None:
+        first = list_fn(**kwargs)
+        meta = first["metadata"] if isinstance(first, dict) else first.metadata
+        rv = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, args=(list_fn, rv, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, list_fn: Callable[..., Any], rv: str, kwargs: dict[str, Any]) -> None:
+        try:
+            for event in self._watch.stream(list_fn, resource_version=rv, timeout_seconds=900,
+                                            **kwargs):  # fmt: skip
+                self.events.append((event["type"], event["raw_object"]))
+        except Exception as exc:  # reported by stop(), unless it ended on purpose
+            if not self._stopped.is_set():
+                self._error = exc
+
+    def stop(self) -> list[tuple[str, dict[str, Any]]]:
+        self._stopped.set()
+        self._watch.stop()
+        assert self._error is None, f"the watch broke before the test ended: {self._error!r}"
+        return list(self.events)
+
+
+def revision(obj: dict[str, Any]) -> int:
+    """The object's resourceVersion as a number. Opaque to clients by contract, but with one etcd
+    it is the store's global revision, so it orders writes across kinds (what the test needs)."""
+    return int(obj["metadata"]["resourceVersion"])
+
+
 # --------------------------------------------------------------------------------------- tests
 
 
@@ -264,6 +306,12 @@ def test_suspend_frees_the_gpus_and_resume_matches_an_uninterrupted_run(
     assert [s for s, _ in losses(resumed)] == list(range(1, steps + 1))
     # the loss curve is the uninterrupted one, step for step (exact on CPU)
     assert losses(resumed) == reference
+    # the resumed attempt used the dataset prepared before the first one: no second tokenization
+    assert resumed["prepared_reused"] is True
+    bot2 = logs(cluster, ns, "bot-2")
+    assert "reusing prepared dataset" in bot2 and "tokenized here" not in bot2
+    prepared = VOLUMES / f"{ns}-out" / "bot" / "prepared"
+    assert len([d for d in prepared.iterdir() if not d.name.startswith(".")]) == 1
 
 
 @pytest.mark.e2e_ns("podkill")
@@ -358,6 +406,125 @@ def test_bad_inputs_fail_with_a_named_reason_and_are_not_retried(
         st = failed[name]
         assert len(st.get("attempts") or []) <= 1 and not st.get("retryAfter"), st
     assert not [p for p in pods(cluster, ns) if not p.endswith("-prepare")]
+
+
+# data/big.jsonl: 2,000 alpaca records, line 1,234 without its "output"; mistral-7b/: the
+# tiny tokenizer with the config.json of Mistral-7B-v0.3 and no weights (the prepare stage reads
+# the config only, so the planner sees a real 7.25B model)
+PREPARE_SEED = """finetune-trainer make-dataset /models/data/big.jsonl --records 2000 --seed 1
+python3 - <<'PY'
+import json, pathlib, shutil
+root = pathlib.Path("/models")
+big = root / "data" / "big.jsonl"
+lines = big.read_text().splitlines()
+record = json.loads(lines[1233])
+del record["output"]
+lines[1233] = json.dumps(record)
+big.write_text("\\n".join(lines) + "\\n")
+model = root / "mistral-7b"
+shutil.copytree(root / "tiny-llama", model)
+for weights in model.glob("*.safetensors"):
+    weights.unlink()
+(model / "config.json").write_text(json.dumps({
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32768,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1,
+    "eos_token_id": 2,
+}))
+PY"""
+
+
+@pytest.mark.e2e_ns("prepare", extra=PREPARE_SEED)
+def test_prepare_refuses_bad_data_and_oversized_plans_and_plans_before_the_training_pod(
+    cluster: Cluster, e2e_ns: str
+) -> None:
+    ns = e2e_ns
+    kube = cluster.kube()
+    jobs = kube.custom
+    ftj_events = Recorder(jobs.list_namespaced_custom_object, group="finetune.dev",
+                          version="v1alpha1", namespace=ns, plural="finetunejobs")  # fmt: skip
+    pod_events = Recorder(kube.core.list_namespaced_pod, namespace=ns)
+    apply_job(cluster, ns, "bad-row", data_path="data/big.jsonl")
+    apply_job(cluster, ns, "full-7b", model_path="mistral-7b", method="full", gpus=1, lora=None)
+    apply_job(cluster, ns, "full-7b-two", model_path="mistral-7b", method="full", gpus=2, lora=None)
+    apply_job(cluster, ns, "good", steps=6, every=3)
+
+    refused = ("bad-row", "full-7b", "full-7b-two")
+    for name in refused:
+        wait_phase(cluster, ns, name, "Failed", timeout=240)
+    wait_phase(cluster, ns, "good", "Succeeded", timeout=300)
+    ftj_log, pod_log = ftj_events.stop(), pod_events.stop()
+
+    def history(name: str) -> list[dict[str, Any]]:
+        return [o for _, o in ftj_log if o["metadata"]["name"] == name]
+
+    def phases(name: str) -> list[str]:
+        out: list[str] = []
+        for obj in history(name):
+            phase = (obj.get("status") or {}).get("phase")
+            if phase and (not out or out[-1] != phase):
+                out.append(phase)
+        return out
+
+    # every refused job failed straight out of Preparing, and never had a training pod
+    created = [o for t, o in pod_log if t == "ADDED"]
+    for name in refused:
+        assert phases(name)[-2:] == ["Preparing", "Failed"], (name, phases(name))
+        own = [o["metadata"]["name"] for o in created
+               if o["metadata"].get("labels", {}).get("finetune.dev/job") == name]  # fmt: skip
+        assert own == [f"{name}-prepare"], (name, own)
+    for pod in created:  # the prepare stage is CPU-only
+        if pod["metadata"]["name"].endswith("-prepare"):
+            for c in pod["spec"]["containers"]:
+                limits = (c.get("resources") or {}).get("limits") or {}
+                assert "nvidia.com/gpu" not in limits, pod["metadata"]["name"]
+
+    bad = status(cluster, ns, "bad-row")
+    assert bad["reason"] == "BadData"
+    assert "big.jsonl line 1234: missing field 'output'" in bad["message"], bad
+    assert "BadData" in events(cluster, ns, "bad-row")
+
+    # one GPU: only 4-bit fits; two GPUs: the cheapest change may be LoRA split over both
+    for name, suggestion in (("full-7b", r"; use qlora"), ("full-7b-two", r"; use q?lora")):
+        st = status(cluster, ns, name)
+        assert st["reason"] == "PlanRefused", (name, st)
+        plan = st["plan"]
+        assert plan["fits"] is False and plan["gpuMemoryMiB"] == 12288  # the node's label
+        assert plan["parameters"] > 7_000_000_000
+        estimate = plan["estimatedGpuMemoryMiB"]
+        assert estimate > 12288
+        assert f"needs an estimated {estimate:,} MiB per GPU" in st["message"], st["message"]
+        assert "12,288 MiB" in st["message"], st["message"]
+        assert re.search(suggestion, st["message"]), st["message"]
+        assert "PlanRefused" in events(cluster, ns, name)
+        assert len(st.get("attempts") or []) <= 1 and not st.get("retryAfter"), st
+
+    # the good job: status.data and status.plan were written before its training pod existed
+    training = [revision(o) for o in created if o["metadata"]["name"] == "good-1"]
+    assert len(training) == 1, [o["metadata"]["name"] for o in created]
+    planned = [
+        o
+        for o in history("good")
+        if (o.get("status") or {}).get("data") and (o.get("status") or {}).get("plan")
+    ]
+    assert planned, phases("good")
+    first = planned[0]
+    assert revision(first) < training[0], (revision(first), training[0])
+    st = first["status"]
+    assert st["data"]["records"] == RECORDS and st["data"]["tokens"] > RECORDS
+    assert st["data"]["truncated"] >= 0
+    assert st["plan"]["microBatchSize"] == 2 and st["plan"]["gradientAccumulation"] == 2
+    until_planned = [
+        (o.get("status") or {}).get("phase")
+        for o in history("good")
+        if revision(o) <= revision(first)
+    ]
+    assert "Preparing" in until_planned and phases("good")[-1] == "Succeeded", phases("good")
+    # the training pod read the prepared dataset, it did not tokenize again
+    assert summary(ns, "good")["prepared_reused"] is True
+    assert "reusing prepared dataset" in logs(cluster, ns, "good-1")
 
 
 @pytest.mark.e2e_ns("reject", seed=False)

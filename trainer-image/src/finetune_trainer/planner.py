@@ -451,9 +451,10 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
         assert req.gpu_memory_mib is not None
         suggestion = _suggest(req, c)
         gpus = f"{req.gpus} GPUs of " if req.gpus > 1 else "a GPU with "
+        allow = "allow" if req.gpus > 1 else "allows"
         message = (
             f"does not fit: {what} needs an estimated {est.total:,} MiB per GPU "
-            f"({chosen.strategy}), but {gpus}{req.gpu_memory_mib:,} MiB allows "
+            f"({chosen.strategy}), but {gpus}{req.gpu_memory_mib:,} MiB {allow} "
             f"{usable_mib(req.gpu_memory_mib, c):,} MiB ({c.safety_fraction:.0%} kept free); "
             f"{suggestion}"
         )

@@ -102,7 +102,9 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _load_datasets(config: TrainerConfig, tokenizer_for_hash: Any) -> tuple[Any, Any, Path]:
+def _load_datasets(
+    config: TrainerConfig, tokenizer_for_hash: Any
+) -> tuple[Any, Any, prepare.Prepared]:
     """Train (and validation) datasets with labels, packed when asked."""
     import torch.distributed as dist
 
@@ -123,7 +125,7 @@ def _load_datasets(config: TrainerConfig, tokenizer_for_hash: Any) -> tuple[Any,
     evaluation = None
     if "validation" in splits:
         evaluation = packing.unpacked(splits["validation"])
-    return train, evaluation, prepared.path
+    return train, evaluation, prepared
 
 
 def _init_distributed(device: backends.Device) -> None:
@@ -169,7 +171,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         checkpoints.remove_incomplete(ckpt_root)
     resume = checkpoints.newest_complete(ckpt_root)
     tokenizer_for_hash = prepare.load_tokenizer(config)
-    train_ds, eval_ds, prepared_path = _load_datasets(config, tokenizer_for_hash)
+    train_ds, eval_ds, prepared = _load_datasets(config, tokenizer_for_hash)
 
     loaded = backends.load(config, backend, device, token, plan.strategy)
     log.info(
@@ -268,7 +270,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             state,
             started=started,
             resumed_from=resume,
-            prepared_path=prepared_path,
+            prepared=prepared,
             eval_loss=eval_loss,
         )
         summary["timing"] = timing.summary()
@@ -374,7 +376,7 @@ def make_summary(
     *,
     started: float,
     resumed_from: Path | None,
-    prepared_path: Path,
+    prepared: prepare.Prepared,
     eval_loss: float | None,
 ) -> dict[str, Any]:
     losses = [
@@ -407,7 +409,9 @@ def make_summary(
         },
         "packing": config.training.packing,
         "resumed_from": resumed_from.name if resumed_from else None,
-        "prepared": str(prepared_path),
+        "prepared": str(prepared.path),
+        # True when the prepare stage (or an earlier attempt) had tokenized it: not tokenized again
+        "prepared_reused": prepared.reused,
         "train_runtime_seconds": train_metrics.get("train_runtime"),
         "wall_seconds": round(time.time() - started, 3),
         "versions": versions(),
