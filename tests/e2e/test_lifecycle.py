@@ -551,8 +551,10 @@ def test_deleting_a_running_job_collects_its_children_and_keeps_user_pvcs(
     cluster: Cluster, e2e_ns: str
 ) -> None:
     ns = e2e_ns
-    apply_job(cluster, ns, "bot", steps=500, every=50)
-    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 1)
+    apply_job(cluster, ns, "bot", steps=500, every=2)
+    wait_phase(cluster, ns, "bot", "Running",
+               extra=lambda s: (s.get("checkpoint") or {}).get("step", 0) >= 2)  # fmt: skip
+    old_uid = get(cluster, ns, "ftj", "bot")["metadata"]["uid"]
     children = {"pods": ["bot-1"], "cm": ["bot-config", "bot-progress"], "sa": ["bot-trainer"],
                 "role": ["bot-trainer"], "rolebinding": ["bot-trainer"]}  # fmt: skip
     for kind, names in children.items():
@@ -569,3 +571,14 @@ def test_deleting_a_running_job_collects_its_children_and_keeps_user_pvcs(
     for claim in ("out", "models"):
         assert get(cluster, ns, "pvc", claim)["status"]["phase"] == "Bound"
     assert (VOLUMES / f"{ns}-models" / "tiny-llama" / "config.json").is_file()
+
+    # a new job of the same name starts from step 0: the old one's checkpoints are moved aside
+    apply_job(cluster, ns, "bot", steps=6, every=3)
+    wait_phase(cluster, ns, "bot", "Succeeded", timeout=240)
+    again = summary(ns, "bot")
+    assert again["resumed_from"] is None and [s for s, _ in losses(again)] == list(range(1, 7))
+    work = VOLUMES / f"{ns}-out" / "bot"
+    assert (work / "superseded" / old_uid / "checkpoints").is_dir()  # kept, not deleted
+    assert (work / "job-uid").read_text().strip() == get(cluster, ns, "ftj", "bot")["metadata"][
+        "uid"
+    ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import data as datamod
-from finetune_trainer import planner
+from finetune_trainer import planner, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ModelNotFoundError, PlanRefusedError, TrainerError
 
@@ -363,6 +363,7 @@ def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
         "error": None,
     }
     try:
+        workdir.claim(config.work, config.job.uid)
         tokenizer = load_tokenizer(config)
         model_config = load_model_config(config)
         prepared = build_dataset(config, tokenizer)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import backends, checkpoints, launch, planner, prepare
+from finetune_trainer import backends, checkpoints, launch, planner, prepare, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     EXIT_SUSPENDED,
@@ -80,6 +80,8 @@ def main(config: TrainerConfig, config_path: str) -> int:
     """Entry of ``finetune-trainer train``; returns the exit code."""
     cache = Path(config.paths.model_cache) / "hub"
     os.environ.setdefault("HF_HUB_CACHE", str(cache))
+    if not launch.is_child():
+        workdir.claim(config.work, config.job.uid)  # before any rank looks for checkpoints
     plan = resolve_plan(config)
     if plan.processes > 1 and not launch.is_child():
         import torch
