@@ -43,6 +43,7 @@ RESULTS = [
     ROOT / "bench/gpu/results/2026-11-26-h100.jsonl",
     ROOT / "bench/gpu/results/2026-11-26-2xh100.jsonl",
     ROOT / "bench/gpu/results/2026-11-26-h100-full-optim.jsonl",
+    ROOT / "bench/gpu/results/2026-11-26-h100-memory-nocompile.jsonl",
 ]
 DOC = ROOT / "docs/benchmarks.md"
 PLOT = ROOT / "docs/img/planner-accuracy.png"
@@ -53,6 +54,7 @@ LORA_R = 16  # bench/gpu/ours.py
 
 @dataclass(frozen=True)
 class Row:
+    backend: str  # unsloth (the default, block compile off) or unsloth-compiled
     model: str
     method: str
     seq: int
@@ -64,6 +66,14 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.estimate_mib / self.measured_mib
+
+
+def backend_of(run: dict[str, Any]) -> planner.PlanBackend:
+    """Runs without a variant ran with Unsloth's block compile on (the default until the
+    no-block-compile matrix was measured); full fine-tuning never compiles blocks."""
+    if run.get("variant") == "no-block-compile" or run["method"] == "full":
+        return "unsloth"
+    return "unsloth-compiled"
 
 
 def current_estimate(run: dict[str, Any]) -> int:
@@ -82,7 +92,7 @@ def current_estimate(run: dict[str, Any]) -> int:
         lora_r=LORA_R,
         micro_batch_size=micro,
         gradient_accumulation=accumulation,
-        backend="unsloth",
+        backend=backend_of(run),
     )
     return planner.plan(req).estimated_gpu_memory_mib
 
@@ -90,7 +100,7 @@ def current_estimate(run: dict[str, Any]) -> int:
 def load(paths: list[Path]) -> list[Row]:
     """One row per distinct (model, method, seq, micro-batch, GPUs); repeated runs keep the
     highest measured peak (the planner must cover the worst one)."""
-    rows: dict[tuple[str, str, int, int, int], Row] = {}
+    rows: dict[tuple[str, str, str, int, int, int], Row] = {}
     context = planner.CONSTANTS.cuda_context_mib
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -102,6 +112,7 @@ def load(paths: list[Path]) -> list[Row]:
             if run.get("optimizer", "adamw_torch") != "adamw_torch":
                 continue  # the planner models the default optimizer
             key = (
+                backend_of(run),
                 run["model"],
                 run["method"],
                 int(run["seq"]),
@@ -117,12 +128,14 @@ def load(paths: list[Path]) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| model | method | seq | micro-batch | GPUs | estimate MiB | measured MiB | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | model | method | seq | micro-batch | GPUs | estimate MiB | measured MiB "
+        "| ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.method} | {r.seq} | {r.micro} | {r.gpus} | {r.estimate_mib:,} | "
+            f"| {r.backend} | {r.model} | {r.method} | {r.seq} | {r.micro} | {r.gpus} | "
+            f"{r.estimate_mib:,} | "
             f"{r.measured_mib:,} | {r.ratio:.2f} |"
         )
     return "\n".join(lines)
@@ -138,9 +151,11 @@ The planner's per-GPU estimate (`trainer-image/src/finetune_trainer/planner.py` 
 against our trainer's measured training peak on H100 with the unsloth backend, per process:
 torch `max_memory_reserved` after the model load + {context} MiB of CUDA context (what the
 planner counts as `context`). The measurements are from
-`bench/gpu/results/2026-11-26-h100.jsonl`, `2026-11-26-h100-full-optim.jsonl` (1B full) and
-`2026-11-26-2xh100.jsonl` (GPUs 2 = DDP, per process); the estimates are recomputed for the
-same inputs, so the table follows the planner.
+`bench/gpu/results/2026-11-26-h100-memory-nocompile.jsonl` (backend `unsloth`: the trainer's
+default, Unsloth's per-block compile off), `2026-11-26-h100.jsonl` and `2026-11-26-2xh100.jsonl`
+(backend `unsloth-compiled`: `UNSLOTH_BLOCK_COMPILE=1`, which the prepare stage sees and plans
+for; GPUs 2 = DDP, per process) and `2026-11-26-h100-full-optim.jsonl` (1B full); the estimates
+are recomputed for the same inputs, so the table follows the planner.
 Ratio = estimate / measured; every single-GPU row is within ±{TOLERANCE:.0%} (worst
 {worst:.0%}). The DDP rows read high on purpose: the planner adds {ddp} MiB per process for
 NCCL, which allocates outside torch's caching allocator and so is not in
@@ -183,17 +198,19 @@ def plot(rows: list[Row], out: Path = PLOT) -> None:
         alpha=0.15,
         label=f"±{TOLERANCE:.0%}",
     )
-    styles = {"lora": "o", "qlora": "s"}
+    styles = {"lora": "o", "qlora": "s", "full": "^"}
     colors = {"1b": "tab:blue", "7b": "tab:orange"}
     seen: set[tuple[str, str]] = set()
     for r in rows:
         label = f"{r.model} {r.method}"
+        hollow = r.backend == "unsloth-compiled"
         ax.scatter(
             r.measured_mib,
             r.estimate_mib,
             marker=styles.get(r.method, "^"),
-            color=colors.get(r.model, "tab:gray"),
-            edgecolor="black" if r.gpus > 1 else "none",
+            color="none" if hollow else colors.get(r.model, "tab:gray"),
+            edgecolor=colors.get(r.model, "tab:gray") if hollow else "none",
+            linewidths=2 if r.gpus > 1 else 1,
             label=None if (r.model, r.method) in seen else label,
         )
         seen.add((r.model, r.method))
@@ -201,7 +218,7 @@ def plot(rows: list[Row], out: Path = PLOT) -> None:
     ax.set_ylim(0, top)
     ax.set_xlabel("measured MiB per GPU (reserved + CUDA context)")
     ax.set_ylabel("planner estimate MiB per GPU")
-    ax.set_title("Memory planner vs H100 (unsloth backend; outlined = DDP)")
+    ax.set_title("Memory planner vs H100 (hollow = block compile on; thick = DDP)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)

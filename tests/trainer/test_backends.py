@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,26 @@ def test_tiny_model_is_deterministic(tmp_path: Path, tiny_model: Path) -> None:
     again = make_tiny_model(tmp_path / "again", "llama", seed=0)
     for name in ("model.safetensors", "tokenizer.json"):
         assert (again / name).read_bytes() == (tiny_model / name).read_bytes()
+
+
+def test_compiled_kernels_are_kept_on_the_work_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = cfg(paths={"work": str(tmp_path / "work")})
+    backends._keep_compiled_kernels(config)  # type: ignore[arg-type]
+    # inductor resolves its cache when it compiles, so setting it after `import unsloth` holds
+    assert Path(cache_dir()) == tmp_path / "work" / ".cache" / "torch-compile"
+    assert (tmp_path / "work" / ".cache" / "torch-compile").is_dir()
+
+
+def test_block_compile_is_off_unless_the_pod_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))  # no GPU here
+    monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE", raising=False)
+    backends.early_import("unsloth")
+    assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "0"
+    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")  # spec.podTemplate.env
+    backends.early_import("unsloth")
+    assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "1"

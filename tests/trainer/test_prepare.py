@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune_trainer import main as cli
+from finetune_trainer import prepare as prepare_stage
 from finetune_trainer.tiny import synthetic_records, write_jsonl
 from tests.trainer.conftest import base_config, progress_reports, write_config
 
@@ -134,3 +135,16 @@ def test_bad_config_exit_2(tmp_path: Path, env: Path, tiny_model: Path) -> None:
     assert cli.main(["prepare", "--config", str(write_config(path, cfg))]) == 2
     assert "version 2 is not supported" in (tmp_path / "termination-log").read_text()
     assert cli.main(["prepare", "--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_the_plan_follows_the_pods_block_compile_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer.config import parse_config
+
+    base = {"version": 1, "job": {"name": "j"}, "model": {"path": "/m"}, "dataset": {"path": "/d"}}
+    config = parse_config(base)
+    monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE", raising=False)
+    assert prepare_stage.plan_backend(config) == "unsloth"
+    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")
+    assert prepare_stage.plan_backend(config) == "unsloth-compiled"
+    forced = parse_config({**base, "backend": "transformers"})
+    assert prepare_stage.plan_backend(forced) == "transformers"

@@ -30,7 +30,9 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 Strategy = Literal["single", "ddp", "model-split"]
-PlanBackend = Literal["unsloth", "transformers"]
+# "unsloth" is the trainer's default (eager decoder blocks); "unsloth-compiled" is Unsloth with
+# its per-block torch.compile (UNSLOTH_BLOCK_COMPILE=1), which holds more at the peak
+PlanBackend = Literal["unsloth", "unsloth-compiled", "transformers"]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj",
@@ -63,19 +65,21 @@ class Constants:
     ckpt_bytes_per_hidden: float = 2.0  # the bf16 layer input kept per layer under checkpointing
     # one layer's working set (4 x hidden + 3 x intermediate bf16 values per token), scaled:
     layer_factor: Mapping[str, float] = field(
-        default_factory=lambda: {"unsloth": 0.2, "transformers": 6.6}
+        default_factory=lambda: {"unsloth": 0.4, "unsloth-compiled": 0.2, "transformers": 6.6}
     )
     no_ckpt_layer_factor: float = 1.0  # without checkpointing every layer keeps its working set
     # logits bytes per vocabulary entry per token (unsloth chunks the cross-entropy):
+    # (eager unsloth: nothing measurable beyond the head workspace below)
     logit_bytes: Mapping[str, float] = field(
-        default_factory=lambda: {"unsloth": 0.625, "transformers": 12.0}
+        default_factory=lambda: {"unsloth": 0.0, "unsloth-compiled": 0.625, "transformers": 12.0}
     )
     # Working buffers that scale with the output head (vocab x hidden elements), whatever the
     # batch: the chunked cross-entropy's copies of the head and its gradient path. This is what
     # separates a 1B model with a 128k vocabulary (tied embeddings) from a 7B one with 32k; fitted
-    # to the H100 runs (bench/gpu/results/2026-11-26-*.jsonl, see bench/planner_table.py).
+    # to the H100 runs (bench/gpu/results/2026-11-26-*.jsonl, see bench/planner_table.py): "unsloth"
+    # on the default (block compile off) matrix, "unsloth-compiled" on the compiled one.
     head_workspace_bytes: Mapping[str, float] = field(
-        default_factory=lambda: {"unsloth": 3.0, "transformers": 0.0}
+        default_factory=lambda: {"unsloth": 2.5, "unsloth-compiled": 3.0, "transformers": 0.0}
     )
     split_imbalance: float = 0.15  # a layer-wise split is never perfectly even
     default_micro_batch_cap: int = 8  # when the GPU memory is unknown (or on CPU)

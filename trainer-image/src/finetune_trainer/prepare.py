@@ -315,8 +315,11 @@ def load_prepared(path: Path) -> Any:
 
 
 def plan_backend(config: TrainerConfig) -> planner.PlanBackend:
-    """What the GPU pod will run: unsloth unless transformers is asked for."""
-    return "transformers" if config.backend == "transformers" else "unsloth"
+    """What the GPU pod will run: unsloth unless transformers is asked for, with its per-block
+    compile when the pod's env turns it on (both pods get spec.podTemplate.env)."""
+    if config.backend == "transformers":
+        return "transformers"
+    return "unsloth-compiled" if os.environ.get("UNSLOTH_BLOCK_COMPILE") == "1" else "unsloth"
 
 
 def make_plan(config: TrainerConfig, model_config: dict[str, Any]) -> planner.Plan:
