@@ -336,7 +336,7 @@ def test_force_deleted_pod_resumes_from_the_last_checkpoint(cluster: Cluster, e2
 @pytest.mark.e2e_ns("oprestart")
 def test_operator_restart_mid_run_makes_no_duplicate_pod(cluster: Cluster, e2e_ns: str) -> None:
     ns = e2e_ns
-    apply_job(cluster, ns, "bot", steps=40, every=5)
+    apply_job(cluster, ns, "bot", steps=400, every=50)  # outlasts the operator's restart
     before = wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 2)
     selector = "app.kubernetes.io/name=finetune-operator"
     old = cluster.kubectl("get", "pods", "-n", SYSTEM_NS, "-l", selector, "-o", "name").split()
