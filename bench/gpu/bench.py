@@ -263,6 +263,10 @@ def _sft_config(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if os.environ.get("BENCH_MEMSNAP"):
+        from memsnap import start
+
+        start()
     import torch
 
     if args.cap_gib:
@@ -275,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         "model": args.model_tag,
         "data": args.data_tag,
         "cap_gib": args.cap_gib,
+        "optimizer": args.optim if args.stack == "unsloth" else "adamw_torch_fused",
     }
     if args.stack == "unsloth":
         import unsloth  # noqa: F401  (must be imported before transformers/trl, as its docs say)
@@ -304,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             model=model,
             processing_class=tok,
             train_dataset=ds,
-            args=_sft_config(args, optim="adamw_8bit"),
+            args=_sft_config(args, optim=args.optim),
         )
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -387,6 +392,7 @@ def main(argv: list[str]) -> None:
     r.add_argument("--steps", type=int, default=25)
     r.add_argument("--warmup", type=int, default=5)
     r.add_argument("--cap-gib", type=float, default=0.0)
+    r.add_argument("--optim", default="adamw_8bit", help="(b)'s optimizer (its docs use 8-bit)")
     a = p.parse_args(argv)
     {"peak": cmd_peak, "make-model": cmd_make_model, "make-data": cmd_make_data, "run": cmd_run}[
         a.cmd

@@ -103,7 +103,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
         "progress": {
             "config_map": "bench-progress",
             "namespace": "bench",
-            "interval_seconds": 5.0,
+            "interval_seconds": 1.0 if a.resume_test else 5.0,
             "api_server": None,
         },
         "hub_token_file": None,
@@ -111,9 +111,10 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
 
 
 def trainer(cmd: str, cfg: Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "finetune_trainer.main", cmd, "--config", str(cfg)], env=env, **kw
-    )
+    entry = ["-m", "finetune_trainer.main"]
+    if cmd == "train" and env.get("BENCH_MEMSNAP"):  # the same entry, with memory recording
+        entry = [str(Path(__file__).parent / "memsnap.py")]
+    return subprocess.Popen([sys.executable, *entry, cmd, "--config", str(cfg)], env=env, **kw)
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -140,6 +141,7 @@ def main() -> None:
     p.add_argument("--resume-test", action="store_true")
     p.add_argument("--optimizer", default="adamw_torch")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--keep-log", action="store_true", help="copy the train log to $OUT")
     a = p.parse_args()
     vocab = json.loads((Path(a.model) / "config.json").read_text())["vocab_size"]
     root = Path(os.environ["BENCH_DIR"])
@@ -181,6 +183,7 @@ def main() -> None:
         "cap_gib": a.cap_gib,
         "optimizer": a.optimizer,
         "backend_asked": a.backend,
+        "variant": os.environ.get("BENCH_VARIANT"),
         "prepare_seconds": prepare_seconds,
         "plan": result.get("plan"),
     }
@@ -206,6 +209,8 @@ def main() -> None:
     rec = measure(json.loads(summary_path.read_text()), a.warmup, tag)
     rec["seq"] = a.seq
     emit(rec)
+    if a.keep_log and os.environ.get("OUT"):
+        shutil.copy(work / "train.log", Path(os.environ["OUT"]) / f"{work.name}.log")
     shutil.rmtree(work, ignore_errors=True)  # full fine-tunes write GBs: keep the disk free
 
 
@@ -249,14 +254,18 @@ def resume_test(
     a: argparse.Namespace, cfg: Path, env: dict[str, str], work: Path, tag: dict[str, Any]
 ) -> None:
     progress = work / "progress.json"
+    started = time.time()
     proc = trainer("train", cfg, env)
     deadline = time.time() + 300
     step = 0
+    first_step: float | None = None  # cold: nothing compiled yet on this work volume
     while time.time() < deadline and proc.poll() is None:
         try:
             step = json.loads(json.loads(progress.read_text())["progress.json"])["step"]
         except (OSError, ValueError, KeyError):
             step = 0
+        if step >= 1 and first_step is None:
+            first_step = round(time.time() - started, 1)
         if step >= 10:
             break
         time.sleep(0.2)
@@ -280,6 +289,9 @@ def resume_test(
             "resumed_from": summary.get("resumed_from"),
             "final_exit": code2,
             "restart_to_first_step_seconds": timing.get("process_start_to_first_step_seconds"),
+            # progress is written every few seconds: an upper bound, within the report interval
+            "cold_start_to_first_step_seconds_at_most": first_step,
+            "compile_cache_kept": (work / ".cache" / "torch-compile").is_dir(),
             "steps": summary.get("steps"),
             "losses_after_resume": [round(x["loss"], 4) for x in summary.get("losses", [])][:5],
             "wall_seconds": round(time.time() - t, 1),
