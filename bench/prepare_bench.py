@@ -70,7 +70,9 @@ def record(line: str) -> None:
     if HEADING not in text:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n"
     start = text.index(HEADING) + len(HEADING)
-    nxt = text.find("\n## ", start)
+    # the section ends at the next heading or at the marker of a generated block before one
+    ends = [i for i in (text.find("\n## ", start), text.find("\n<!--", start)) if i >= 0]
+    nxt = min(ends) if ends else -1
     section = text[start:] if nxt < 0 else text[start:nxt]
     section = (section.rstrip("\n") or "\n") + "\n" + line + "\n"
     text = text[:start] + section + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
