@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -186,3 +187,16 @@ def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(
     assert (work / "output" / "adapter" / "adapter_model.safetensors").is_file()
     for c in (work / "checkpoints").glob("checkpoint-*"):
         assert (c / "COMPLETE").is_file()
+
+
+def test_allocator_defaults_leave_a_pods_own_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer import train
+
+    for key in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF"):
+        monkeypatch.delenv(key, raising=False)
+    train.allocator_defaults()
+    assert os.environ["PYTORCH_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    train.allocator_defaults()
+    assert "PYTORCH_ALLOC_CONF" not in os.environ

@@ -76,8 +76,22 @@ def resolve_plan(config: TrainerConfig) -> RunPlan:
     return RunPlan(strategy, processes, micro, accum, None, source)
 
 
+def allocator_defaults() -> None:
+    """Expandable segments for torch's CUDA caching allocator, unless the pod set its own config.
+
+    The allocator reads its config once, when CUDA initialises, and the device check does that
+    before Unsloth's import would set the same (measured on H100: 0.5 GiB of slack between
+    reserved and allocated without it, 0.1-0.2 GiB with it)."""
+    if not any(
+        k in os.environ
+        for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+    ):
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+
+
 def main(config: TrainerConfig, config_path: str) -> int:
     """Entry of ``finetune-trainer train``; returns the exit code."""
+    allocator_defaults()
     cache = Path(config.paths.model_cache) / "hub"
     os.environ.setdefault("HF_HUB_CACHE", str(cache))
     if not launch.is_child():
