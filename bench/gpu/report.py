@@ -5,7 +5,8 @@
       bench/gpu/results/2026-11-26-h100-full-optim.jsonl \
       bench/gpu/results/2026-11-26-h100-memgap.jsonl \
       bench/gpu/results/2026-11-26-h100-resume-cache.jsonl \
-      bench/gpu/results/2026-11-26-h100-nocompile.jsonl
+      bench/gpu/results/2026-11-26-h100-nocompile.jsonl \
+      bench/gpu/results/2026-11-26-h100-allocator.jsonl
 
 Replaces everything between the markers <!-- gpu:begin --> and <!-- gpu:end --> in
 docs/benchmarks.md (appending the section when the markers are absent).
@@ -198,8 +199,9 @@ def block_compile_table(rows: list[dict[str, Any]]) -> list[str]:
     """(c) with Unsloth's per-block torch.compile (the rows above) and without (the default)."""
     out = [
         "| model / method (fixed, seq 2048) | (b) Unsloth | (c) block compile on | "
-        "(c) block compile off (default) | off: tok/s vs (b) | off: allocated / reserved vs (b) |",
-        "|---|---|---|---|---|---|",
+        "(c) block compile off | (c) off + expandable segments (default) | default: tok/s vs (b) "
+        "| default: allocated / reserved vs (b) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(r: dict[str, Any] | None) -> str:
@@ -236,15 +238,24 @@ def block_compile_table(rows: list[dict[str, Any]]) -> list[str]:
             (r for r in runs if r["stack"] == "ours" and r.get("variant") == "no-block-compile"),
             None,
         )
+        default = next(
+            (
+                r
+                for r in runs
+                if r["stack"] == "ours" and r.get("variant") == "no-block-compile+expandable"
+            ),
+            None,
+        )
         speed = vs = "–"
-        if b and off:
-            speed = f"{off['tokens_per_second'] / b['tokens_per_second']:.2f}×"
+        if b and default:
+            speed = f"{default['tokens_per_second'] / b['tokens_per_second']:.2f}×"
             vs = (
-                f"{off['peak_allocated_gib'] / b['peak_allocated_gib']:.2f}× / "
-                f"{off['peak_reserved_gib'] / b['peak_reserved_gib']:.2f}×"
+                f"{default['peak_allocated_gib'] / b['peak_allocated_gib']:.3f}× / "
+                f"{default['peak_reserved_gib'] / b['peak_reserved_gib']:.3f}×"
             )
         out.append(
-            f"| {model.upper()} {method} | {cell(b)} | {cell(on)} | {cell(off)} | {speed} | {vs} |"
+            f"| {model.upper()} {method} | {cell(b)} | {cell(on)} | {cell(off)} | {cell(default)} "
+            f"| {speed} | {vs} |"
         )
     return out
 
@@ -472,7 +483,10 @@ def main(paths: list[str]) -> None:
         "(`bench/gpu/memsnap.py`, `bench/gpu/results/2026-11-26-h100-memsnap-*.json`: 4,901 vs "
         "4,074 MiB live at the peak). (b) never compiles them here: TRL hands Unsloth its "
         "batches as packed segments, which skip the block compile. The trainer leaves it off "
-        "unless the pod sets `UNSLOTH_BLOCK_COMPILE=1` (`spec.podTemplate.env`).",
+        "unless the pod sets `UNSLOTH_BLOCK_COMPILE=1` (`spec.podTemplate.env`). Command for the "
+        "last column: `bench/gpu/run.sh allocator`: the trainer now sets the allocator's "
+        "`expandable_segments` before its device check starts CUDA (Unsloth sets it on import, "
+        "which was too late for the allocator, hence 0.5 GiB of reserved slack before).",
         "",
         *block_compile_table(rows),
         "",
