@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU benchmark on a machine with NVIDIA GPUs and no network.
 #   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | full1b | full1b_tf
-#                                        | optim8 | cap12 | resume | ddp
+#                                        | optim8 | memgap | memsnap | memory_nocompile | nocompile
+#                                        | allocator | startlog | cap12 | resume | ddp
 # Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
 # random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
 # $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
@@ -111,35 +112,26 @@ memsnap() { # what is alive at the peak, (b) against (c), 1B LoRA micro-batch 8 
     --model-tag 1b --method lora --shape fixed --gpus 1 --mb 8 --steps 6 --warmup 2 2>&1 | grep -E '^RESULT' | cut -c1-300
   for x in b c; do $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d['peak_live_mib'], d['max_memory_allocated_mib']); [print(f\"{t['mib']:9.1f} {t['blocks']:6d} {t['where'][:230]}\") for t in d['top'][:18]]" ${OUT:-/tmp}/memsnap-$x.json; done
 }
-memory_allocator() { # the default (block compile off, expandable segments set before CUDA starts)
-  model 1b; model 7b
-  for spec in "1b lora 8" "7b qlora 4"; do set -- $spec
-    FTO_T0=$(date +%s.%N) BENCH_VARIANT=no-block-compile+expandable timeout 400 $PY bench/gpu/ours.py \
-      --model "$BENCH_DIR/m$1" --model-tag $1 --method $2 --shape fixed --gpus 1 --mb $3 2>&1 | grep -E '^RESULT' | cut -c1-300
-  done
-}
-nocompile() { # the planner matrix again with the default (block compile off), 4 at a time
+memory_nocompile() { # the planner matrix again with block compile off (as measured: no expandable segments), 4 at a time
   model 1b; model 7b
   $PY -c "import os, sys; from pathlib import Path; sys.path.insert(0, 'bench/gpu'); import ours
 for v in (128256, 32768): ours.text_dataset('fixed', v, Path(os.environ['BENCH_DIR']) / f't-fixed-{v}.jsonl')"
   { for seq in 512 2048; do for mb in 1 4; do echo "1b lora $seq $mb"; echo "7b qlora $seq $mb"; echo "1b qlora $seq $mb"; echo "7b lora $seq $mb"; done; done
     echo "1b lora 2048 8"; } |
-  UNSLOTH_BLOCK_COMPILE=0 BENCH_VARIANT=no-block-compile xargs -P 4 -L 1 bash -c 'timeout 400 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 --model-tag $0 --method $1 --seq $2 --mb $3 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-200'
+  UNSLOTH_BLOCK_COMPILE=0 PYTORCH_ALLOC_CONF=expandable_segments:False BENCH_VARIANT=no-block-compile xargs -P 4 -L 1 bash -c 'timeout 400 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 --model-tag $0 --method $1 --seq $2 --mb $3 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-200'
 }
-allocator() { # the default (block compile off, expandable segments set before CUDA starts)
+pair() { # VARIANT [VAR=VALUE...]: (c) on 1B LoRA micro-batch 8 and 7B QLoRA micro-batch 4, fixed data
+  local variant=$1; shift; local envs=("$@")
   model 1b; model 7b
   for spec in "1b lora 8" "7b qlora 4"; do set -- $spec
-    FTO_T0=$(date +%s.%N) BENCH_VARIANT=no-block-compile+expandable timeout 400 $PY bench/gpu/ours.py \
+    env "${envs[@]}" FTO_T0=$(date +%s.%N) BENCH_VARIANT=$variant timeout 400 $PY bench/gpu/ours.py \
       --model "$BENCH_DIR/m$1" --model-tag $1 --method $2 --shape fixed --gpus 1 --mb $3 2>&1 | grep -E '^RESULT' | cut -c1-300
   done
 }
-nocompile() { # (c) without Unsloth's per-block torch.compile: memory, speed and start-up
-  model 1b; model 7b
-  for spec in "1b lora 8" "7b qlora 4"; do set -- $spec
-    FTO_T0=$(date +%s.%N) UNSLOTH_BLOCK_COMPILE=0 BENCH_VARIANT=no-block-compile timeout 400 $PY bench/gpu/ours.py \
-      --model "$BENCH_DIR/m$1" --model-tag $1 --method $2 --shape fixed --gpus 1 --mb $3 2>&1 | grep -E '^RESULT' | cut -c1-300
-  done
-}
+# (c) without Unsloth's per-block torch.compile, as first measured (allocator without expandable segments)
+nocompile() { pair no-block-compile UNSLOTH_BLOCK_COMPILE=0 PYTORCH_ALLOC_CONF=expandable_segments:False; }
+# the trainer's default: block compile off, expandable segments set before CUDA starts
+allocator() { pair no-block-compile+expandable; }
 startlog() { # 7B QLoRA with its train log kept, to see where start-up time goes
   model 7b
   FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora \
