@@ -152,7 +152,8 @@ against our trainer's measured training peak on H100 with the unsloth backend, p
 torch `max_memory_reserved` after the model load + {context} MiB of CUDA context (what the
 planner counts as `context`). The measurements are from
 `bench/gpu/results/2026-11-26-h100-memory-nocompile.jsonl` (backend `unsloth`: the trainer's
-default, Unsloth's per-block compile off), `2026-11-26-h100.jsonl` and `2026-11-26-2xh100.jsonl`
+default, Unsloth's per-block compile off; `bench/gpu/run.sh memory_nocompile`),
+`2026-11-26-h100.jsonl` and `2026-11-26-2xh100.jsonl`
 (backend `unsloth-compiled`: `UNSLOTH_BLOCK_COMPILE=1`, which the prepare stage sees and plans
 for; GPUs 2 = DDP, per process) and `2026-11-26-h100-full-optim.jsonl` (1B full); the estimates
 are recomputed for the same inputs, so the table follows the planner.

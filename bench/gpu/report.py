@@ -195,6 +195,47 @@ def full_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def fixed_runs(
+    rows: list[dict[str, Any]], model: str, method: str, mb: int | None = None
+) -> list[dict[str, Any]]:
+    """One-GPU, uncapped runs on fixed 2,048-token data with a full measurement window."""
+    return [
+        r
+        for r in rows
+        if r.get("kind") == "run" and r.get("model") == model and r.get("method") == method
+        and r.get("data") == "fixed" and r.get("gpus", 1) == 1 and not r.get("cap_gib")
+        and r.get("seq") == 2048 and r.get("steps_measured", 0) >= 19
+        and (mb is None or r.get("mb") == mb)
+    ]  # fmt: skip
+
+
+def first_run(
+    runs: list[dict[str, Any]], stack: str, optimizer: str | None = None, variant: str | None = None
+) -> dict[str, Any] | None:
+    """The first run of a stack with an optimizer (default: the stack's own) and variant."""
+    default = "adamw_8bit" if stack == "unsloth" else "adamw_torch"
+    return next(
+        (
+            r
+            for r in runs
+            if r.get("stack") == stack
+            and r.get("optimizer", default) == (optimizer or default)
+            and r.get("variant") == variant
+        ),
+        None,
+    )
+
+
+def memory_cell(r: dict[str, Any] | None, *, with_mfu: bool = False) -> str:
+    if not r:
+        return "–"
+    cell = (
+        f"{num(r, 'tokens_per_second')} tok/s, {gib(r, 'peak_allocated_gib')} / "
+        f"{gib(r, 'peak_reserved_gib')} GiB"
+    )
+    return f"{cell}, MFU {mfu(r)}" if with_mfu else cell
+
+
 def block_compile_table(rows: list[dict[str, Any]]) -> list[str]:
     """(c) with Unsloth's per-block torch.compile (the rows above) and without (the default)."""
     out = [
@@ -203,49 +244,12 @@ def block_compile_table(rows: list[dict[str, Any]]) -> list[str]:
         "| default: allocated / reserved vs (b) |",
         "|---|---|---|---|---|---|---|",
     ]
-
-    def cell(r: dict[str, Any] | None) -> str:
-        if not r:
-            return "–"
-        return (
-            f"{num(r, 'tokens_per_second')} tok/s, {gib(r, 'peak_allocated_gib')} / "
-            f"{gib(r, 'peak_reserved_gib')} GiB, MFU {mfu(r)}"
-        )
-
     for model, method, mb in [("1b", "lora", 8), ("7b", "qlora", 4)]:
-        runs = [
-            r
-            for r in rows
-            if r.get("kind") == "run" and r.get("model") == model and r.get("method") == method
-            and r.get("data") == "fixed" and r.get("gpus", 1) == 1 and not r.get("cap_gib")
-            and r.get("seq") == 2048 and r.get("mb") == mb and r.get("steps_measured", 0) >= 19
-        ]  # fmt: skip
-        b = next(
-            (r for r in runs if r["stack"] == "unsloth" and r.get("optimizer") != "adamw_torch"),
-            None,
-        )
-        on = next(
-            (
-                r
-                for r in runs
-                if r["stack"] == "ours"
-                and not r.get("variant")
-                and r.get("optimizer", "adamw_torch") == "adamw_torch"
-            ),
-            None,
-        )
-        off = next(
-            (r for r in runs if r["stack"] == "ours" and r.get("variant") == "no-block-compile"),
-            None,
-        )
-        default = next(
-            (
-                r
-                for r in runs
-                if r["stack"] == "ours" and r.get("variant") == "no-block-compile+expandable"
-            ),
-            None,
-        )
+        runs = fixed_runs(rows, model, method, mb)
+        b = first_run(runs, "unsloth")
+        on = first_run(runs, "ours")
+        off = first_run(runs, "ours", variant="no-block-compile")
+        default = first_run(runs, "ours", variant="no-block-compile+expandable")
         speed = vs = "–"
         if b and default:
             speed = f"{default['tokens_per_second'] / b['tokens_per_second']:.2f}×"
@@ -253,10 +257,8 @@ def block_compile_table(rows: list[dict[str, Any]]) -> list[str]:
                 f"{default['peak_allocated_gib'] / b['peak_allocated_gib']:.3f}× / "
                 f"{default['peak_reserved_gib'] / b['peak_reserved_gib']:.3f}×"
             )
-        out.append(
-            f"| {model.upper()} {method} | {cell(b)} | {cell(on)} | {cell(off)} | {cell(default)} "
-            f"| {speed} | {vs} |"
-        )
+        cells = " | ".join(memory_cell(r, with_mfu=True) for r in (b, on, off, default))
+        out.append(f"| {model.upper()} {method} | {cells} | {speed} | {vs} |")
     return out
 
 
@@ -268,45 +270,16 @@ def optimizer_table(rows: list[dict[str, Any]]) -> list[str]:
         "(c) adamw_torch (default) | (c) adamw_8bit | (c) + TRL gradient_checkpointing |",
         "|---|---|---|---|---|---|",
     ]
-
-    def cell(r: dict[str, Any] | None) -> str:
-        if not r:
-            return "–"
-        return (
-            f"{gib(r, 'peak_allocated_gib')} / {gib(r, 'peak_reserved_gib')} GiB, "
-            f"{num(r, 'tokens_per_second')} tok/s"
-        )
-
     for model, method in [("1b", "lora"), ("7b", "qlora")]:
-        runs = [
-            r
-            for r in rows
-            if r.get("kind") == "run" and r.get("model") == model and r.get("method") == method
-            and r.get("data") == "fixed" and r.get("gpus", 1) == 1 and not r.get("cap_gib")
-            and r.get("seq") == 2048 and r.get("steps_measured", 0) >= 19
-        ]  # fmt: skip
-
-        def first(
-            stack: str, optimizer: str, variant: str | None = None, runs: list[Any] = runs
-        ) -> dict[str, Any] | None:
-            default = "adamw_8bit" if stack == "unsloth" else "adamw_torch"
-            return next(
-                (
-                    r
-                    for r in runs
-                    if r.get("stack") == stack
-                    and r.get("optimizer", default) == optimizer
-                    and r.get("variant") == variant
-                ),
-                None,
-            )
-
-        out.append(
-            f"| {model.upper()} {method} | {cell(first('unsloth', 'adamw_8bit'))} | "
-            f"{cell(first('unsloth', 'adamw_torch'))} | {cell(first('ours', 'adamw_torch'))} | "
-            f"{cell(first('ours', 'adamw_8bit'))} | "
-            f"{cell(first('ours', 'adamw_torch', 'hf-gc'))} |"
+        runs = fixed_runs(rows, model, method)
+        picked = (
+            first_run(runs, "unsloth"),
+            first_run(runs, "unsloth", "adamw_torch"),
+            first_run(runs, "ours"),
+            first_run(runs, "ours", "adamw_8bit"),
+            first_run(runs, "ours", variant="hf-gc"),
         )
+        out.append(f"| {model.upper()} {method} | " + " | ".join(map(memory_cell, picked)) + " |")
     return out
 
 
