@@ -33,31 +33,29 @@ def claim(work: Path, uid: str | None) -> Path | None:
     work.mkdir(parents=True, exist_ok=True)
     owner = work / OWNER_FILE
     previous = owner.read_text().strip() if owner.exists() else None
+    if previous == uid:
+        return None
     moved: Path | None = None
-    if previous and previous != uid:
+    present = [name for name in JOB_STATE if (work / name).exists()] if previous else []
+    if previous and present:
         moved = work / SUPERSEDED / previous
-        present = [name for name in JOB_STATE if (work / name).exists()]
-        if present:
-            moved.mkdir(parents=True, exist_ok=True)
-            for name in present:
-                target = moved / name
-                if target.exists():  # the same old job superseded twice: keep both
-                    target = moved / f"{name}.{os.getpid()}"
-                os.rename(work / name, target)
-            log.warning(
-                "%s held the state of an earlier job of this name (uid %s): moved %s to %s; "
-                "this job starts from step 0",
-                work,
-                previous,
-                ", ".join(present),
-                moved,
-            )
-        else:
-            moved = None
-    if previous != uid:
-        tmp = owner.with_suffix(".tmp")
-        tmp.write_text(uid + "\n")
-        os.replace(tmp, owner)
+        moved.mkdir(parents=True, exist_ok=True)
+        for name in present:
+            target = moved / name
+            if target.exists():  # the same old job superseded twice: keep both
+                target = moved / f"{name}.{os.getpid()}"
+            os.rename(work / name, target)
+        log.warning(
+            "%s held the state of an earlier job of this name (uid %s): moved %s to %s; "
+            "this job starts from step 0",
+            work,
+            previous,
+            ", ".join(present),
+            moved,
+        )
+    tmp = owner.with_suffix(".tmp")
+    tmp.write_text(uid + "\n")
+    os.replace(tmp, owner)
     return moved
 
 
