@@ -61,3 +61,21 @@ def test_rendered_config_is_valid_for_the_trainer(
     assert parsed.progress.config_map == "bot-progress"
     assert parsed.gpus == job.spec.resources.gpus
     assert parsed.model_dump(mode="json") == rendered
+
+
+def test_every_trainer_exit_code_has_the_operators_reason() -> None:
+    """docs/contract.md section 4: each explained failure's exit code maps to the reason the
+    trainer writes, and the operator retries exactly the transient ones."""
+    errors = pytest.importorskip("finetune_trainer.errors")
+    classes = [
+        c for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.TrainerError) and c is not errors.TrainerError
+    ]  # fmt: skip
+    assert len(classes) >= 8
+    for cls in classes:
+        if cls.exit_code == errors.EXIT_SUSPENDED:
+            assert m.EXIT_CODE_REASONS[cls.exit_code] == m.Reason.PREEMPTED
+            continue
+        assert m.EXIT_CODE_REASONS[cls.exit_code] == cls.reason, cls.__name__
+    assert m.Reason.SOURCE_UNAVAILABLE in m.Reason.RETRIABLE
+    assert m.Reason.DISK_FULL in m.Reason.NOT_RETRIABLE

@@ -124,6 +124,8 @@ class Reason:
     BAD_DATA = "BadData"
     MODEL_NOT_FOUND = "ModelNotFound"
     PLAN_REFUSED = "PlanRefused"
+    DISK_FULL = "DiskFull"  # ENOSPC on the work volume: not retried, the claim must grow first
+    SOURCE_UNAVAILABLE = "SourceUnavailable"  # network fault fetching data/model: retried
     ERROR = "Error"
     # failures found by the operator before any pod runs
     BAD_SPEC = "BadSpec"
@@ -132,7 +134,9 @@ class Reason:
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     RETRY_LIMIT = "RetryLimitExceeded"
 
-    RETRIABLE = frozenset({OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED})
+    RETRIABLE = frozenset(
+        {OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED, SOURCE_UNAVAILABLE}
+    )
     NOT_RETRIABLE = frozenset(
         {
             IMAGE_PULL,
@@ -140,6 +144,7 @@ class Reason:
             BAD_DATA,
             MODEL_NOT_FOUND,
             PLAN_REFUSED,
+            DISK_FULL,
             BAD_SPEC,
             PVC_NOT_FOUND,
             SECRET_NOT_FOUND,
@@ -153,6 +158,8 @@ EXIT_CODE_REASONS: dict[int, str] = {
     3: Reason.BAD_DATA,
     4: Reason.MODEL_NOT_FOUND,
     5: Reason.PLAN_REFUSED,
+    6: Reason.DISK_FULL,
+    7: Reason.SOURCE_UNAVAILABLE,
     10: Reason.PREEMPTED,  # SIGTERM + complete checkpoint; Suspended when we asked for it
     11: Reason.CUDA_OOM,
 }

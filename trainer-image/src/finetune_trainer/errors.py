@@ -46,6 +46,23 @@ class PlanRefusedError(TrainerError):
     reason = "PlanRefused"
 
 
+class DiskFullError(TrainerError):
+    """No space left on the work volume (ENOSPC); not retried: the claim must be enlarged first.
+
+    The message names the path, the bytes needed when known, and the claim."""
+
+    exit_code = 6
+    reason = "DiskFull"
+
+
+class SourceUnavailableError(TrainerError):
+    """A transient network fault fetching data or a model (DNS, refused, reset, timeout, 429, 5xx)
+    that outlasted the retries inside the pod; the operator retries the attempt."""
+
+    exit_code = 7
+    reason = "SourceUnavailable"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 
