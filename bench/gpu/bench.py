@@ -280,6 +280,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         "data": args.data_tag,
         "cap_gib": args.cap_gib,
         "optimizer": args.optim if args.stack == "unsloth" else "adamw_torch_fused",
+        "packing": bool(args.packing),
     }
     if args.stack == "unsloth":
         import unsloth  # noqa: F401  (must be imported before transformers/trl, as its docs say)
@@ -309,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             model=model,
             processing_class=tok,
             train_dataset=ds,
-            args=_sft_config(args, optim=args.optim),
+            args=_sft_config(args, optim=args.optim, packing=bool(args.packing)),
         )
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -393,6 +394,11 @@ def main(argv: list[str]) -> None:
     r.add_argument("--warmup", type=int, default=5)
     r.add_argument("--cap-gib", type=float, default=0.0)
     r.add_argument("--optim", default="adamw_8bit", help="(b)'s optimizer (its docs use 8-bit)")
+    r.add_argument(
+        "--packing",
+        action="store_true",
+        help="(b'): TRL packing=True, Unsloth's isolated packed path (packed_seq_lengths)",
+    )
     a = p.parse_args(argv)
     {"peak": cmd_peak, "make-model": cmd_make_model, "make-data": cmd_make_data, "run": cmd_run}[
         a.cmd

@@ -2,7 +2,8 @@
 # One-shot GPU benchmark on a machine with NVIDIA GPUs and no network.
 #   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | full1b | full1b_tf
 #                                        | optim8 | memgap | memsnap | memory_nocompile | nocompile
-#                                        | allocator | startlog | cap12 | resume | ddp
+#                                        | allocator | startlog | cap12 | resume | ddp | gputest | packed
+#                                        | ddp2 | split12
 # Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
 # random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
 # $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
@@ -47,9 +48,10 @@ run() { # stack geometry method shape mb [extra args]
   FTO_T0=$(date +%s.%N) timeout 300 $B run --stack "$stack" --model "$BENCH_DIR/m$g" --model-tag "$g" \
     --method "$method" --data "$f" --data-tag "$shape" --mb "$mb" "$@" 2>&1 | grep -E '^RESULT|Error|error:' | tail -3
 }
-ours() { # geometry method shape gpus [mb] [cap]
-  FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m$1" --model-tag "$1" \
-    --method "$2" --shape "$3" --gpus "$4" --mb "${5:-0}" --cap-gib "${6:-0}" 2>&1 | grep -E '^RESULT|Error|error:' | tail -3
+ours() { # geometry method shape gpus [mb] [cap] [extra args]
+  local g=$1 m=$2 sh=$3 n=$4 mb=${5:-0} cap=${6:-0}; shift $(( $# < 6 ? $# : 6 ))
+  FTO_T0=$(date +%s.%N) timeout 400 $PY bench/gpu/ours.py --model "$BENCH_DIR/m$g" --model-tag "$g" \
+    --method "$m" --shape "$sh" --gpus "$n" --mb "$mb" --cap-gib "$cap" "$@" 2>&1 | grep -E '^RESULT|Error|error:' | tail -3
 }
 
 smoke()    { model 1b; run hf 1b lora fixed 8 --steps 8 --warmup 2; run unsloth 1b lora fixed 8 --steps 8 --warmup 2; }
@@ -142,6 +144,42 @@ resume()   { model 1b; model 7b; $PY bench/gpu/ours.py --resume-test --model "$B
              $PY bench/gpu/ours.py --resume-test --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora --shape fixed --gpus 1; }
 ddp()      { model 7b; model 1b; ours 7b qlora fixed 2 4; ours 7b qlora fixed 1 4; ours 1b lora fixed 2 8
              ours 1b lora fixed 1 8; ours 7b qlora fixed 2 0 12; }
+
+gputest() { # the GPU test tier (tests/gpu), one process per backend (Unsloth patches transformers
+  # globally on import); FTO_GPU_BACKENDS picks them (default both); logs and junit under $OUT
+  local rc=0 b code
+  for b in ${FTO_GPU_BACKENDS:-unsloth transformers}; do
+    FTO_GPU_BACKEND=$b timeout "${GPUTEST_TIMEOUT:-900}" $PY -m pytest tests/gpu --confcutdir=tests/gpu -p no:cacheprovider -q -rA \
+      --junitxml="${OUT:-/tmp}/gputest-$b.xml" > "${OUT:-/tmp}/gputest-$b.log" 2>&1
+    code=$?
+    echo "gputest $b: exit $code"
+    grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed' "${OUT:-/tmp}/gputest-$b.log" | cut -c1-300
+    ((code == 0)) || rc=1
+  done
+  return $rc
+}
+packed() { # realistic lengths, samples isolated: (b') Unsloth + TRL packing=True vs (c), one optimizer
+  model 7b; model 1b
+  run unsloth 7b qlora realistic 4 --packing --optim adamw_8bit
+  BENCH_VARIANT=isolated ours 7b qlora realistic 1 4 0 --optimizer adamw_8bit
+  run unsloth 1b lora realistic 8 --packing --optim adamw_8bit
+  BENCH_VARIANT=isolated ours 1b lora realistic 1 8 0 --optimizer adamw_8bit
+  # attention paths Unsloth offers for packed rows: per-segment SDPA vs torch's varlen flash kernel
+  BENCH_VARIANT=isolated-segments-off UNSLOTH_SDPA_PACKED_SEGMENTS=0 ours 7b qlora realistic 1 4 0 --optimizer adamw_8bit
+  BENCH_VARIANT=isolated-default-optim ours 7b qlora realistic 1 4
+}
+ddp2() { # today's defaults (block compile off, expandable segments), 1 vs 2 GPUs, uncapped and 12 GiB caps
+  model 7b; model 1b
+  ours 7b qlora fixed 1 4; ours 7b qlora fixed 2 4; ours 1b lora fixed 1 8; ours 1b lora fixed 2 8
+  ours 7b qlora fixed 1 4 12; ours 7b qlora fixed 2 4 12; ours 1b lora fixed 1 8 12; ours 1b lora fixed 2 8 12
+}
+ddp7() { model 7b; ours 7b qlora fixed 1 4; ours 7b qlora fixed 2 4; }  # the headline DDP pair
+split12() { # model split (device_map balanced) of 7B bf16 LoRA over 2 GPUs capped at 12 GiB each
+  model 7b
+  BENCH_VARIANT=model-split FTO_T0=$(date +%s.%N) timeout 500 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" \
+    --model-tag 7b --method lora --shape fixed --gpus 2 --mb 0 --cap-gib 12 --seq 2048 --steps 8 --warmup 2 \
+    2>&1 | grep -E '^RESULT|Error|error:' | cut -c1-1500
+}
 
 setup
 for plan in "$@"; do

@@ -674,6 +674,15 @@ class Progress(_Base):
     gpu_memory_mib: int | None = Field(
         default=None, alias="gpuMemoryMiB", ge=0, description="Peak GPU memory per GPU."
     )
+    packing: str | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Sample packing in effect when spec.training.packing is on: `isolated` (packed "
+            "samples proven not to attend to each other on the loaded model), or `off: <why>` "
+            "when the backend could not isolate them and rows are padded instead."
+        ),
+    )
     updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
 
 

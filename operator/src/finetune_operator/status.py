@@ -289,6 +289,7 @@ def merge_progress(
         eta_seconds=eta,
         eta=humanize(eta) if eta is not None else None,
         gpu_memory_mib=_int(raw.get("gpu_memory_mib"), 0, 10**7),
+        packing=str(raw["packing"])[:200] if isinstance(raw.get("packing"), str) else None,
         updated_at=parse_time(raw.get("time"))
         or (
             old.updated_at

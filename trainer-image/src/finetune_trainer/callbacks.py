@@ -105,6 +105,7 @@ class ProgressCallback(TrainerCallback):
         self.loss: float | None = None
         self.learning_rate: float | None = None
         self.checkpoint: dict[str, Any] | None = None
+        self.packing: str | None = None  # "isolated" or "off: <why>" (train.decide_packing)
         self._t0: float | None = None
         self._step0 = 0
         self._tokens0 = 0
@@ -152,6 +153,7 @@ class ProgressCallback(TrainerCallback):
             "eta_seconds": eta,
             "gpu_memory_mib": memory,
             "checkpoint": self.checkpoint,
+            "packing": self.packing,
         }
 
     def send(self, state: Any, status: str, *, force: bool = False) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import backends, checkpoints, launch, planner, prepare, workdir
+from finetune_trainer import backends, checkpoints, isolation, launch, planner, prepare, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     EXIT_SUSPENDED,
@@ -118,13 +118,9 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _load_datasets(
-    config: TrainerConfig, tokenizer_for_hash: Any
-) -> tuple[Any, Any, prepare.Prepared]:
-    """Train (and validation) datasets with labels, packed when asked."""
+def _load_splits(config: TrainerConfig, tokenizer_for_hash: Any) -> tuple[Any, prepare.Prepared]:
+    """The prepared (tokenized) splits; rank 0 builds or finds them first."""
     import torch.distributed as dist
-
-    from finetune_trainer import packing
 
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and _rank() != 0:
@@ -134,14 +130,45 @@ def _load_datasets(
         dist.barrier()
     if not prepared.reused:
         log.info("the prepare stage had not run: tokenized here (%s)", prepared.path)
-    splits = prepare.load_prepared(prepared.path)
-    max_len = config.training.max_seq_length
-    shape = packing.pack if config.training.packing else None
-    train = shape(splits["train"], max_len) if shape else packing.unpacked(splits["train"])
+    return prepare.load_prepared(prepared.path), prepared
+
+
+def _shape_datasets(splits: Any, max_len: int, pack: bool) -> tuple[Any, Any]:
+    """Train (and validation) datasets with labels, packed when ``pack``."""
+    from finetune_trainer import packing
+
+    train = packing.pack(splits["train"], max_len) if pack else packing.unpacked(splits["train"])
     evaluation = None
     if "validation" in splits:
         evaluation = packing.unpacked(splits["validation"])
-    return train, evaluation, prepared
+    return train, evaluation
+
+
+def decide_packing(
+    config: TrainerConfig, loaded: backends.Loaded
+) -> tuple[bool, Any, isolation.Verdict]:
+    """(pack, collator, verdict): packing stays on only where the loaded model provably isolates
+    samples (isolation.check); otherwise rows are padded and the reason is logged and reported."""
+    from finetune_trainer import packing
+
+    pad_id = loaded.tokenizer.pad_token_id
+    pad_id = int(pad_id) if pad_id is not None else 0
+    plain = packing.Collator(pad_token_id=pad_id, isolate=False)
+    if not config.training.packing:
+        return False, plain, isolation.Verdict(False, "packing is off in the spec")
+    if config.model.trust_remote_code:
+        why = "remote model code: sample isolation cannot be guaranteed"
+        return False, plain, isolation.Verdict(False, why)
+    packed = packing.Collator(pad_id, isolate=True, lengths_key=loaded.backend == "unsloth")
+    vocab = int(getattr(getattr(loaded.model, "config", None), "vocab_size", 0) or 0)
+    vocab = vocab or len(loaded.tokenizer)
+    verdict = isolation.check(loaded.model, packed, vocab, seed=config.training.seed)
+    if verdict.isolated:
+        log.info("packing on, samples isolated (%s backend): %s", loaded.backend, verdict.reason)
+        return True, packed, verdict
+    log.warning("packing turned off: the %s backend does not isolate samples: %s",
+                loaded.backend, verdict.reason)  # fmt: skip
+    return False, plain, verdict
 
 
 def _init_distributed(device: backends.Device) -> None:
@@ -187,9 +214,11 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         checkpoints.remove_incomplete(ckpt_root)
     resume = checkpoints.newest_complete(ckpt_root)
     tokenizer_for_hash = prepare.load_tokenizer(config)
-    train_ds, eval_ds, prepared = _load_datasets(config, tokenizer_for_hash)
+    splits, prepared = _load_splits(config, tokenizer_for_hash)
 
     loaded = backends.load(config, backend, device, token, plan.strategy)
+    pack, collator, packing_verdict = decide_packing(config, loaded)
+    train_ds, eval_ds = _shape_datasets(splits, config.training.max_seq_length, pack)
     log.info(
         "backend %s, dtype %s, method %s, micro-batch %d x accumulation %d x %d processes",
         loaded.backend,
@@ -207,7 +236,6 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         loaded.model.config.use_cache = False  # training never needs the KV cache
 
     t = config.training
-    packing_on = t.packing and not config.model.trust_remote_code
     args = SFTConfig(
         output_dir=str(ckpt_root),
         per_device_train_batch_size=plan.micro_batch_size,
@@ -238,13 +266,16 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         max_length=None,  # rows are truncated/packed to max_seq_length already
-        packing=False,  # rows are packed already (packing.py), the collator only flattens them
-        padding_free=packing_on,
+        # rows are packed already (packing.py) and packing.Collator flattens them with their
+        # boundaries; TRL's own packing / padding-free (which Unsloth rewrites) stay off
+        packing=False,
+        padding_free=False,
         completion_only_loss=True,
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
     progress = ProgressCallback(reporter if is_main else None, config.job.attempt, device.cuda)
+    progress.packing = packing_text(config, pack, packing_verdict)
     marker = MarkerCallback(ckpt_root, config.checkpoint.keep, reporter, progress)
     trainer_class = SFTTrainer if device.cuda else cpu_trainer_class(SFTTrainer)
     trainer = trainer_class(
@@ -253,6 +284,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=loaded.tokenizer,
+        data_collator=collator,
         callbacks=[signals, progress, marker, timing],
     )
     if resume is not None:
@@ -289,11 +321,23 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             prepared=prepared,
             eval_loss=eval_loss,
         )
+        summary["packing"] = {
+            "requested": config.training.packing,
+            "on": pack,
+            "isolation": packing_verdict.reason,
+        }
         summary["timing"] = timing.summary()
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         progress.send(state, "completed", force=True)
     log.info("done: %d steps, output in %s", state.global_step, target)
     return 0
+
+
+def packing_text(config: TrainerConfig, pack: bool, verdict: isolation.Verdict) -> str | None:
+    """What status.progress.packing says: null when packing was not asked for."""
+    if not config.training.packing:
+        return None
+    return "isolated" if pack else f"off: {verdict.reason}"[:200]
 
 
 def cpu_trainer_class(base: Any) -> Any:
@@ -423,7 +467,6 @@ def make_summary(
             "gradient_accumulation": plan.gradient_accumulation,
             "source": plan.source,
         },
-        "packing": config.training.packing,
         "resumed_from": resumed_from.name if resumed_from else None,
         "prepared": str(prepared.path),
         # True when the prepare stage (or an earlier attempt) had tokenized it: not tokenized again

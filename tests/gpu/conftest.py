@@ -1,0 +1,64 @@
+"""The GPU tier: the trainer's CUDA paths (Unsloth and transformers backends) on a real GPU.
+
+Runs where a CUDA GPU is visible (`bench/gpu/run.sh gputest` on the lent GPU machine installs the
+wheels and runs it once per backend: Unsloth patches transformers globally when imported, so the two
+backends never share a process). Elsewhere (CI, laptops) every test here is skipped with the reason
+shown in pytest's summary; `docs/gpu-tests.md` records the last real run.
+
+``FTO_GPU_BACKEND`` picks the backend of this process: unsloth (default) or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+NO_GPU = (
+    "no CUDA GPU on this machine: the gpu tier runs on the lent GPU machine "
+    "(bench/gpu/run.sh gputest); docs/gpu-tests.md has its last results"
+)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    cuda = _cuda()
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.gpu)
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
+
+
+@pytest.fixture(scope="session")
+def backend_name() -> str:
+    name = os.environ.get("FTO_GPU_BACKEND", "unsloth")
+    assert name in ("unsloth", "transformers"), name
+    return name
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random-initialised Llama (4 layers, hidden 256, head_dim 64) + local tokenizer."""
+    from finetune_trainer.tiny import make_tiny_model
+
+    return make_tiny_model(
+        tmp_path_factory.mktemp("models") / "small-llama",
+        "llama",
+        seed=0,
+        hidden=256,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        intermediate=512,
+        max_positions=4096,
+    )
