@@ -70,7 +70,7 @@ cluster_up() {
 
 images() { hack/images.sh trainer operator standin; }
 
-run_unit() { phase venv venv && phase unit tier unit tests/unit tests/trainer; }
+run_unit() { phase venv venv && phase unit tier unit tests/unit tests/trainer tests/gpu; }
 run_integration() {
   phase venv venv
   phase cluster-up cluster_up
@@ -90,7 +90,7 @@ case ${1:-all} in
     phase venv venv
     phase lint make -s lint
     phase verify make -s verify
-    phase unit tier unit tests/unit tests/trainer
+    phase unit tier unit tests/unit tests/trainer tests/gpu
     phase cluster-up cluster_up
     phase images images
     phase integration tier integration tests/integration -m integration

@@ -148,3 +148,17 @@ def test_the_plan_follows_the_pods_block_compile_setting(monkeypatch: pytest.Mon
     assert prepare_stage.plan_backend(config) == "unsloth-compiled"
     forced = parse_config({**base, "backend": "transformers"})
     assert prepare_stage.plan_backend(forced) == "transformers"
+
+
+def test_records_that_tokenize_to_almost_nothing_are_refused_naming_the_tokenizer() -> None:
+    """A tokenizer that does not fit the data (seen: a qwen2 config loading Qwen2Tokenizer for a
+    word-level vocabulary, 0 tokens per record) must fail the prepare stage, not train on EOS."""
+    from finetune_trainer.prepare import Tokenized, tokenization_problem
+
+    empty = Tokenized([[2]] * 5, [[1]] * 5, 0, 0, content_tokens=[0] * 5, words=[40] * 5)
+    message = tokenization_problem(empty, "Qwen2Tokenizer")
+    assert message is not None and "Qwen2Tokenizer" in message and "median of 0 tokens" in message
+    sparse = Tokenized([], [], 0, 0, content_tokens=[5] * 4, words=[100] * 4)
+    assert tokenization_problem(sparse, "X") is not None  # 20 tokens for 400 words
+    fine = Tokenized([], [], 0, 0, content_tokens=[12, 30, 7], words=[10, 22, 6])
+    assert tokenization_problem(fine, "X") is None

@@ -16,17 +16,18 @@ import logging
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_trainer import data as datamod
 from finetune_trainer import planner, workdir
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import ModelNotFoundError, PlanRefusedError, TrainerError
+from finetune_trainer.errors import DataError, ModelNotFoundError, PlanRefusedError, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,30 @@ class Tokenized:
     completion_mask: list[list[int]]
     truncated: int
     without_trainable: int
+    content_tokens: list[int] = field(default_factory=list)  # per sample, without BOS/EOS
+    words: list[int] = field(default_factory=list)  # whitespace-separated words per sample
+
+
+# A tokenizer that does not match the data (e.g. a class other than the files describe) can turn
+# whole records into no tokens at all, and training then learns only the appended EOS: refuse.
+MIN_MEDIAN_TOKENS = 3
+MIN_TOKENS_PER_WORD = 0.25
+
+
+def tokenization_problem(tok: Tokenized, tokenizer_class: str) -> str | None:
+    """Why these records cannot be trained on as tokenized (None when they can)."""
+    if not tok.content_tokens:
+        return None
+    median = statistics.median(tok.content_tokens)
+    tokens, words = sum(tok.content_tokens), sum(tok.words)
+    if median < MIN_MEDIAN_TOKENS or (words and tokens < MIN_TOKENS_PER_WORD * words):
+        return (
+            f"the records tokenize to almost nothing with {tokenizer_class}: a median of "
+            f"{median:g} tokens per record and {tokens:,} tokens for {words:,} words; the "
+            "tokenizer does not fit this data (check the model's tokenizer files and "
+            "tokenizer_config.json)"
+        )
+    return None
 
 
 def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -160,6 +185,8 @@ def tokenize(
         for sample, ss in zip(batch, segs, strict=True):
             ids: list[int] = []
             mask: list[int] = []
+            out.words.append(sum(len(text.split()) for text, _ in ss))
+            out.content_tokens.append(sum(len(encoded[k + j]) for j in range(len(ss))))
             if not sample.messages:
                 ids += prefix
                 mask += [0] * len(prefix)
@@ -247,6 +274,9 @@ def build_dataset(config: TrainerConfig, tokenizer: Any) -> Prepared:
     samples = datamod.validate_all(source.records(config.dataset, cache, token), config.dataset)
     max_len = config.training.max_seq_length
     tok = tokenize(samples, tokenizer, max_len)
+    problem = tokenization_problem(tok, type(tokenizer).__name__)
+    if problem:
+        raise DataError(problem)
     lengths = [len(ids) for ids in tok.input_ids]
 
     order = list(range(len(samples)))
