@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,18 +60,33 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 # ------------------------------------------------------------------------------------ triggers
 
 
+@contextmanager
+def _as_kopf() -> Iterator[None]:
+    """The one translation of kube's exceptions into kopf's: retried later, or given up."""
+    try:
+        yield
+    except kube.RejectedError as exc:
+        if exc.status == 403:  # RBAC may be fixed meanwhile: retry slowly
+            raise kopf.TemporaryError(str(exc), delay=30.0) from exc
+        raise kopf.PermanentError(str(exc)) from exc
+    except kube.KubeError as exc:
+        raise kopf.TemporaryError(str(exc), delay=30.0 if exc.status == 401 else 5.0) from exc
+
+
 @kopf.on.resume(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.create(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field="spec")
 def job_changed(name: str, namespace: str | None, **_: Any) -> None:
-    reconcile(namespace or "default", name)
+    with _as_kopf():
+        reconcile(namespace or "default", name)
 
 
 # An annotation does not bump metadata.generation and is no part of ``spec``: watch the restart
 # annotation on its own (a tuple path, since the key holds dots and a slash).
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RESTART_FIELD)
 def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
-    reconcile(namespace or "default", name)
+    with _as_kopf():
+        reconcile(namespace or "default", name)
 
 
 # No kopf.timer: kopf puts a finalizer on every object with a timer or daemon, and a job could
@@ -98,11 +114,31 @@ def _resync_forever() -> None:
             log.exception("periodic resync failed")
 
 
+_list_errors: dict[str | None, str] = {}
+
+
+def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
+    """One namespace's jobs; a namespace that cannot be listed (403, gone) is logged once per
+    change of its error and skipped, never blocking the others."""
+    where = namespace or "all namespaces"
+    try:
+        jobs = kube.list_jobs(namespace)
+    except kube.KubeError as exc:
+        if _list_errors.get(namespace) != exc.detail:
+            log.warning("cannot list FineTuneJobs in %s: %s", where, exc)
+        _list_errors[namespace] = exc.detail
+        return []
+    if _list_errors.pop(namespace, None) is not None:
+        log.info("FineTuneJobs in %s can be listed again", where)
+    return jobs
+
+
 def resync_once() -> None:
-    """Reconcile every job that is not finished (or has a TTL to honour)."""
+    """Reconcile every job that is not finished (or has a TTL to honour), namespace by
+    namespace."""
     futures = []
     namespaces: list[str | None] = [*SETTINGS.namespaces] or [None]
-    jobs = [item for ns in namespaces for item in kube.list_jobs(ns)]
+    jobs = [item for ns in namespaces for item in _list_jobs(ns)]
     metrics.observe_jobs(jobs)
     for item in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
@@ -122,13 +158,16 @@ def resync_once() -> None:
 def _reconcile_logged(namespace: str, name: str) -> None:
     try:
         reconcile(namespace, name)
-    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+    except kube.KubeError as exc:
         log.warning("reconcile %s/%s: %s", namespace, name, exc)
+    except Exception:  # one job's bug never stops the others' resync
+        log.exception("reconcile %s/%s failed", namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
 def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    reconcile(namespace or "default", labels[m.LABEL_JOB])
+    with _as_kopf():
+        reconcile(namespace or "default", labels[m.LABEL_JOB])
 
 
 @kopf.on.probe(id="jobs")
@@ -151,40 +190,88 @@ def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
     """(reason, message) for the first referenced object that does not exist."""
     for claim in b.referenced_pvcs(job):
         if not kube.exists("PersistentVolumeClaim", job.namespace, claim):
-            return m.Reason.PVC_NOT_FOUND, f'persistentvolumeclaim "{claim}" not found'
+            return m.Reason.PVC_NOT_FOUND, st.missing_claim(claim)
     ref = job.spec.dataset.config_map
     if ref is not None and not kube.exists("ConfigMap", job.namespace, ref.name):
-        return m.Reason.CONFIG_MAP_NOT_FOUND, f'configmap "{ref.name}" not found'
+        return m.Reason.CONFIG_MAP_NOT_FOUND, f'The ConfigMap "{ref.name}" does not exist.'
     return None
 
 
-def _ensure_children(job: m.FineTuneJob) -> None:
-    kube.create_or_get(b.service_account(job))
-    kube.create_or_get(b.role(job))
-    kube.create_or_get(b.role_binding(job))
-    kube.create_or_get(b.progress_config_map(job))
+def _ensure_children(
+    job: m.FineTuneJob, pods: list[dict[str, Any]], progress_exists: bool
+) -> list[str]:
+    """Create whatever of the job's children is missing (deleted by hand, or never made); the
+    names of those created now. The trainer config matters only to a pod that has not started."""
+    bodies = [b.service_account(job), b.role(job), b.role_binding(job)]
+    if not progress_exists:
+        bodies.append(b.progress_config_map(job))
     pvc = b.output_pvc(job)
     if pvc is not None:
-        kube.create_or_get(pvc)
+        bodies.append(pvc)
+    created = [f"{x['kind']} {x['metadata']['name']}" for x in bodies if kube.create_or_get(x)]
+    waiting = [
+        s
+        for s in map(st.pod_state, pods)
+        if s.kind in ("pending", "unschedulable") and not s.deleting
+    ]
+    if waiting and not kube.exists("ConfigMap", job.namespace, b.config_map_name(job)):
+        attempt = waiting[0].attempt
+        kube.create_or_get(_config_map(job, attempt or job.status.attempt + 1, attempt > 0))
+        created.append(f"ConfigMap {b.config_map_name(job)}")
+    return created
 
 
-def _start_pod(job: m.FineTuneJob, new: m.FineTuneJobStatus, acts: st.Actions) -> None:
-    job = job.model_copy(update={"status": new})  # the run (work directory) of the new status
-    _ensure_children(job)
+def _config_map(job: m.FineTuneJob, attempt: int, train: bool) -> dict[str, Any]:
+    """The trainer config ConfigMap for the prepare pod or training attempt ``attempt``."""
     tpl = job.spec.pod_template or m.PodTemplate()
     gpus = job.spec.resources.gpus
     hint = job.spec.resources.gpu_memory_mib
     nodes = kube.list_nodes() if (gpus > 0 and hint is None) else []
     gpu_mem = planner.gpu_memory_mib(nodes, gpus, dict(tpl.node_selector), hint)
+    batch = st.batch_for_attempt(job) if train else None
+    return b.config_map(job, b.trainer_config(job, max(1, attempt), batch, gpu_mem, SETTINGS))
+
+
+def _start_pod(job: m.FineTuneJob, acts: st.Actions) -> None:
     if acts.create_prepare:
-        config = b.trainer_config(job, max(1, new.attempt + 1), None, gpu_mem, SETTINGS)
-        kube.apply_config_map(b.config_map(job, config))
+        kube.apply_config_map(_config_map(job, job.status.attempt + 1, False))
         kube.create_or_get(b.prepare_pod(job, SETTINGS))
     elif acts.create_train is not None:
-        batch = st.batch_for_attempt(job)
-        config = b.trainer_config(job, acts.create_train, batch, gpu_mem, SETTINGS)
-        kube.apply_config_map(b.config_map(job, config))
+        kube.apply_config_map(_config_map(job, acts.create_train, True))
         kube.create_or_get(b.train_pod(job, acts.create_train, SETTINGS))
+
+
+def _act(
+    body: dict[str, Any],
+    job: m.FineTuneJob,
+    new: m.FineTuneJobStatus,
+    acts: st.Actions,
+    *,
+    pods: list[dict[str, Any]],
+    progress_exists: bool,
+    now: datetime,
+) -> m.FineTuneJobStatus:
+    """Ensure the children and create the pod the new status asks for; a child the apiserver
+    refuses (4xx) fails the job with its message. The status to publish."""
+    creating = acts.create_prepare or acts.create_train is not None
+    missing = _missing_refs(job) if creating else None
+    if missing is not None:
+        return st.failed_status(new, job.generation, missing[0], missing[1], now)
+    if not st.children_needed(new):
+        return new
+    current = job.model_copy(update={"status": new})  # the run (work directory) of the new status
+    try:
+        created = _ensure_children(current, pods, progress_exists)
+        if creating:
+            _start_pod(current, acts)
+    except kube.ChildRejectedError as exc:
+        reason = m.Reason.NOT_ALLOWED if exc.status == 403 else m.Reason.BAD_SPEC
+        return st.failed_status(new, job.generation, reason, st.rejected(exc.kind, exc.detail), now)
+    if job.status.phase is not None:  # the first pass creates them; later ones re-create
+        for what in created:
+            message = f"{what} was missing and has been created again."
+            kube.emit_event(body, "Warning", m.Reason.CHILD_RECREATED, message)
+    return new
 
 
 def reconcile(namespace: str, name: str) -> None:
@@ -226,12 +313,7 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     acts = st.next_actions(job, new, pods, now)
     if acts.reset_progress:  # a restart: the previous run's reports must not count
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
-    if acts.create_prepare or acts.create_train is not None:
-        missing = _missing_refs(job)
-        if missing is not None:
-            new = st.failed_status(new, job.generation, missing[0], missing[1], now)
-        else:
-            _start_pod(job, new, acts)
+    new = _act(body, job, new, acts, pods=pods, progress_exists=cm is not None, now=now)
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)
     _publish(body, job.status, new, old_raw, now)

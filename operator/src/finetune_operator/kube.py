@@ -3,8 +3,17 @@
 Objects go in and come out as plain camelCase dicts, the shape the pure modules work with: the
 client's configuration, authentication and REST layer are used, its generated models are not.
 Idempotence lives here: create-or-get (409 is fine), delete (404 is fine). API errors become
-``kopf.TemporaryError`` (retry later: 5xx, 429, timeouts, connection resets) or
-``kopf.PermanentError`` (the request itself is wrong: 400, 422).
+this module's own exceptions (only the handlers translate them into kopf's):
+
+==================  =============================================================================
+``NotFoundError``   404
+``ConflictError``   409 (exists already, or changed meanwhile)
+``RejectedError``   any other 4xx but 401 and 429: the request itself is refused (400 and 422
+                    invalid, 403 forbidden: RBAC, PodSecurity); ``ChildRejectedError`` when
+                    creating a child, naming its kind and name
+``TransientError``  try again later: 5xx, 401, 429, a 403 for an exceeded ResourceQuota,
+                    timeouts, connection resets
+==================  =============================================================================
 """
 
 from __future__ import annotations
@@ -16,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import kopf
 import urllib3
 from kubernetes import client, config
 
@@ -40,12 +48,49 @@ def api() -> client.ApiClient:
     return _api
 
 
-class NotFoundError(Exception):
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (None: no answer), ``detail`` the
+    apiserver's own message."""
+
+    def __init__(self, what: str, status: int | None, detail: str) -> None:
+        super().__init__(f"{what}: {status} {detail}" if status else f"{what}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class NotFoundError(KubeError):
     """The object does not exist (404)."""
 
 
-class ConflictError(Exception):
+class ConflictError(KubeError):
     """The object already exists or changed meanwhile (409)."""
+
+
+class RejectedError(KubeError):
+    """The apiserver refused the request itself (400, 403, 422…): repeating it cannot help."""
+
+
+class ChildRejectedError(RejectedError):
+    """Creating one of the job's children was refused."""
+
+    def __init__(self, exc: RejectedError, kind: str, name: str) -> None:
+        super().__init__(f"create {kind} {name}", exc.status, exc.detail)
+        self.kind, self.name = kind, name
+
+
+class TransientError(KubeError):
+    """No answer, or an answer that may change (5xx, 401, 429, quota): try again later."""
+
+
+def _error(what: str, status: int, detail: str) -> KubeError:
+    if status == 404:
+        return NotFoundError(what, status, detail)
+    if status == 409:
+        return ConflictError(what, status, detail)
+    if status == 403 and "exceeded quota" in detail:
+        return TransientError(what, status, detail)
+    if 400 <= status < 500 and status not in (401, 429):
+        return RejectedError(what, status, detail)
+    return TransientError(what, status, detail)
 
 
 def _message(data: bytes | None, fallback: str) -> str:
@@ -63,7 +108,7 @@ def request(
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
 ) -> dict[str, Any]:
-    """One API call with plain JSON in and out; errors mapped for kopf."""
+    """One API call with plain JSON in and out; errors raised as this module's exceptions."""
     c = api()
     what = f"{method} {path}"
     try:
@@ -80,19 +125,12 @@ def request(
         )
         data: bytes | None = resp.read()  # type: ignore[no-untyped-call]
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise kopf.TemporaryError(f"{what}: {exc}", delay=5.0) from exc
+        raise TransientError(what, None, str(exc)) from exc
     status = int(resp.status)
     if 200 <= status < 300:
         out: dict[str, Any] = json.loads(data or b"{}")
         return out
-    msg = f"{what}: {status} {_message(data, str(resp.reason))}"
-    if status == 404:
-        raise NotFoundError(msg)
-    if status == 409:
-        raise ConflictError(msg)
-    if status in (400, 422):
-        raise kopf.PermanentError(msg)
-    raise kopf.TemporaryError(msg, delay=30.0 if status in (401, 403) else 5.0)
+    raise _error(what, status, _message(data, str(resp.reason)))
 
 
 def _ns_path(api_version: str, namespace: str, plural: str, name: str | None = None) -> str:
@@ -157,6 +195,8 @@ def create_or_get(body: dict[str, Any]) -> bool:
         request("POST", path, body)
     except ConflictError:
         return False
+    except RejectedError as exc:
+        raise ChildRejectedError(exc, body["kind"], meta["name"]) from exc
     log.info("created %s/%s", body["kind"], meta["name"])
     return True
 
@@ -257,5 +297,5 @@ def emit_event(job: dict[str, Any], kind: str, reason: str, message: str) -> Non
     }
     try:
         request("POST", _ns_path("v1", str(meta.get("namespace")), "events"), body)
-    except (kopf.TemporaryError, kopf.PermanentError, NotFoundError, ConflictError) as exc:
+    except KubeError as exc:
         log.warning("could not record event %s: %s", reason, exc)

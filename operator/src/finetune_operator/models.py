@@ -103,7 +103,6 @@ class Reason:
     """Condition / attempt / Event reasons. Failure reasons double as ``status.reason``."""
 
     # lifecycle (the phase names are reasons too)
-    CREATED = "Created"
     BACKOFF = "BackoffWait"
     RESUMED = "Resumed"
     UNSCHEDULABLE = "Unschedulable"
@@ -132,10 +131,14 @@ class Reason:
     PVC_NOT_FOUND = "PVCNotFound"
     SECRET_NOT_FOUND = "SecretNotFound"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
-    RETRY_LIMIT = "RetryLimitExceeded"
+    NOT_ALLOWED = "NotAllowed"  # the apiserver forbade creating a child (RBAC, PodSecurity)
+    CHILD_RECREATED = "ChildRecreated"  # a deleted child was created again (an Event)
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.activeDeadlineSeconds
+    QUEUE_TIMEOUT = "QueueTimeout"  # spec.queueTimeoutSeconds
+    STALLED = "Stalled"  # no step for spec.progressDeadlineSeconds while Running: retried
 
     RETRIABLE = frozenset(
-        {OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED, SOURCE_UNAVAILABLE}
+        {OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED, SOURCE_UNAVAILABLE, STALLED}
     )
     NOT_RETRIABLE = frozenset(
         {
@@ -149,6 +152,9 @@ class Reason:
             PVC_NOT_FOUND,
             SECRET_NOT_FOUND,
             CONFIG_MAP_NOT_FOUND,
+            NOT_ALLOWED,
+            DEADLINE_EXCEEDED,
+            QUEUE_TIMEOUT,
         }
     )
 
@@ -633,6 +639,24 @@ class FineTuneJobSpec(_Base):
         default=None,
         ge=0,
         description="Delete the job (not its output) this many seconds after it succeeds or fails.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail the job (reason DeadlineExceeded) when it has been active this long, "
+        "counted from its creation or its last resume (time suspended does not count).",
+    )
+    progress_deadline_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        description="While Running, no progress report for this long stops the attempt (reason "
+        "Stalled) and retries it from the newest checkpoint (counts against retry.limit).",
+    )
+    queue_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail the job (reason QueueTimeout) when its pod has waited this long for a "
+        "node (phase Queued).",
     )
     hub_token_secret_ref: SecretKeyRef | None = Field(
         default=None,

@@ -113,6 +113,8 @@ class PodState:
     started: datetime | None = None
     finished: datetime | None = None
     deleting: bool = False
+    created: datetime | None = None
+    attempt: int = 0  # the training attempt (0: the prepare pod)
 
     @property
     def terminated(self) -> bool:
@@ -138,12 +140,56 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1][:MAX_MESSAGE] if lines else None
 
 
-_MISSING_PVC = re.compile(r'persistentvolumeclaim "[^"]+" not found', re.IGNORECASE)
+# a log line's time stamp, level and logger name, or an exception's class name
+_LOG_PREFIX = re.compile(
+    r"^(?:\d{4}-\d\d-\d\d[T ][\d:.,]+\S*\s+)?"
+    r"(?:(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\b[:\s]+(?:[A-Za-z_][\w.]*:\s+)?)?"
+    r"(?:[A-Z]\w*(?:Error|Exception):\s+)?"
+)
+
+
+def sentence(text: str | None) -> str:
+    """A report or termination message as one sentence: its last line without a log prefix or
+    quotes, whitespace collapsed, capitalised, ending with a full stop ('' when empty)."""
+    line = " ".join(_LOG_PREFIX.sub("", _last_line(text) or "", count=1).split())
+    if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'`":  # a quoted line
+        line = line[1:-1].strip()
+    if not line:
+        return ""
+    first = line.split(" ", 1)[0]
+    if first.isalpha() and first.islower():  # never a file or object name
+        line = line[0].upper() + line[1:]
+    if line[-1] not in ".!?":
+        line += "."
+    return line[:MAX_MESSAGE]
+
+
+def failure_message(pod: str, reason: str, exit_code: int | None, detail: str | None) -> str:
+    """``Pod bot-2 failed with CudaOOM (exit code 11): CUDA out of memory.``"""
+    code = f" (exit code {exit_code})" if exit_code is not None else ""
+    told = sentence(detail)
+    return f"Pod {pod} failed with {reason}{code}" + (f": {told}" if told else ".")
+
+
+_MISSING_PVC = re.compile(r'persistentvolumeclaim "([^"]+)" not found', re.IGNORECASE)
+
+
+def missing_claim(name: str) -> str:
+    return f'The PersistentVolumeClaim "{name}" does not exist.'
+
+
+_UNBOUND = re.compile(r"unbound (immediate )?persistentvolumeclaims", re.IGNORECASE)
 _IMAGE_ERRORS = {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 
 def pod_state(pod: dict[str, Any]) -> PodState:
     """Classify a pod: where it is in its life and, if it failed, why (docs/contract.md §4)."""
+    meta = pod.get("metadata") or {}
+    created = parse_time(meta.get("creationTimestamp"))
+    return replace(_pod_state(pod), created=created, attempt=_attempt_of(pod))
+
+
+def _pod_state(pod: dict[str, Any]) -> PodState:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     name = str(meta.get("name", ""))
@@ -401,7 +447,7 @@ def _record(w: _Work, attempt: int, state: PodState, step: int | None, now: date
         reason=state.reason or R.ERROR,
         exit_code=state.exit_code,
         step=step,
-        message=state.message,
+        message=sentence(state.message) or None,
         start_time=state.started,
         finish_time=state.finished or now,
     )
@@ -410,7 +456,7 @@ def _record(w: _Work, attempt: int, state: PodState, step: int | None, now: date
 
 
 def _fail(w: _Work, reason: str, message: str | None, now: datetime) -> None:
-    w.phase, w.reason, w.message = P.FAILED, reason, message
+    w.phase, w.reason, w.message = P.FAILED, reason, sentence(message) or None
     w.completion_time = w.completion_time or now
     w.retry_after = None
 
@@ -428,9 +474,58 @@ def _unschedulable(
     msg = state.message or ""
     missing = _MISSING_PVC.search(msg)
     if missing:  # not "unbound" claims: those are still being provisioned
-        _fail(w, R.PVC_NOT_FOUND, missing.group(0), now)
+        _fail(w, R.PVC_NOT_FOUND, missing_claim(missing.group(1)), now)
+        return
+    if _UNBOUND.search(msg):  # not queued for a node yet: the phase stays, no Ready flapping
+        phase = P.STARTING if train else P.PREPARING
+        w.phase, w.reason = phase, phase
+        w.message = f"{state.name} waits for its volume claims to bind: {sentence(msg)}"
+        return
+    limit = job.spec.queue_timeout_seconds
+    if limit is not None and state.created is not None and now >= state.created + _s(limit):
+        waited = f"Pod {state.name} waited more than {humanize(limit)} for a node"
+        _fail(w, R.QUEUE_TIMEOUT, f"{waited} (spec.queueTimeoutSeconds): {sentence(msg)}", now)
         return
     w.phase, w.reason, w.message = P.QUEUED, R.UNSCHEDULABLE, _waiting_message(job, state, train)
+
+
+def _s(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def active_since(job: m.FineTuneJob) -> datetime | None:
+    """Start of the job's active time: its last resume (the Suspended condition turning False),
+    else its creation."""
+    for cond in job.status.conditions:
+        if cond.type == C.SUSPENDED and cond.status == _F:
+            return cond.last_transition_time
+    return parse_time(job.metadata.get("creationTimestamp"))
+
+
+def _deadline(w: _Work, job: m.FineTuneJob, now: datetime) -> None:
+    """spec.activeDeadlineSeconds: the whole job fails once its active time is over."""
+    limit = job.spec.active_deadline_seconds
+    since = active_since(job)
+    if limit is None or since is None or job.spec.suspend or w.phase in P.TERMINAL:
+        return
+    if now >= since + _s(limit):
+        what = f"The job was active for more than {humanize(limit)}"
+        _fail(w, R.DEADLINE_EXCEEDED, f"{what} (spec.activeDeadlineSeconds: {limit})", now)
+
+
+def _stalled(
+    job: m.FineTuneJob, progress: m.Progress | None, state: PodState, n: int, now: datetime
+) -> str | None:
+    """Why a running attempt counts as stalled (spec.progressDeadlineSeconds), or None."""
+    limit = job.spec.progress_deadline_seconds
+    if limit is None:
+        return None
+    last = progress.updated_at if progress is not None and progress.attempt == n else None
+    since = last or state.started
+    if since is None or now < since + _s(limit):
+        return None
+    what = "no progress report" if last is not None else "no progress report since it started"
+    return f"{what} for more than {humanize(limit)} (spec.progressDeadlineSeconds)"
 
 
 def _retry_or_fail(
@@ -447,7 +542,7 @@ def _retry_or_fail(
     True when the next attempt may start now. A CUDA OOM halves the micro-batch once, when the
     attempt is recorded (``just_recorded``), not again on every pass through its backoff."""
     if last.reason not in R.RETRIABLE:
-        _fail(w, last.reason, last.message, now)
+        _fail(w, last.reason, last.message or _attempt_failure(last), now)
         return False
     failures = [
         a
@@ -456,10 +551,9 @@ def _retry_or_fail(
     ]
     limit = job.spec.retry.limit
     if len(failures) > limit:
-        what = "prepare" if prepare else "training"
-        detail = last.message or last.reason
-        msg = f"{what} failed {len(failures)} times (retry limit {limit}); last: {detail}"
-        _fail(w, last.reason, msg[:MAX_MESSAGE], now)
+        what = "The prepare stage" if prepare else "Training"
+        msg = f"{what} failed {len(failures)} times (retry limit {limit}). {_attempt_failure(last)}"
+        _fail(w, last.reason, msg, now)
         return False
     if last.reason == R.CUDA_OOM and not prepare and just_recorded:
         current = _batch(job.spec, w.plan)
@@ -468,9 +562,7 @@ def _retry_or_fail(
             job.spec.training.batch_size, micro, job.spec.resources.gpus
         )
         if halved is None:
-            _fail(
-                w, R.CUDA_OOM, f"CUDA out of memory with micro-batch 1: {last.message or ''}", now
-            )
+            _fail(w, R.CUDA_OOM, f"CUDA out of memory with micro-batch 1: {last.message}", now)
             return False
         if w.plan is None or w.plan.micro_batch_size != halved.micro_batch_size:
             base = w.plan or m.PlanStatus()
@@ -494,6 +586,10 @@ def _retry_or_fail(
         return False
     w.retry_after = None
     return True
+
+
+def _attempt_failure(rec: m.Attempt) -> str:
+    return failure_message(rec.pod, rec.reason, rec.exit_code, rec.message)
 
 
 def restart_requested(job: m.FineTuneJob) -> str | None:
@@ -620,9 +716,12 @@ def derive_status(
         # this status is published first, then the next pass starts attempt 1
         w.phase, w.reason = P.PREPARING, R.PREPARED
         w.message = "data checked and memory planned; starting training"
-    elif _prepare_ok(prepare_result):
-        assert prepare_result is not None
-        total_steps = _int(prepare_result.get("total_steps"), 1, _MAX_STEPS)
+    elif _prepare_ok(prepare_result) or (attempt and old.plan is not None):
+        # the status remembers a finished prepare stage when prepare.json is lost with a
+        # deleted progress ConfigMap (re-created empty)
+        total_steps = _int((prepare_result or {}).get("total_steps"), 1, _MAX_STEPS) or (
+            old.progress.total_steps if old.progress else None
+        )
         _derive_training(
             w,
             job,
@@ -641,6 +740,7 @@ def derive_status(
             now=now,
             cap=max_backoff,
         )
+    _deadline(w, job, now)
     if w.phase == P.SUCCEEDED and w.progress is not None:
         total = w.progress.total_steps
         w.progress = w.progress.model_copy(
@@ -695,6 +795,15 @@ def _derive_prepare(
         )
         return
     state = pod_state(pod) if pod is not None else None
+    if not job.spec.suspend and w.phase in (P.SUSPENDING, P.SUSPENDED) and state is not None:
+        # resumed while the prepare pod stopped for the suspend is still there: no failure
+        if not state.terminated:
+            w.phase, w.reason = P.SUSPENDING, P.SUSPENDING
+            w.message = f"resume requested: waiting for {state.name} to stop"
+        else:  # deleted (next_actions), then the prepare stage starts again
+            w.phase, w.reason, w.retry_after = P.PENDING, R.RESUMED, None
+            w.message = f"resumed: the prepare stage starts again after {state.name} stopped"
+        return
     if job.spec.suspend:
         if state is not None and not state.terminated:
             w.phase, w.reason, w.message = P.SUSPENDING, P.SUSPENDING, f"stopping {state.name}"
@@ -756,29 +865,29 @@ def _derive_training(
         w.completion_time = state.finished or now
         return
 
-    if job.spec.suspend:
+    # the persisted phase remembers that the operator stopped this attempt for a suspend: a
+    # resume before the pod is gone waits for it, and however the pod ends it is no failure
+    user_stop = job.spec.suspend or (bool(n) and not recorded and w.phase == P.SUSPENDING)
+    if user_stop:
         if state is not None and not state.terminated:
             w.phase, w.reason = P.SUSPENDING, P.SUSPENDING
-            w.message = f"stopping {state.name}: checkpoint, then exit"
+            w.message = (
+                f"stopping {state.name}: checkpoint, then exit"
+                if job.spec.suspend
+                else f"resume requested: waiting for {state.name} to stop after its checkpoint"
+            )
             return
         if n and not recorded:
             if state is None:
                 state = PodState(b.train_pod_name(job, n), "failed", R.SUSPENDED, None)
-            if state.reason == R.PREEMPTED:
-                state = PodState(
-                    state.name,
-                    state.kind,
-                    R.SUSPENDED,
-                    state.message,
-                    state.exit_code,
-                    state.started,
-                    state.finished,
-                )
-            _record(w, n, state, step, now)
-        ck = w.checkpoint
-        where = f" at checkpoint step {ck.step}" if ck else ""
-        w.phase, w.reason, w.message = P.SUSPENDED, R.SUSPENDED, f"suspended{where}; GPUs released"
-        return
+            _record(w, n, replace(state, reason=R.SUSPENDED), step, now)
+            recorded = True
+        if job.spec.suspend:
+            ck = w.checkpoint
+            where = f" at checkpoint step {ck.step}" if ck else ""
+            w.phase, w.reason = P.SUSPENDED, R.SUSPENDED
+            w.message = f"suspended{where}; GPUs released"
+            return
 
     just_recorded = False
     if n and not recorded:
@@ -805,9 +914,14 @@ def _derive_training(
             )
             return
         else:  # running
-            w.phase, w.reason, w.message = P.RUNNING, P.RUNNING, _running_message(w, state)
             w.start_time = w.start_time or state.started or now
-            return
+            stalled = _stalled(job, w.progress, state, n, now)
+            if stalled is None:
+                w.phase, w.reason, w.message = P.RUNNING, P.RUNNING, _running_message(w, state)
+                return
+            # stopped (next_actions) and retried from its checkpoint like a failed attempt
+            _record(w, n, replace(state, reason=R.STALLED, message=stalled), step, now)
+            recorded = just_recorded = True
 
     # the current attempt (if any) is over: retry, resume or start the first one
     last = w.attempts[-1] if (n and w.attempts) else None
@@ -864,6 +978,17 @@ def failed_status(
     )
 
 
+def rejected(kind: str, detail: str) -> str:
+    """Why the job failed when the apiserver refused to create one of its children."""
+    return f"The API server refused to create the {kind}: {sentence(detail)}"
+
+
+def children_needed(new: m.FineTuneJobStatus) -> bool:
+    """Whether the job's children (ServiceAccount, Role, RoleBinding, ConfigMaps) must exist:
+    while it has or may soon have a pod."""
+    return new.phase not in (*P.TERMINAL, P.SUSPENDED) and not restarting(new)
+
+
 def ttl_expired(job: m.FineTuneJob, now: datetime) -> bool:
     """True when a finished job outlived ``ttlSecondsAfterFinished``."""
     ttl = job.spec.ttl_seconds_after_finished
@@ -908,13 +1033,18 @@ def _next_actions(
     phase = new.phase
     if phase == P.PREPARING and new.reason == R.PREPARED:
         return Actions(publish_first=True)
+    # a training pod of an earlier attempt still running (stalled, or stopped for a suspend and
+    # resumed since) is stopped first; the next pod starts only once it is gone
+    older = [s for s in states.values() if 0 < s.attempt < new.attempt and not s.terminated]
+    if older and phase not in P.TERMINAL:
+        return Actions(delete_pods=tuple(sorted(s.name for s in older if not s.deleting)))
     if phase == P.PREPARING and prep not in states:
         return Actions(create_prepare=True)
     if phase == P.STARTING and new.attempt and b.train_pod_name(job, new.attempt) not in states:
         return Actions(create_train=new.attempt)
     if phase in (P.SUSPENDING, P.FAILED) and active:
         return Actions(delete_pods=active)
-    if phase == P.PENDING and new.reason == R.RETRYING and prep in states:
+    if phase == P.PENDING and new.reason in (R.RETRYING, R.RESUMED) and prep in states:
         return Actions(delete_pods=(prep,))
     if phase == P.PENDING and new.retry_after is not None:
         wait = (new.retry_after - now).total_seconds()
@@ -936,9 +1066,7 @@ def transition_events(
     for rec in new.attempts[len(old.attempts) :]:
         if rec.reason in (R.COMPLETED, R.SUSPENDED):
             continue
-        detail = f": {rec.message}" if rec.message else ""
-        code = f" (exit code {rec.exit_code})" if rec.exit_code is not None else ""
-        events.append(("Warning", rec.reason, f"pod {rec.pod} failed{code}{detail}"[:MAX_MESSAGE]))
+        events.append(("Warning", rec.reason, _attempt_failure(rec)[:MAX_MESSAGE]))
     if (
         new.plan is not None
         and old.plan is not None

@@ -132,14 +132,21 @@ def test_missing_pvc_from_the_scheduler_fails(make_job: JobF, make_pod: PodF) ->
     msg = '0/1 nodes are available: persistentvolumeclaim "out" not found.'
     new = st.derive_status(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.PVC_NOT_FOUND)
-    assert new.message == 'persistentvolumeclaim "out" not found'
+    assert new.message == 'The PersistentVolumeClaim "out" does not exist.'
 
 
-def test_unbound_claim_is_only_queued(make_job: JobF, make_pod: PodF) -> None:
+def test_unbound_claim_keeps_the_phase_with_a_message(make_job: JobF, make_pod: PodF) -> None:
+    """No Preparing → Queued → Preparing flapping (Ready True/False) while a claim binds."""
     msg = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
     pods = [make_pod("bot-prepare", role="prepare", attempt=0, unschedulable=msg)]
-    new = st.derive_status(make_job(), pods, None, None, NOW)
-    assert (new.phase, new.message) == (P.QUEUED, f"waiting for a node: {msg}")
+    job = make_job(status={"phase": "Preparing"})
+    new = st.derive_status(job, pods, None, None, NOW)
+    assert new.phase == P.PREPARING
+    assert new.message == f"bot-prepare waits for its volume claims to bind: {msg}."
+    assert conds(new)["Ready"] == "False"
+    train = make_job(status={"attempt": 1, "phase": "Starting", **PREPARED})
+    new = st.derive_status(train, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
+    assert (new.phase, conds(new)["Ready"]) == (P.STARTING, "False")
 
 
 def test_running_mirrors_progress(make_job: JobF, make_pod: PodF) -> None:
@@ -280,7 +287,7 @@ def test_termination_message_last_line(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Failed", exit_code=2, term_message="trace\ninvalid config: x")]
     new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
-    assert new.message == "invalid config: x"
+    assert new.message == "Invalid config: x."
 
 
 def test_retry_after_backoff_starts_next_attempt(make_job: JobF, make_pod: PodF) -> None:

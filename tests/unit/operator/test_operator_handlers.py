@@ -1,0 +1,185 @@
+"""The reconcile's I/O decisions against a fake API: a child the apiserver refuses fails the job,
+deleted children come back with an Event, and a namespace that cannot be listed blocks no other."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from finetune_operator import handlers, kube
+from finetune_operator import models as m
+from tests.unit.operator.conftest import job_body, pod
+
+R = m.Reason
+PREPARED = {
+    "phase": "Running",
+    "attempt": 1,
+    "plan": {"strategy": "single", "microBatchSize": 4, "gradientAccumulation": 2},
+}
+OK = '{"ok": true, "total_steps": 20}'
+
+
+class FakeApi:
+    """Just enough of kube.py: objects by (kind, name); what was created, patched, emitted."""
+
+    def __init__(self, job: dict[str, Any], existing: set[str]) -> None:
+        self.job, self.existing = job, set(existing)
+        self.pods: list[dict[str, Any]] = []
+        self.created: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.patches: list[dict[str, Any]] = []
+        self.refuse: dict[str, kube.RejectedError] = {}
+        self.progress: dict[str, str] | None = {"prepare.json": OK}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in (
+            "get_job", "list_pods", "read_config_map_data", "exists", "create_or_get",
+            "apply_config_map", "list_nodes", "delete_pod", "patch_job_status", "emit_event",
+        ):  # fmt: skip
+            monkeypatch.setattr(kube, name, getattr(self, name))
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.job
+
+    def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self.pods
+
+    def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.progress if f"ConfigMap {name}" in self.existing else None
+
+    def exists(self, kind: str, namespace: str, name: str) -> bool:
+        return kind == "PersistentVolumeClaim" or f"{kind} {name}" in self.existing
+
+    def create_or_get(self, body: dict[str, Any]) -> bool:
+        key = f"{body['kind']} {body['metadata']['name']}"
+        if body["kind"] in self.refuse:
+            raise kube.ChildRejectedError(self.refuse[body["kind"]], body["kind"], key)
+        if key in self.existing:
+            return False
+        self.existing.add(key)
+        self.created.append(key)
+        return True
+
+    def apply_config_map(self, body: dict[str, Any]) -> None:
+        self.create_or_get(body)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return []
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        pass
+
+    def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patches.append(patch)
+
+    def emit_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        self.events.append((kind, reason, message))
+
+
+ALL = {
+    "ServiceAccount bot-trainer", "Role bot-trainer", "RoleBinding bot-trainer",
+    "ConfigMap bot-progress", "ConfigMap bot-config",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(422, R.BAD_SPEC), (400, R.BAD_SPEC), (403, R.NOT_ALLOWED)],
+)
+def test_a_refused_child_fails_the_job_with_the_apiservers_message(
+    monkeypatch: pytest.MonkeyPatch, status: int, reason: str
+) -> None:
+    fake = FakeApi(job_body(), set())
+    detail = 'Pod "bot-prepare" is invalid: spec.containers[0].volumeMounts[1].name: Not found: "x"'
+    fake.refuse["Pod"] = kube.RejectedError("POST pods", status, detail)
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    final = fake.patches[-1]
+    assert (final["phase"], final["reason"]) == ("Failed", reason)
+    assert final["message"] == f"The API server refused to create the Pod: {detail}."
+    assert ("Warning", reason, final["message"]) in fake.events
+
+
+def test_a_transient_error_is_retried_not_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(job_body(), set())
+    fake.install(monkeypatch)
+
+    def unavailable(body: dict[str, Any]) -> bool:
+        raise kube.TransientError("POST pods", 503, "etcd leader changed")
+
+    monkeypatch.setattr(kube, "create_or_get", unavailable)
+    with pytest.raises(kube.TransientError):
+        handlers.reconcile("ml", "bot")
+    assert all(p.get("phase") != "Failed" for p in fake.patches)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (404, kube.NotFoundError), (409, kube.ConflictError), (400, kube.RejectedError),
+        (403, kube.RejectedError), (422, kube.RejectedError), (401, kube.TransientError),
+        (429, kube.TransientError), (500, kube.TransientError), (503, kube.TransientError),
+    ],
+)  # fmt: skip
+def test_error_mapping(status: int, kind: type[kube.KubeError]) -> None:
+    assert type(kube._error("GET x", status, "m")) is kind
+
+
+def test_exceeded_quota_is_transient() -> None:
+    err = kube._error("POST pods", 403, 'pods "a" is forbidden: exceeded quota: gpu')
+    assert isinstance(err, kube.TransientError)
+
+
+def test_deleted_children_are_created_again_with_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = job_body(status=PREPARED)
+    fake = FakeApi(body, ALL - {"RoleBinding bot-trainer", "ConfigMap bot-progress"})
+    fake.pods = [pod("bot-1", phase="Running", running=True)]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert sorted(fake.created) == ["ConfigMap bot-progress", "RoleBinding bot-trainer"]
+    again = "was missing and has been created again."
+    assert sorted(e for e in fake.events if e[1] == R.CHILD_RECREATED) == [
+        ("Warning", R.CHILD_RECREATED, f"ConfigMap bot-progress {again}"),
+        ("Warning", R.CHILD_RECREATED, f"RoleBinding bot-trainer {again}"),
+    ]
+
+
+def test_the_config_of_a_pod_not_started_yet_is_created_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeApi(job_body(status=PREPARED), ALL - {"ConfigMap bot-config"})
+    fake.pods = [pod("bot-1", phase="Pending")]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert fake.created == ["ConfigMap bot-config"]
+
+
+def test_nothing_is_created_for_a_finished_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(job_body(status={"phase": "Succeeded"}), set())
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert fake.created == []
+
+
+def test_a_namespace_that_cannot_be_listed_blocks_no_other(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    item = job_body()
+    done: list[str] = []
+
+    def list_jobs(namespace: str | None) -> list[dict[str, Any]]:
+        if namespace == "gone":
+            raise kube.RejectedError("GET finetunejobs", 403, "forbidden in gone")
+        return [item]
+
+    monkeypatch.setattr(handlers, "SETTINGS", handlers.Settings(namespaces=["gone", "ml"]))
+    monkeypatch.setattr(kube, "list_jobs", list_jobs)
+    monkeypatch.setattr(handlers, "reconcile", lambda ns, name: done.append(f"{ns}/{name}"))
+    with caplog.at_level(logging.WARNING, logger=handlers.__name__):
+        handlers.resync_once()
+        handlers.resync_once()
+    assert done == ["ml/bot", "ml/bot"]
+    warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(warnings) == 1 and "forbidden in gone" in warnings[0]
