@@ -338,6 +338,84 @@ def test_suspend_then_resume_from_the_checkpoint(
     assert f"resuming from step {ckpt}" in logs(cluster, namespace, "bot-2")
 
 
+def test_resume_while_the_pod_stops_is_no_failure(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    """Two suspend/resume cycles, each resumed while the pod is still checkpointing, with
+    retry.limit 0: no retry is spent, each next attempt waits for the old pod and resumes."""
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, steps=20, pace=0.3, env={"STANDIN_STOP_SECONDS": "4"},
+        retry={"limit": 0, "backoffSeconds": 1})  # fmt: skip
+    for attempt in (1, 2):
+        wait_phase(cluster, namespace, "Running", timeout=60,
+                   extra=lambda s, n=attempt: s.get("attempt") == n
+                   and (s.get("progress") or {}).get("step", 0) > 3 * n)  # fmt: skip
+        for suspend in ("true", "false"):
+            cluster.kubectl("patch", "ftj", "bot", "-n", namespace, "--type", "merge",
+                            "-p", f'{{"spec":{{"suspend":{suspend}}}}}')  # fmt: skip
+            if suspend == "true":
+                wait_phase(cluster, namespace, "Suspending", timeout=30)
+        resumed = wait_phase(
+            cluster, namespace, "Suspending", extra=lambda s: "resume" in s.get("message", "")
+        )
+        assert resumed["attempt"] == attempt
+        assert f"bot-{attempt + 1}" not in pods(cluster, namespace)  # not while the old one stops
+    done = wait_phase(cluster, namespace, "Succeeded", timeout=120)
+    assert [a["reason"] for a in done["attempts"]] == ["Suspended", "Suspended", "Completed"]
+    assert done["progress"]["step"] == 20
+    assert "resuming from step 0" not in logs(cluster, namespace, "bot-3")
+
+
+def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, podTemplate={"volumeMounts": [{"name": "nothere", "mountPath": "/x"}]})
+    failed = wait_phase(cluster, namespace, "Failed", timeout=30)
+    assert failed["reason"] == "BadSpec"
+    assert failed["message"].startswith("The API server refused to create the Pod: ")
+    assert "nothere" in failed["message"]
+    reasons = cluster.kubectl("get", "events", "-n", namespace, "-o",
+                              "jsonpath={.items[*].reason}")  # fmt: skip
+    assert "BadSpec" in reasons.split()
+
+
+def test_deleted_children_are_created_again(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, steps=24, pace=0.3)
+    wait_phase(cluster, namespace, "Running",
+               extra=lambda s: (s.get("progress") or {}).get("step", 0) >= 2)  # fmt: skip
+    for kind, name in [("rolebinding", "bot-trainer"), ("cm", "bot-progress")]:
+        cluster.kubectl("delete", kind, name, "-n", namespace)
+    wait_until(lambda: all(get(cluster, namespace, k, n) for k, n in
+                           [("rolebinding", "bot-trainer"), ("cm", "bot-progress")]),
+               timeout=30, message="the children to come back")  # fmt: skip
+    done = wait_phase(cluster, namespace, "Succeeded", timeout=90)
+    assert [a["reason"] for a in done["attempts"]] == ["Completed"]
+    assert done["progress"]["step"] == 24
+    events = cluster.kubectl("get", "events", "-n", namespace,
+                             "--field-selector", "reason=ChildRecreated", "-o", "name")  # fmt: skip
+    assert len(events.split()) >= 2
+
+
+def test_active_deadline_fails_the_job_and_stops_its_pod(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    job(cluster, namespace, steps=200, pace=0.3, activeDeadlineSeconds=8)
+    failed = wait_phase(cluster, namespace, "Failed", timeout=60)
+    assert failed["reason"] == "DeadlineExceeded"
+    assert "spec.activeDeadlineSeconds" in failed["message"]
+    wait_until(lambda: "bot-1" not in pods(cluster, namespace), timeout=60,
+               message="the training pod to be stopped")  # fmt: skip
+
+
 def test_delete_removes_children_and_keeps_the_user_pvc(
     cluster: Cluster, namespace: str, operator: Operator
 ) -> None:

@@ -6,7 +6,8 @@ ServiceAccount token (same JSON as the real trainer), advances one step every
 STANDIN_STEP_SECONDS, checkpoints every checkpoint.every_steps and on SIGTERM (then exits 10),
 resumes from the newest checkpoint with a COMPLETE marker. Told to fail through env:
 STANDIN_FAIL_AT_STEP + STANDIN_FAIL_EXIT (+ STANDIN_FAIL_ATTEMPTS: only attempts <= N fail),
-STANDIN_BAD_ROW (prepare reports BadData at that row), STANDIN_TOTAL_STEPS.
+STANDIN_BAD_ROW (prepare reports BadData at that row), STANDIN_TOTAL_STEPS; STANDIN_STOP_SECONDS
+makes the checkpoint on SIGTERM take that long.
 """
 
 import contextlib
@@ -154,6 +155,7 @@ def train(cfg):
     last = 0.0
     while step < total:
         if STOP:
+            time.sleep(float(os.environ.get("STANDIN_STOP_SECONDS", "0")))  # a slow checkpoint
             ckpt = save(step)
             progress("suspended")
             die(10, f"stopped on SIGTERM at step {step}; checkpoint complete")
