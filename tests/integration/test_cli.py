@@ -19,7 +19,6 @@ import pytest
 import yaml
 from kubernetes import client
 
-from finetune_operator import gitops
 from finetune_operator import models as m
 from tests.harness import DEBIAN_IMAGE, REPO_ROOT, Cluster, Kube, wait_for_pod_phase, wait_until
 
@@ -210,7 +209,7 @@ def test_pause_resume_restart(kube: Kube, namespace: str, job: Callable[..., str
     before = time.time()
     out = cli(namespace, "restart", "bot")
     assert out.returncode == 0, out.stderr
-    value = read(kube, namespace, "bot")["metadata"]["annotations"][gitops.RESTART_ANNOTATION]
+    value = read(kube, namespace, "bot")["metadata"]["annotations"][m.RESTART_ANNOTATION]
     stamp = time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
     assert before - 2 <= stamp <= time.time() + 2
 

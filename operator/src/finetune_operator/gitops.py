@@ -39,10 +39,6 @@ ARGOCD_KEY = f"{m.GROUP}_{m.KIND}"
 HEALTH_KEY = f"resource.customizations.health.{ARGOCD_KEY}"
 ACTIONS_KEY = f"resource.customizations.actions.{ARGOCD_KEY}"
 
-RESTART_ANNOTATION = f"{m.GROUP}/restart-requested-at"
-"""Set (to an RFC 3339 time) by the Argo CD restart action and ``kubectl finetune restart``."""
-RESTART_STATUS_FIELD = "lastRestartRequestedAt"
-"""``status`` field where the operator records the annotation value it has acted on."""
 
 # Resources of the operator's rules that are not namespaced: granted cluster-wide even when the
 # operator watches a list of namespaces.

@@ -23,7 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import gitops, kube, metrics, planner
+from finetune_operator import kube, metrics, planner
 from finetune_operator import models as m
 from finetune_operator import status as st
 from finetune_operator.settings import Settings
@@ -31,7 +31,7 @@ from finetune_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
-RESTART_FIELD = ("metadata", "annotations", gitops.RESTART_ANNOTATION)
+RESTART_FIELD = ("metadata", "annotations", m.RESTART_ANNOTATION)
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -143,11 +143,11 @@ def resync_once() -> None:
     for item in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
         status = item.get("status") or {}
-        restart = (meta.get("annotations") or {}).get(gitops.RESTART_ANNOTATION)
+        restart = (meta.get("annotations") or {}).get(m.RESTART_ANNOTATION)
         if (
             status.get("phase") in m.Phase.TERMINAL
             and spec.get("ttlSecondsAfterFinished") is None
-            and restart == status.get(gitops.RESTART_STATUS_FIELD)
+            and restart == status.get(m.RESTART_STATUS_FIELD)
         ):
             continue
         futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))

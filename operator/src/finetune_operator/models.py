@@ -10,6 +10,7 @@ Argo CD health script and the docs all spell them the same way.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum, nonmember
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +27,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_ROLE = f"{GROUP}/role"
+RESTART_ANNOTATION = f"{GROUP}/restart-requested-at"
+"""Set (to an RFC 3339 time) by the Argo CD restart action and ``kubectl finetune restart``."""
+RESTART_STATUS_FIELD = "lastRestartRequestedAt"
+"""``status`` field where the operator records the annotation value it has acted on."""
 
 Quantity = int | str
 """A Kubernetes resource quantity (``2``, ``500m``, ``16Gi``): x-kubernetes-int-or-string."""
@@ -45,7 +50,7 @@ class _Base(BaseModel):
 # --------------------------------------------------------------------------------------- phases
 
 
-class Phase:
+class Phase(StrEnum):
     """``status.phase`` values, in lifecycle order."""
 
     PENDING = "Pending"
@@ -58,31 +63,9 @@ class Phase:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
-    ALL = (
-        PENDING,
-        PREPARING,
-        QUEUED,
-        STARTING,
-        RUNNING,
-        SUSPENDING,
-        SUSPENDED,
-        SUCCEEDED,
-        FAILED,
-    )
-    TERMINAL = (SUCCEEDED, FAILED)
-
-
-PhaseName = Literal[
-    "Pending",
-    "Preparing",
-    "Queued",
-    "Starting",
-    "Running",
-    "Suspending",
-    "Suspended",
-    "Succeeded",
-    "Failed",
-]
+    ALL = nonmember((PENDING, PREPARING, QUEUED, STARTING, RUNNING, SUSPENDING, SUSPENDED,
+                     SUCCEEDED, FAILED))  # fmt: skip
+    TERMINAL = nonmember((SUCCEEDED, FAILED))
 
 
 class ConditionType:
@@ -99,7 +82,7 @@ class ConditionType:
     ALL = (READY, RECONCILING, STALLED, PROGRESSING, SUSPENDED, SUCCEEDED, FAILED)
 
 
-class Reason:
+class Reason(StrEnum):
     """Condition / attempt / Event reasons. Failure reasons double as ``status.reason``."""
 
     # lifecycle (the phase names are reasons too)
@@ -137,25 +120,38 @@ class Reason:
     QUEUE_TIMEOUT = "QueueTimeout"  # spec.queueTimeoutSeconds
     STALLED = "Stalled"  # no step for spec.progressDeadlineSeconds while Running: retried
 
-    RETRIABLE = frozenset(
-        {OOM_KILLED, CUDA_OOM, EVICTED, ERROR, PREEMPTED, POD_DELETED, SOURCE_UNAVAILABLE, STALLED}
+    RETRIABLE = nonmember(
+        frozenset(
+            {
+                OOM_KILLED,
+                CUDA_OOM,
+                EVICTED,
+                ERROR,
+                PREEMPTED,
+                POD_DELETED,
+                SOURCE_UNAVAILABLE,
+                STALLED,
+            }
+        )
     )
-    NOT_RETRIABLE = frozenset(
-        {
-            IMAGE_PULL,
-            BAD_CONFIG,
-            BAD_DATA,
-            MODEL_NOT_FOUND,
-            PLAN_REFUSED,
-            DISK_FULL,
-            BAD_SPEC,
-            PVC_NOT_FOUND,
-            SECRET_NOT_FOUND,
-            CONFIG_MAP_NOT_FOUND,
-            NOT_ALLOWED,
-            DEADLINE_EXCEEDED,
-            QUEUE_TIMEOUT,
-        }
+    NOT_RETRIABLE = nonmember(
+        frozenset(
+            {
+                IMAGE_PULL,
+                BAD_CONFIG,
+                BAD_DATA,
+                MODEL_NOT_FOUND,
+                PLAN_REFUSED,
+                DISK_FULL,
+                BAD_SPEC,
+                PVC_NOT_FOUND,
+                SECRET_NOT_FOUND,
+                CONFIG_MAP_NOT_FOUND,
+                NOT_ALLOWED,
+                DEADLINE_EXCEEDED,
+                QUEUE_TIMEOUT,
+            }
+        )
     )
 
 
@@ -759,7 +755,7 @@ class Attempt(_Base):
 class FineTuneJobStatus(_Base):
     """Observed state, written only by the operator."""
 
-    phase: PhaseName | None = Field(default=None, description="Lifecycle phase.")
+    phase: Phase | None = Field(default=None, description="Lifecycle phase.")
     reason: str | None = Field(default=None, description="Reason of the phase (failure class).")
     message: str | None = Field(default=None, description="Human-readable detail.")
     observed_generation: int | None = Field(

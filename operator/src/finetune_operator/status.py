@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from finetune_operator import builders as b
-from finetune_operator import gitops, planner
 from finetune_operator import models as m
+from finetune_operator import planner
 
 C = m.ConditionType
 P = m.Phase
@@ -594,7 +594,7 @@ def _attempt_failure(rec: m.Attempt) -> str:
 
 def restart_requested(job: m.FineTuneJob) -> str | None:
     """The restart annotation's value when the operator has not acted on it yet, else None."""
-    value = (job.metadata.get("annotations") or {}).get(gitops.RESTART_ANNOTATION)
+    value = (job.metadata.get("annotations") or {}).get(m.RESTART_ANNOTATION)
     if not value or value == job.status.last_restart_requested_at:
         return None
     return str(value)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from finetune_operator import builders as b
-from finetune_operator import gitops
 from finetune_operator import models as m
 from finetune_operator import status as st
 from finetune_operator.settings import Settings
@@ -43,7 +42,7 @@ REPORT = {"attempt": 2, "state": "running", "step": 13, "total_steps": 20}
 
 def annotated(job: m.FineTuneJob, value: str | None) -> m.FineTuneJob:
     meta = dict(job.metadata)
-    meta["annotations"] = {gitops.RESTART_ANNOTATION: value} if value else {}
+    meta["annotations"] = {m.RESTART_ANNOTATION: value} if value else {}
     return job.model_copy(update={"metadata": meta})
 
 
@@ -136,7 +135,7 @@ def test_run_selects_the_work_directory(make_job: JobF) -> None:
 
 def test_status_field_names_match_gitops_constants() -> None:
     dumped = m.dump(m.FineTuneJobStatus(last_restart_requested_at=T1))
-    assert dumped[gitops.RESTART_STATUS_FIELD] == T1
+    assert dumped[m.RESTART_STATUS_FIELD] == T1
 
 
 def test_an_update_handler_watches_the_restart_annotation() -> None:
@@ -148,5 +147,5 @@ def test_an_update_handler_watches_the_restart_annotation() -> None:
 
     registry = kopf.get_default_registry()
     fields = {h.field for h in registry._changing.get_all_handlers()}
-    assert handlers.RESTART_FIELD == ("metadata", "annotations", gitops.RESTART_ANNOTATION)
+    assert handlers.RESTART_FIELD == ("metadata", "annotations", m.RESTART_ANNOTATION)
     assert handlers.RESTART_FIELD in fields

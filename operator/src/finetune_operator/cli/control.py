@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TextIO
 
-from finetune_operator import gitops
 from finetune_operator import models as m
 from finetune_operator.cli.api import Api
 
@@ -33,7 +32,7 @@ def restart(api: Api, name: str, out: TextIO, now: datetime | None = None) -> in
     """``restart``: ask the operator to start over from step 0 by setting the annotation
     ``finetune.dev/restart-requested-at`` (what the Argo CD restart action does)."""
     value = restart_value(now or datetime.now(UTC))
-    patch = {"metadata": {"annotations": {gitops.RESTART_ANNOTATION: value}}}
+    patch = {"metadata": {"annotations": {m.RESTART_ANNOTATION: value}}}
     api.patch_job(api.namespace, name, patch)
-    print(f"{_KIND}/{name} restart requested ({gitops.RESTART_ANNOTATION}={value})", file=out)
+    print(f"{_KIND}/{name} restart requested ({m.RESTART_ANNOTATION}={value})", file=out)
     return 0

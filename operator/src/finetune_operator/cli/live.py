@@ -18,7 +18,7 @@ from finetune_operator import models as m
 from finetune_operator.cli import render as r
 
 P = m.Phase
-PHASE_STYLES = {
+PHASE_STYLES: dict[str, str] = {
     P.RUNNING: "bold green",
     P.SUCCEEDED: "bold green",
     P.FAILED: "bold red",

@@ -225,11 +225,12 @@ def update_line(job: Mapping[str, Any], event: Mapping[str, Any] | None, now: da
 
 def exit_code(job_phase: str) -> int:
     """``status`` exit code of a phase (EXIT_IN_PROGRESS for the non-final ones)."""
-    return {
+    codes: dict[str, int] = {
         P.SUCCEEDED: EXIT_SUCCEEDED,
         P.FAILED: EXIT_FAILED,
         P.SUSPENDED: EXIT_SUSPENDED,
-    }.get(job_phase, EXIT_IN_PROGRESS)
+    }
+    return codes.get(job_phase, EXIT_IN_PROGRESS)
 
 
 # ----------------------------------------------------------------------------------- events
