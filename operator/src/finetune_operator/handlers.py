@@ -10,7 +10,6 @@ create-or-get, so an operator restart never duplicates a pod.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -24,8 +23,8 @@ from pydantic import ValidationError
 
 from finetune_operator import builders as b
 from finetune_operator import kube, metrics, planner
+from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
-from finetune_operator import status as st
 from finetune_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -178,19 +177,11 @@ def probe(**_: Any) -> str:
 # ----------------------------------------------------------------------------------- reconcile
 
 
-def _json_key(data: dict[str, str] | None, key: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads((data or {}).get(key) or "null")
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
     """(reason, message) for the first referenced object that does not exist."""
     for claim in b.referenced_pvcs(job):
         if not kube.exists("PersistentVolumeClaim", job.namespace, claim):
-            return m.Reason.PVC_NOT_FOUND, st.missing_claim(claim)
+            return m.Reason.PVC_NOT_FOUND, lc.missing_claim(claim)
     ref = job.spec.dataset.config_map
     if ref is not None and not kube.exists("ConfigMap", job.namespace, ref.name):
         return m.Reason.CONFIG_MAP_NOT_FOUND, f'The ConfigMap "{ref.name}" does not exist.'
@@ -211,7 +202,7 @@ def _ensure_children(
     created = [f"{x['kind']} {x['metadata']['name']}" for x in bodies if kube.create_or_get(x)]
     waiting = [
         s
-        for s in map(st.pod_state, pods)
+        for s in map(lc.pod_state, pods)
         if s.kind in ("pending", "unschedulable") and not s.deleting
     ]
     if waiting and not kube.exists("ConfigMap", job.namespace, b.config_map_name(job)):
@@ -228,11 +219,11 @@ def _config_map(job: m.FineTuneJob, attempt: int, train: bool) -> dict[str, Any]
     hint = job.spec.resources.gpu_memory_mib
     nodes = kube.list_nodes() if (gpus > 0 and hint is None) else []
     gpu_mem = planner.gpu_memory_mib(nodes, gpus, dict(tpl.node_selector), hint)
-    batch = st.batch_for_attempt(job) if train else None
+    batch = lc.batch_for_attempt(job) if train else None
     return b.config_map(job, b.trainer_config(job, max(1, attempt), batch, gpu_mem, SETTINGS))
 
 
-def _start_pod(job: m.FineTuneJob, acts: st.Actions) -> None:
+def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
     if acts.create_prepare:
         kube.apply_config_map(_config_map(job, job.status.attempt + 1, False))
         kube.create_or_get(b.prepare_pod(job, SETTINGS))
@@ -245,7 +236,7 @@ def _act(
     body: dict[str, Any],
     job: m.FineTuneJob,
     new: m.FineTuneJobStatus,
-    acts: st.Actions,
+    acts: lc.Actions,
     *,
     pods: list[dict[str, Any]],
     progress_exists: bool,
@@ -256,8 +247,8 @@ def _act(
     creating = acts.create_prepare or acts.create_train is not None
     missing = _missing_refs(job) if creating else None
     if missing is not None:
-        return st.failed_status(new, job.generation, missing[0], missing[1], now)
-    if not st.children_needed(new):
+        return lc.failed_status(new, job.generation, missing[0], missing[1], now)
+    if not lc.children_needed(new):
         return new
     current = job.model_copy(update={"status": new})  # the run (work directory) of the new status
     try:
@@ -266,7 +257,7 @@ def _act(
             _start_pod(current, acts)
     except kube.ChildRejectedError as exc:
         reason = m.Reason.NOT_ALLOWED if exc.status == 403 else m.Reason.BAD_SPEC
-        return st.failed_status(new, job.generation, reason, st.rejected(exc.kind, exc.detail), now)
+        return lc.failed_status(new, job.generation, reason, lc.rejected(exc.kind, exc.detail), now)
     if job.status.phase is not None:  # the first pass creates them; later ones re-create
         for what in created:
             message = f"{what} was missing and has been created again."
@@ -299,18 +290,18 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     except ValidationError as exc:
         _bad_spec(body, old_raw, exc, now)
         return False
-    if st.ttl_expired(job, now):
+    if lc.ttl_expired(job, now):
         log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
         kube.delete_job(namespace, name)
         return False
     pods = kube.list_pods(namespace, name)
     cm = kube.read_config_map_data(namespace, b.progress_name(job))
-    progress = _json_key(cm, b.PROGRESS_KEY)
-    prepared = _json_key(cm, b.PREPARE_KEY)
-    new = st.derive_status(
+    progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
+    prepared = lc.parse_prepare((cm or {}).get(b.PREPARE_KEY))
+    new = lc.derive_status(
         job, pods, progress, prepared, now, max_backoff=SETTINGS.retry_max_backoff_seconds
     )
-    acts = st.next_actions(job, new, pods, now)
+    acts = lc.next_actions(job, new, pods, now)
     if acts.reset_progress:  # a restart: the previous run's reports must not count
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
     new = _act(body, job, new, acts, pods=pods, progress_exists=cm is not None, now=now)
@@ -329,11 +320,11 @@ def _publish(
 ) -> None:
     meta = body.get("metadata") or {}
     new_raw = m.dump(new)
-    patch = st.merge_patch(old_raw, new_raw)
+    patch = lc.merge_patch(old_raw, new_raw)
     if patch:
         kube.patch_job_status(meta["namespace"], meta["name"], patch)
         metrics.observe_status(meta["namespace"], meta["name"], old_raw, new_raw, now)
-    for kind, reason, message in st.transition_events(old, new):
+    for kind, reason, message in lc.transition_events(old, new):
         kube.emit_event(body, kind, reason, message)
 
 
@@ -348,5 +339,5 @@ def _bad_spec(
     where = ".".join(str(p) for p in err["loc"])
     message = f"invalid spec at {where}: {err['msg']}"
     generation = int((body.get("metadata") or {}).get("generation", 1))
-    new = st.failed_status(old, generation, m.Reason.BAD_SPEC, message, now)
+    new = lc.failed_status(old, generation, m.Reason.BAD_SPEC, message, now)
     _publish(body, old, new, old_raw, now)

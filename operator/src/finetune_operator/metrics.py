@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import start_http_server
 
 from finetune_operator import models as m
-from finetune_operator.status import parse_time
+from finetune_operator.lifecycle.pods import parse_time
 
 P = m.Phase
 NO_PHASE = "None"

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from finetune_operator import kstatus
+from finetune_operator import lifecycle as op_status
 from finetune_operator import models as m
-from finetune_operator import status as op_status
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests/fixtures/status"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -115,3 +116,17 @@ def pod(
 @pytest.fixture
 def make_pod() -> Callable[..., dict[str, Any]]:
     return pod
+
+
+def derive(
+    job: m.FineTuneJob,
+    pods: list[dict[str, Any]],
+    progress: dict[str, Any] | None,
+    prepared: dict[str, Any] | None,
+    now: datetime,
+    **kw: Any,
+) -> m.FineTuneJobStatus:
+    """``derive_status`` with the trainer's reports as decoded JSON (as the tests write them)."""
+    return lc.derive_status(
+        job, pods, lc.progress_from(progress), lc.prepare_from(prepared), now, **kw
+    )

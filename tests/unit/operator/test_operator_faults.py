@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from finetune_operator import lifecycle as st
 from finetune_operator import models as m
-from finetune_operator import status as st
+from tests.unit.operator.conftest import derive
 
 P = m.Phase
 R = m.Reason
@@ -36,7 +37,7 @@ def _suspending(make_job: JobF, suspend: bool, limit: int = 0, **status: Any) ->
 def test_resume_while_the_old_pod_stops_waits_for_it(make_job: JobF, make_pod: PodF) -> None:
     job = _suspending(make_job, suspend=False)
     pods = [make_pod("bot-1", phase="Running", running=True, deleting=True)]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert (new.phase, new.attempt, new.attempts) == (P.SUSPENDING, 1, [])
     assert "waiting for bot-1 to stop" in (new.message or "")
     assert st.next_actions(job, new, pods, NOW) == st.Actions()  # no second pod meanwhile
@@ -57,7 +58,7 @@ def test_a_pod_stopped_for_a_suspend_is_never_a_failure(
     """Resumed before the operator saw the pod end: with retry.limit 0 it still resumes."""
     job = _suspending(make_job, suspend=False)
     pods = [make_pod("bot-1", **pod)] if pod else []
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert [a.reason for a in new.attempts] == [R.SUSPENDED]
     assert (new.phase, new.attempt, new.retry_after) == (P.STARTING, 2, None)
     assert new.message == "resuming attempt 2 from checkpoint step 9"
@@ -70,11 +71,11 @@ def test_two_quick_suspend_resume_cycles_spend_no_retry(make_job: JobF, make_pod
     for attempt in (1, 2):
         running = [make_pod(f"bot-{attempt}", attempt=attempt, phase="Running", running=True)]
         suspended = make_job(spec={"suspend": True, "retry": {"limit": 0}}, status=status)
-        new = st.derive_status(suspended, running, None, OK_PREPARE, NOW)
+        new = derive(suspended, running, None, OK_PREPARE, NOW)
         assert st.next_actions(suspended, new, running, NOW).delete_pods == (f"bot-{attempt}",)
         resumed = make_job(spec={"retry": {"limit": 0}}, status=m.dump(new))
         gone = [make_pod(f"bot-{attempt}", attempt=attempt, phase="Failed", exit_code=10)]
-        new = st.derive_status(resumed, gone, None, OK_PREPARE, NOW)
+        new = derive(resumed, gone, None, OK_PREPARE, NOW)
         assert (new.phase, new.attempt) == (P.STARTING, attempt + 1)
         status = {**m.dump(new), "phase": "Running"}
     assert [a.reason for a in new.attempts] == [R.SUSPENDED, R.SUSPENDED]
@@ -83,21 +84,21 @@ def test_two_quick_suspend_resume_cycles_spend_no_retry(make_job: JobF, make_pod
 def test_suspended_records_any_exit_as_suspended(make_job: JobF, make_pod: PodF) -> None:
     job = _suspending(make_job, suspend=True)
     pods = [make_pod("bot-1", phase="Failed", exit_code=1, term_message="boom")]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert (new.phase, [a.reason for a in new.attempts]) == (P.SUSPENDED, [R.SUSPENDED])
 
 
 def test_resume_while_the_prepare_pod_stops(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"phase": "Suspending"})
     stopping = [make_pod("bot-prepare", role="prepare", attempt=0, running=True, deleting=True)]
-    new = st.derive_status(job, stopping, None, None, NOW)
+    new = derive(job, stopping, None, None, NOW)
     assert (new.phase, new.attempts) == (P.SUSPENDING, [])
     assert st.next_actions(job, new, stopping, NOW) == st.Actions()
     ended = [make_pod("bot-prepare", role="prepare", attempt=0, phase="Failed", exit_code=10)]
-    new = st.derive_status(job, ended, None, None, NOW)
+    new = derive(job, ended, None, None, NOW)
     assert (new.phase, new.reason, new.attempts) == (P.PENDING, R.RESUMED, [])
     assert st.next_actions(job, new, ended, NOW).delete_pods == ("bot-prepare",)
-    again = st.derive_status(make_job(status=m.dump(new)), [], None, None, NOW)
+    again = derive(make_job(status=m.dump(new)), [], None, None, NOW)
     assert again.phase == P.PREPARING
 
 
@@ -118,7 +119,7 @@ def test_active_deadline_fails_the_whole_job(
     job = make_job(spec={"activeDeadlineSeconds": 3600}, status={"attempt": 1, **PREPARED})
     job = job.model_copy(update={"metadata": {**job.metadata, "creationTimestamp": NOW - age}})
     pods = [make_pod("bot-1", phase="Running", running=True)]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert new.phase == phase
     if phase == P.FAILED:
         assert new.reason == R.DEADLINE_EXCEEDED
@@ -141,7 +142,7 @@ def test_active_deadline_counts_from_the_last_resume(make_job: JobF, make_pod: P
         update={"metadata": {**job.metadata, "creationTimestamp": NOW - timedelta(days=3)}}
     )
     pods = [make_pod("bot-1", phase="Running", running=True)]
-    assert st.derive_status(job, pods, None, OK_PREPARE, NOW).phase == P.RUNNING
+    assert derive(job, pods, None, OK_PREPARE, NOW).phase == P.RUNNING
 
 
 def test_stalled_attempt_is_stopped_and_retried_from_its_checkpoint(
@@ -152,9 +153,9 @@ def test_stalled_attempt_is_stopped_and_retried_from_its_checkpoint(
     job = make_job(spec=spec, status=status)
     pods = [make_pod("bot-1", phase="Running", running=True)]
     report = {"attempt": 1, "step": 7, "time": "2026-11-26T11:49:00Z"}
-    fresh = st.derive_status(job, pods, {**report, "time": "2026-11-26T11:55:00Z"}, OK_PREPARE, NOW)
+    fresh = derive(job, pods, {**report, "time": "2026-11-26T11:55:00Z"}, OK_PREPARE, NOW)
     assert fresh.phase == P.RUNNING
-    new = st.derive_status(job, pods, report, OK_PREPARE, NOW)
+    new = derive(job, pods, report, OK_PREPARE, NOW)
     assert [(a.reason, a.step) for a in new.attempts] == [(R.STALLED, 7)]
     assert (new.phase, new.attempt) == (P.STARTING, 2)
     assert new.message == "starting attempt 2 from checkpoint step 6"
@@ -176,9 +177,9 @@ def test_queue_timeout(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(spec={"queueTimeoutSeconds": 600}, status={"attempt": 1, **PREPARED})
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     young = _created(make_pod("bot-1", unschedulable=msg), NOW - timedelta(seconds=599))
-    assert st.derive_status(job, [young], None, OK_PREPARE, NOW).phase == P.QUEUED
+    assert derive(job, [young], None, OK_PREPARE, NOW).phase == P.QUEUED
     old = _created(make_pod("bot-1", unschedulable=msg), NOW - timedelta(seconds=600))
-    new = st.derive_status(job, [old], None, OK_PREPARE, NOW)
+    new = derive(job, [old], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.QUEUE_TIMEOUT)
     assert new.message == (
         "Pod bot-1 waited more than 10m0s for a node (spec.queueTimeoutSeconds): "
@@ -213,7 +214,7 @@ def test_retry_limit_message_is_sentences(make_job: JobF, make_pod: PodF) -> Non
     pods = [
         make_pod("bot-2", attempt=2, phase="Failed", exit_code=11, term_message="'CUDA OOM'"),
     ]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.CUDA_OOM)
     assert new.message == (
         "Training failed 2 times (retry limit 1). Pod bot-2 failed with CudaOOM (exit code 11): "
@@ -228,6 +229,6 @@ def test_a_lost_prepare_report_does_not_send_a_running_job_back(
     status = {"attempt": 1, "phase": "Running", "progress": {"attempt": 1, "totalSteps": 20}}
     job = make_job(status={**status, **PREPARED})
     pods = [make_pod("bot-1", phase="Running", running=True)]
-    new = st.derive_status(job, pods, None, None, NOW)
+    new = derive(job, pods, None, None, NOW)
     assert (new.phase, new.attempt) == (P.RUNNING, 1)
     assert new.progress is not None and new.progress.total_steps == 20

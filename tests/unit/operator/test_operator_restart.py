@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from finetune_operator import builders as b
+from finetune_operator import lifecycle as st
 from finetune_operator import models as m
-from finetune_operator import status as st
 from finetune_operator.settings import Settings
-from tests.unit.operator.conftest import NOW
+from tests.unit.operator.conftest import NOW, derive
 
 P = m.Phase
 R = m.Reason
@@ -64,7 +64,7 @@ def test_restart_resets_the_run_and_stops_every_pod(make_job: JobF, make_pod: Po
         make_pod("bot-1", attempt=1, phase="Failed", exit_code=1),
         make_pod("bot-2", attempt=2, phase="Running", running=True),
     ]
-    new = st.derive_status(job, pods, REPORT, OK_PREPARE, NOW)
+    new = derive(job, pods, REPORT, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.PENDING, R.RESTARTING)
     assert (new.run, new.last_restart_requested_at) == (1, T1)
     assert (new.attempt, new.attempts, new.retry_after) == (0, [], None)
@@ -82,7 +82,7 @@ def test_restart_resets_the_run_and_stops_every_pod(make_job: JobF, make_pod: Po
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed", "Suspended"])
 def test_finished_or_suspended_jobs_restart_too(make_job: JobF, phase: str) -> None:
     job = annotated(make_job(status={**RUNNING, "phase": phase, "run": 2}), T2)
-    new = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    new = derive(job, [], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason, new.run) == (P.PENDING, R.RESTARTING, 3)
 
 
@@ -90,14 +90,14 @@ def test_waits_for_the_old_pods_then_prepares_with_fresh_reports(
     make_job: JobF, make_pod: PodF
 ) -> None:
     job = annotated(make_job(status=RUNNING), T1)
-    restarting = job.model_copy(update={"status": st.derive_status(job, [], None, None, NOW)})
+    restarting = job.model_copy(update={"status": derive(job, [], None, None, NOW)})
     going = [make_pod("bot-2", attempt=2, phase="Running", running=True, deleting=True)]
-    new = st.derive_status(restarting, going, REPORT, OK_PREPARE, NOW)
+    new = derive(restarting, going, REPORT, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.PENDING, R.RESTARTING)
     assert "bot-2" in (new.message or "")
     assert st.next_actions(restarting, new, going, NOW) == st.Actions()  # already deleting
     # all gone: the old run's reports in the progress object are ignored and wiped first
-    new = st.derive_status(restarting, [], REPORT, OK_PREPARE, NOW)
+    new = derive(restarting, [], REPORT, OK_PREPARE, NOW)
     assert (new.phase, new.attempt, new.run) == (P.PREPARING, 0, 1)
     assert new.progress is None and new.plan is None
     assert new.last_restart_requested_at == T1
@@ -105,10 +105,10 @@ def test_waits_for_the_old_pods_then_prepares_with_fresh_reports(
     assert acts == st.Actions(create_prepare=True, reset_progress=True)
     # later reconciles keep the run and the recorded value, and do not restart again
     after = restarting.model_copy(update={"status": new})
-    planned = st.derive_status(after, [], None, OK_PREPARE, NOW)
+    planned = derive(after, [], None, OK_PREPARE, NOW)
     assert (planned.phase, planned.run) == (P.PREPARING, 1) and planned.plan is not None
     after = after.model_copy(update={"status": planned})
-    again = st.derive_status(after, [], None, OK_PREPARE, NOW)
+    again = derive(after, [], None, OK_PREPARE, NOW)
     assert (again.phase, again.run, again.last_restart_requested_at) == (P.STARTING, 1, T1)
     assert again.attempt == 1
     assert st.next_actions(after, again, [], NOW) == st.Actions(create_train=1)
@@ -116,8 +116,8 @@ def test_waits_for_the_old_pods_then_prepares_with_fresh_reports(
 
 def test_restart_honours_suspend(make_job: JobF) -> None:
     job = annotated(make_job(spec={"suspend": True}, status={**RUNNING, "phase": "Suspended"}), T1)
-    restarting = job.model_copy(update={"status": st.derive_status(job, [], None, None, NOW)})
-    new = st.derive_status(restarting, [], REPORT, OK_PREPARE, NOW)
+    restarting = job.model_copy(update={"status": derive(job, [], None, None, NOW)})
+    new = derive(restarting, [], REPORT, OK_PREPARE, NOW)
     assert (new.phase, new.run) == (P.SUSPENDED, 1)
     assert new.checkpoint is None
     acts = st.next_actions(restarting, new, [], NOW)

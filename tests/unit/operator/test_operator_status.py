@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from finetune_operator import lifecycle as st
 from finetune_operator import models as m
-from finetune_operator import status as st
+from tests.unit.operator.conftest import derive
 
 P = m.Phase
 R = m.Reason
@@ -44,7 +45,7 @@ def conds(s: m.FineTuneJobStatus) -> dict[str, str]:
 
 def test_new_job_prepares_first(make_job: JobF) -> None:
     job = make_job()
-    new = st.derive_status(job, [], None, None, NOW)
+    new = derive(job, [], None, None, NOW)
     assert (new.phase, new.attempt) == (P.PREPARING, 0)
     assert conds(new)["Reconciling"] == "True"
     assert conds(new)["Ready"] == "False"
@@ -54,7 +55,7 @@ def test_new_job_prepares_first(make_job: JobF) -> None:
 
 def test_prepare_pod_running_is_preparing(make_job: JobF, make_pod: PodF) -> None:
     pods = [make_pod("bot-prepare", role="prepare", attempt=0, phase="Running", running=True)]
-    new = st.derive_status(make_job(), pods, None, None, NOW)
+    new = derive(make_job(), pods, None, None, NOW)
     assert new.phase == P.PREPARING
     assert st.next_actions(make_job(), new, pods, NOW) == st.Actions()
 
@@ -65,7 +66,7 @@ def test_bad_data_fails_before_any_gpu_pod(make_job: JobF, make_pod: PodF) -> No
         "ok": False,
         "error": {"reason": "BadData", "message": "train.jsonl row 1234: no output"},
     }
-    new = st.derive_status(make_job(), pods, None, result, NOW)
+    new = derive(make_job(), pods, None, result, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.BAD_DATA)
     assert "row 1234" in (new.message or "")
     assert conds(new) == {
@@ -88,7 +89,7 @@ def test_plan_refused_shows_the_estimate(make_job: JobF) -> None:
         "data": {"records": 10},
         "error": {"reason": "PlanRefused", "message": "7B full fine-tune needs 61000 MiB"},
     }  # fmt: skip
-    new = st.derive_status(make_job(), [], None, result, NOW)
+    new = derive(make_job(), [], None, result, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.PLAN_REFUSED)
     assert new.plan is not None and new.plan.fits is False
     assert new.plan.estimated_gpu_memory_mib == 61000
@@ -97,14 +98,14 @@ def test_plan_refused_shows_the_estimate(make_job: JobF) -> None:
 
 def test_prepared_job_publishes_data_and_plan_then_starts_attempt_one(make_job: JobF) -> None:
     job = make_job()
-    first = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    first = derive(job, [], None, OK_PREPARE, NOW)
     assert (first.phase, first.reason, first.attempt) == (P.PREPARING, R.PREPARED, 0)
     assert first.plan is not None and first.plan.micro_batch_size == 4
     assert first.data == m.DataStatus(records=200, tokens=51200, truncated=3)
     # no training pod until data and plan are on the resource
     assert st.next_actions(job, first, [], NOW) == st.Actions(publish_first=True)
     published = job.model_copy(update={"status": first})
-    new = st.derive_status(published, [], None, OK_PREPARE, NOW)
+    new = derive(published, [], None, OK_PREPARE, NOW)
     assert (new.phase, new.attempt) == (P.STARTING, 1)
     assert new.plan == first.plan and new.data == first.data
     assert st.next_actions(published, new, [], NOW) == st.Actions(create_train=1)
@@ -113,7 +114,7 @@ def test_prepared_job_publishes_data_and_plan_then_starts_attempt_one(make_job: 
 def test_pending_pod_is_starting(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Starting", **PREPARED})
     pods = [make_pod("bot-1", waiting="ContainerCreating")]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert new.phase == P.STARTING and "ContainerCreating" in (new.message or "")
     assert st.next_actions(job, new, pods, NOW) == st.Actions()
 
@@ -121,7 +122,7 @@ def test_pending_pod_is_starting(make_job: JobF, make_pod: PodF) -> None:
 def test_unschedulable_is_queued_with_the_schedulers_reason(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(spec={"resources": {"gpus": 2}}, status={"attempt": 1, **PREPARED})
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
-    new = st.derive_status(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
+    new = derive(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.QUEUED, R.UNSCHEDULABLE)
     assert new.message == f"waiting for 2 nvidia.com/gpu: {msg}"
     assert conds(new)["Ready"] == "True" and conds(new)["Reconciling"] == "False"
@@ -130,7 +131,7 @@ def test_unschedulable_is_queued_with_the_schedulers_reason(make_job: JobF, make
 def test_missing_pvc_from_the_scheduler_fails(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, **PREPARED})
     msg = '0/1 nodes are available: persistentvolumeclaim "out" not found.'
-    new = st.derive_status(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
+    new = derive(job, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.PVC_NOT_FOUND)
     assert new.message == 'The PersistentVolumeClaim "out" does not exist.'
 
@@ -140,12 +141,12 @@ def test_unbound_claim_keeps_the_phase_with_a_message(make_job: JobF, make_pod: 
     msg = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
     pods = [make_pod("bot-prepare", role="prepare", attempt=0, unschedulable=msg)]
     job = make_job(status={"phase": "Preparing"})
-    new = st.derive_status(job, pods, None, None, NOW)
+    new = derive(job, pods, None, None, NOW)
     assert new.phase == P.PREPARING
     assert new.message == f"bot-prepare waits for its volume claims to bind: {msg}."
     assert conds(new)["Ready"] == "False"
     train = make_job(status={"attempt": 1, "phase": "Starting", **PREPARED})
-    new = st.derive_status(train, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
+    new = derive(train, [make_pod("bot-1", unschedulable=msg)], None, OK_PREPARE, NOW)
     assert (new.phase, conds(new)["Ready"]) == (P.STARTING, "False")
 
 
@@ -163,7 +164,7 @@ def test_running_mirrors_progress(make_job: JobF, make_pod: PodF) -> None:
         "checkpoint": {"step": 4, "path": "checkpoints/checkpoint-4", "time": None},
     }
     pods = [make_pod("bot-1", phase="Running", running=True)]
-    new = st.derive_status(job, pods, report, OK_PREPARE, NOW)
+    new = derive(job, pods, report, OK_PREPARE, NOW)
     assert new.phase == P.RUNNING
     assert new.progress is not None
     assert (new.progress.step, new.progress.percent, new.progress.percent_text) == (5, 25.0, "25%")
@@ -176,9 +177,7 @@ def test_running_mirrors_progress(make_job: JobF, make_pod: PodF) -> None:
 
 def test_succeeded(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
-    new = st.derive_status(
-        job, [make_pod("bot-1", phase="Succeeded", exit_code=0)], None, OK_PREPARE, NOW
-    )
+    new = derive(job, [make_pod("bot-1", phase="Succeeded", exit_code=0)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.SUCCEEDED, R.COMPLETED)
     assert new.completion_time == FINISHED
     assert new.attempts[-1].reason == R.COMPLETED
@@ -187,14 +186,14 @@ def test_succeeded(make_job: JobF, make_pod: PodF) -> None:
 
 def test_terminal_phase_is_sticky(make_job: JobF) -> None:
     job = make_job(status={"phase": "Succeeded", "reason": "Completed", "attempt": 1}, generation=2)
-    new = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    new = derive(job, [], None, OK_PREPARE, NOW)
     assert new.phase == P.SUCCEEDED and new.observed_generation == 2
 
 
 def test_suspend_deletes_the_running_pod(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(spec={"suspend": True}, status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Running", running=True)]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert new.phase == P.SUSPENDING
     assert conds(new)["Reconciling"] == "True"
     assert st.next_actions(job, new, pods, NOW) == st.Actions(delete_pods=("bot-1",))
@@ -211,13 +210,13 @@ def test_suspended_once_the_pod_checkpointed_and_exited(make_job: JobF, make_pod
         },
     )
     pods = [make_pod("bot-1", phase="Failed", exit_code=10, deleting=True)]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.SUSPENDED, R.SUSPENDED)
     assert new.attempts[-1].reason == R.SUSPENDED
     assert "checkpoint step 7" in (new.message or "")
     assert conds(new)["Suspended"] == "True" and conds(new)["Ready"] == "True"
     # the pod disappearing afterwards changes nothing
-    again = st.derive_status(job.model_copy(update={"status": new}), [], None, OK_PREPARE, NOW)
+    again = derive(job.model_copy(update={"status": new}), [], None, OK_PREPARE, NOW)
     assert again.phase == P.SUSPENDED and len(again.attempts) == 1
 
 
@@ -240,7 +239,7 @@ def test_resume_starts_the_next_attempt_immediately(make_job: JobF) -> None:
             "checkpoint": {"step": 7},
         }
     )
-    new = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    new = derive(job, [], None, OK_PREPARE, NOW)
     assert (new.phase, new.attempt) == (P.STARTING, 2)
     assert new.message == "resuming attempt 2 from checkpoint step 7"
 
@@ -272,7 +271,7 @@ def test_failure_classes(
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", term_message="boom\nlast line", **pod_kwargs)]
     now = FINISHED + timedelta(seconds=1)
-    new = st.derive_status(job, pods, None, OK_PREPARE, now)
+    new = derive(job, pods, None, OK_PREPARE, now)
     assert new.attempts[-1].reason == reason
     if retried:
         assert (new.phase, new.reason) == (P.PENDING, R.BACKOFF)
@@ -286,19 +285,19 @@ def test_failure_classes(
 def test_termination_message_last_line(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Failed", exit_code=2, term_message="trace\ninvalid config: x")]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert new.message == "Invalid config: x."
 
 
 def test_retry_after_backoff_starts_next_attempt(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Failed", exit_code=1)]
-    waiting = st.derive_status(job, pods, None, OK_PREPARE, FINISHED + timedelta(seconds=3))
+    waiting = derive(job, pods, None, OK_PREPARE, FINISHED + timedelta(seconds=3))
     assert waiting.retry_after == FINISHED + timedelta(seconds=10)
     acts = st.next_actions(job, waiting, pods, FINISHED + timedelta(seconds=3))
     assert acts == st.Actions(requeue_after=7.0)
     later = job.model_copy(update={"status": waiting})
-    new = st.derive_status(later, pods, None, OK_PREPARE, FINISHED + timedelta(seconds=11))
+    new = derive(later, pods, None, OK_PREPARE, FINISHED + timedelta(seconds=11))
     assert (new.phase, new.attempt) == (P.STARTING, 2)
     assert st.next_actions(later, new, pods, NOW) == st.Actions(create_train=2)
 
@@ -323,7 +322,7 @@ def test_retry_limit_then_failed_with_the_reason(make_job: JobF, make_pod: PodF)
         spec={"retry": {"limit": 2}},
         status={"attempt": 3, "phase": "Running", "attempts": previous, **PREPARED},
     )
-    new = st.derive_status(
+    new = derive(
         job,
         [make_pod("bot-3", attempt=3, phase="Failed", exit_code=137, term_reason="OOMKilled")],
         None,
@@ -338,7 +337,7 @@ def test_retry_limit_then_failed_with_the_reason(make_job: JobF, make_pod: PodF)
 def test_cuda_oom_halves_the_micro_batch(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Failed", exit_code=11)]
-    new = st.derive_status(job, pods, None, OK_PREPARE, FINISHED)
+    new = derive(job, pods, None, OK_PREPARE, FINISHED)
     assert new.plan is not None
     assert (new.plan.micro_batch_size, new.plan.gradient_accumulation) == (2, 4)
     events = st.transition_events(job.status, new)
@@ -353,12 +352,12 @@ def test_cuda_oom_halves_once_however_often_its_backoff_is_derived(
     job = make_job(spec={"retry": {"limit": 2, "backoffSeconds": 30}},
                    status={"attempt": 1, "phase": "Running", **PREPARED})  # fmt: skip
     pods = [make_pod("bot-1", phase="Failed", exit_code=11)]
-    first = st.derive_status(job, pods, None, OK_PREPARE, FINISHED)
+    first = derive(job, pods, None, OK_PREPARE, FINISHED)
     assert first.plan is not None and first.plan.micro_batch_size == 2
     assert (first.phase, first.reason) == (P.PENDING, R.BACKOFF)
     # the operator reconciles again while the backoff runs, then once it has passed
     for later in (FINISHED + timedelta(seconds=5), FINISHED + timedelta(seconds=60)):
-        again = st.derive_status(job.model_copy(update={"status": first}), pods, None,
+        again = derive(job.model_copy(update={"status": first}), pods, None,
                                  OK_PREPARE, later)  # fmt: skip
         assert again.plan is not None
         assert (again.plan.micro_batch_size, again.plan.gradient_accumulation) == (2, 4)
@@ -368,15 +367,13 @@ def test_cuda_oom_halves_once_however_often_its_backoff_is_derived(
 def test_cuda_oom_at_micro_batch_one_is_final(make_job: JobF, make_pod: PodF) -> None:
     status = {"attempt": 1, "plan": {"microBatchSize": 1, "gradientAccumulation": 8}}
     job = make_job(status=status)
-    new = st.derive_status(
-        job, [make_pod("bot-1", phase="Failed", exit_code=11)], None, OK_PREPARE, NOW
-    )
+    new = derive(job, [make_pod("bot-1", phase="Failed", exit_code=11)], None, OK_PREPARE, NOW)
     assert (new.phase, new.reason) == (P.FAILED, R.CUDA_OOM)
 
 
 def test_vanished_pod_is_retried(make_job: JobF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
-    new = st.derive_status(job, [], None, OK_PREPARE, NOW)
+    new = derive(job, [], None, OK_PREPARE, NOW)
     assert new.attempts[-1].reason == R.POD_DELETED
     assert (new.phase, new.reason) == (P.PENDING, R.BACKOFF)
 
@@ -392,7 +389,7 @@ def test_restart_between_create_and_status_patch_adopts_the_pod(
         make_pod("bot-1", phase="Failed", exit_code=1),
         make_pod("bot-2", attempt=2, phase="Running", running=True),
     ]
-    new = st.derive_status(job, pods, None, OK_PREPARE, NOW)
+    new = derive(job, pods, None, OK_PREPARE, NOW)
     assert (new.phase, new.attempt) == (P.RUNNING, 2)
     assert st.next_actions(job, new, pods, NOW) == st.Actions()
 
@@ -400,10 +397,10 @@ def test_restart_between_create_and_status_patch_adopts_the_pod(
 def test_prepare_failure_is_retried_then_recreated(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(spec={"retry": {"backoffSeconds": 0}})
     pods = [make_pod("bot-prepare", role="prepare", attempt=0, phase="Failed", exit_code=1)]
-    new = st.derive_status(job, pods, None, None, NOW)
+    new = derive(job, pods, None, None, NOW)
     assert (new.phase, new.reason) == (P.PENDING, R.RETRYING)
     assert st.next_actions(job, new, pods, NOW) == st.Actions(delete_pods=("bot-prepare",))
-    again = st.derive_status(job.model_copy(update={"status": new}), [], None, None, NOW)
+    again = derive(job.model_copy(update={"status": new}), [], None, None, NOW)
     assert again.phase == P.PREPARING
 
 
@@ -451,29 +448,29 @@ def _p(**kw: Any) -> dict[str, Any]:
 
 
 def test_progress_of_older_attempt_is_ignored() -> None:
-    assert st.merge_progress(None, _p(attempt=1), 2, 20, NOW) is None
+    assert st.merge_progress(None, st.progress_from(_p(attempt=1)), 2, 20, NOW) is None
 
 
 def test_progress_regression_within_attempt_is_ignored() -> None:
-    old = st.merge_progress(None, _p(step=12), 2, 20, NOW)
-    assert st.merge_progress(old, _p(step=11), 2, 20, NOW) == old
+    old = st.merge_progress(None, st.progress_from(_p(step=12)), 2, 20, NOW)
+    assert st.merge_progress(old, st.progress_from(_p(step=11)), 2, 20, NOW) == old
 
 
 def test_progress_after_resume_may_restart_lower() -> None:
-    old = st.merge_progress(None, _p(step=12), 2, 20, NOW)
-    new = st.merge_progress(old, _p(attempt=3, step=10), 3, 20, NOW)
+    old = st.merge_progress(None, st.progress_from(_p(step=12)), 2, 20, NOW)
+    new = st.merge_progress(old, st.progress_from(_p(attempt=3, step=10)), 3, 20, NOW)
     assert new is not None and new.step == 10
 
 
 @pytest.mark.parametrize("loss", [math.nan, math.inf, -1.0, 1e12, "1.0", True])
 def test_absurd_loss_is_dropped(loss: Any) -> None:
-    new = st.merge_progress(None, _p(loss=loss), 2, 20, NOW)
+    new = st.merge_progress(None, st.progress_from(_p(loss=loss)), 2, 20, NOW)
     assert new is not None and new.loss is None and new.step == 10
 
 
 @pytest.mark.parametrize("step", [-1, 21, 1e12, math.nan, "3", None])
 def test_absurd_step_keeps_old(step: Any) -> None:
-    assert st.merge_progress(None, _p(step=step), 2, 20, NOW) is None
+    assert st.merge_progress(None, st.progress_from(_p(step=step)), 2, 20, NOW) is None
 
 
 def test_humanize() -> None:
@@ -508,13 +505,13 @@ def test_ttl(make_job: JobF) -> None:
 def test_suspend_while_preparing_and_resume(make_job: JobF, make_pod: PodF) -> None:
     pods = [make_pod("bot-prepare", role="prepare", attempt=0, phase="Running", running=True)]
     job = make_job(spec={"suspend": True})
-    new = st.derive_status(job, pods, None, None, NOW)
+    new = derive(job, pods, None, None, NOW)
     assert new.phase == P.SUSPENDING
     assert st.next_actions(job, new, pods, NOW) == st.Actions(delete_pods=("bot-prepare",))
-    gone = st.derive_status(job.model_copy(update={"status": new}), [], None, None, NOW)
+    gone = derive(job.model_copy(update={"status": new}), [], None, None, NOW)
     assert gone.phase == P.SUSPENDED
     resumed = make_job(status=m.dump(gone))
-    again = st.derive_status(resumed, [], None, None, NOW)
+    again = derive(resumed, [], None, None, NOW)
     assert again.phase == P.PREPARING
     assert st.next_actions(resumed, again, [], NOW) == st.Actions(create_prepare=True)
 
@@ -522,7 +519,7 @@ def test_suspend_while_preparing_and_resume(make_job: JobF, make_pod: PodF) -> N
 def test_events_on_transitions(make_job: JobF, make_pod: PodF) -> None:
     job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED})
     pods = [make_pod("bot-1", phase="Failed", exit_code=137, term_reason="OOMKilled")]
-    new = st.derive_status(job, pods, None, OK_PREPARE, FINISHED)
+    new = derive(job, pods, None, OK_PREPARE, FINISHED)
     events = st.transition_events(job.status, new)
     assert events[0][:2] == ("Warning", R.OOM_KILLED)
     assert events[-1][:2] == ("Normal", P.PENDING)

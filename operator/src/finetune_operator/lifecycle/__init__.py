@@ -1,0 +1,98 @@
+"""The job's lifecycle, pure: typed trainer reports, pod classification, the phase machine,
+conditions, and the actions, Events and status patch a reconcile makes.
+
+=============== ===============================================================================
+``reports``     progress.json and prepare.json as typed models (parsed at the I/O edge)
+``pods``        a pod's kind and failure reason; failure messages as sentences
+``conditions``  ``CONDITION_TABLE``: the kstatus conditions of each phase
+``derive``      ``derive_status``: the phase machine (``TRANSITIONS``), retries, deadlines
+``restart``     the restart annotation: a new run from step 0
+``actions``     ``next_actions``, ``transition_events``, ``merge_patch``, handler-side statuses
+=============== ===============================================================================
+
+Nothing here imports kopf or the kubernetes client, reads a clock or the environment.
+"""
+
+from finetune_operator.lifecycle.actions import (
+    Actions,
+    children_needed,
+    failed_status,
+    merge_patch,
+    next_actions,
+    rejected,
+    transition_events,
+    ttl_expired,
+)
+from finetune_operator.lifecycle.conditions import (
+    CONDITION_TABLE,
+    MAX_MESSAGE,
+    conditions_for,
+    set_condition,
+)
+from finetune_operator.lifecycle.derive import (
+    TRANSITIONS,
+    active_since,
+    backoff_seconds,
+    batch_for_attempt,
+    derive_status,
+)
+from finetune_operator.lifecycle.pods import (
+    PodKind,
+    PodState,
+    failure_message,
+    missing_claim,
+    parse_time,
+    pod_state,
+    sentence,
+)
+from finetune_operator.lifecycle.reports import (
+    PrepareReport,
+    ProgressReport,
+    humanize,
+    merge_checkpoint,
+    merge_progress,
+    parse_prepare,
+    parse_progress,
+    prepare_from,
+    progress_from,
+)
+from finetune_operator.lifecycle.restart import restart_requested, restart_status, restarting
+
+__all__ = [
+    "CONDITION_TABLE",
+    "MAX_MESSAGE",
+    "TRANSITIONS",
+    "Actions",
+    "PodKind",
+    "PodState",
+    "PrepareReport",
+    "ProgressReport",
+    "active_since",
+    "backoff_seconds",
+    "batch_for_attempt",
+    "children_needed",
+    "conditions_for",
+    "derive_status",
+    "failed_status",
+    "failure_message",
+    "humanize",
+    "merge_checkpoint",
+    "merge_patch",
+    "merge_progress",
+    "missing_claim",
+    "next_actions",
+    "parse_prepare",
+    "parse_progress",
+    "parse_time",
+    "pod_state",
+    "prepare_from",
+    "progress_from",
+    "rejected",
+    "restart_requested",
+    "restart_status",
+    "restarting",
+    "sentence",
+    "set_condition",
+    "transition_events",
+    "ttl_expired",
+]

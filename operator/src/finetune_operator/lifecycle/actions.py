@@ -1,0 +1,156 @@
+"""What a reconcile does after deriving the status: the API calls (``next_actions``), the
+Events (``transition_events``), the status patch (``merge_patch``); and the statuses the handler
+decides itself (a failure found before any pod, a refused child)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from finetune_operator import builders as b
+from finetune_operator import models as m
+from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
+from finetune_operator.lifecycle.pods import PodState, attempt_failure, pod_state, sentence
+from finetune_operator.lifecycle.restart import restarting
+
+P = m.Phase
+R = m.Reason
+
+
+def failed_status(
+    old: m.FineTuneJobStatus, generation: int, reason: str, message: str, now: datetime
+) -> m.FineTuneJobStatus:
+    """A Failed status found before any pod could tell (missing PVC, bad spec…)."""
+    return old.model_copy(
+        update={
+            "phase": P.FAILED,
+            "reason": reason,
+            "message": message[:MAX_MESSAGE],
+            "observed_generation": generation,
+            "retry_after": None,
+            "completion_time": old.completion_time or now,
+            "conditions": conditions_for(
+                P.FAILED,
+                reason=reason,
+                message=message,
+                generation=generation,
+                old=old.conditions,
+                now=now,
+            ),
+        }
+    )
+
+
+def rejected(kind: str, detail: str) -> str:
+    """Why the job failed when the apiserver refused to create one of its children."""
+    return f"The API server refused to create the {kind}: {sentence(detail)}"
+
+
+def children_needed(new: m.FineTuneJobStatus) -> bool:
+    """Whether the job's children (ServiceAccount, Role, RoleBinding, ConfigMaps) must exist:
+    while it has or may soon have a pod."""
+    return new.phase not in (*P.TERMINAL, P.SUSPENDED) and not restarting(new)
+
+
+def ttl_expired(job: m.FineTuneJob, now: datetime) -> bool:
+    """True when a finished job outlived ``ttlSecondsAfterFinished``."""
+    ttl = job.spec.ttl_seconds_after_finished
+    done = job.status.completion_time
+    if ttl is None or done is None or job.status.phase not in P.TERMINAL:
+        return False
+    return now >= done + timedelta(seconds=ttl)
+
+
+@dataclass(frozen=True)
+class Actions:
+    """The API calls a reconcile makes after deriving the status."""
+
+    create_prepare: bool = False
+    create_train: int | None = None
+    delete_pods: tuple[str, ...] = ()
+    requeue_after: float | None = None
+    reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
+    publish_first: bool = False  # publish this status, then reconcile again at once
+
+
+def next_actions(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, pods: list[dict[str, Any]], now: datetime
+) -> Actions:
+    states = {s.name: s for s in (pod_state(p) for p in pods)}
+    if restarting(new):  # every pod of the previous run goes, finished ones too (names reused)
+        return Actions(delete_pods=tuple(sorted(n for n, s in states.items() if not s.deleting)))
+    acts = _next_actions(job, new, states, now)
+    if restarting(job.status):
+        return replace(acts, reset_progress=True)
+    return acts
+
+
+def _next_actions(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, states: dict[str, PodState], now: datetime
+) -> Actions:
+    prep = b.prepare_pod_name(job)
+    active = tuple(sorted(n for n, s in states.items() if not s.terminated and not s.deleting))
+    phase = new.phase
+    if phase == P.PREPARING and new.reason == R.PREPARED:
+        return Actions(publish_first=True)
+    # a training pod of an earlier attempt still running (stalled, or stopped for a suspend and
+    # resumed since) is stopped first; the next pod starts only once it is gone
+    older = [s for s in states.values() if 0 < s.attempt < new.attempt and not s.terminated]
+    if older and phase not in P.TERMINAL:
+        return Actions(delete_pods=tuple(sorted(s.name for s in older if not s.deleting)))
+    if phase == P.PREPARING and prep not in states:
+        return Actions(create_prepare=True)
+    if phase == P.STARTING and new.attempt and b.train_pod_name(job, new.attempt) not in states:
+        return Actions(create_train=new.attempt)
+    if phase in (P.SUSPENDING, P.FAILED) and active:
+        return Actions(delete_pods=active)
+    if phase == P.PENDING and new.reason in (R.RETRYING, R.RESUMED) and prep in states:
+        return Actions(delete_pods=(prep,))
+    if phase == P.PENDING and new.retry_after is not None:
+        wait = (new.retry_after - now).total_seconds()
+        return Actions(requeue_after=max(1.0, wait))
+    return Actions()
+
+
+def transition_events(
+    old: m.FineTuneJobStatus, new: m.FineTuneJobStatus
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) Events for what changed: each new finished attempt, each phase
+    transition, a halved micro-batch."""
+    if new.last_restart_requested_at != old.last_restart_requested_at and restarting(new):
+        return [("Normal", R.RESTARTING, new.message or "restart requested")]
+    events: list[tuple[str, str, str]] = []
+    for rec in new.attempts[len(old.attempts) :]:
+        if rec.reason in (R.COMPLETED, R.SUSPENDED):
+            continue
+        events.append(("Warning", rec.reason, attempt_failure(rec)[:MAX_MESSAGE]))
+    if (
+        new.plan is not None
+        and old.plan is not None
+        and new.plan.micro_batch_size != old.plan.micro_batch_size
+    ):
+        events.append(("Warning", R.MICRO_BATCH_HALVED, new.plan.message or "micro-batch halved"))
+    if new.phase != old.phase or (new.phase == P.STARTING and new.attempt != old.attempt):
+        kind = "Warning" if new.phase in (P.FAILED,) else "Normal"
+        reason = new.reason if new.phase == P.FAILED and new.reason else str(new.phase)
+        events.append((kind, reason, (new.message or str(new.phase))[:MAX_MESSAGE]))
+    return events
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge patch turning ``old`` into ``new`` (removed keys become null; lists and
+    scalars are replaced)."""
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
