@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from finetune_operator import builders, planner
+from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
 
@@ -78,3 +83,86 @@ def test_every_trainer_exit_code_has_the_operators_reason() -> None:
         assert m.EXIT_CODE_REASONS[cls.exit_code] == cls.reason, cls.__name__
     assert m.Reason.SOURCE_UNAVAILABLE in m.Reason.RETRIABLE
     assert m.Reason.DISK_FULL in m.Reason.NOT_RETRIABLE
+
+
+def test_report_keys_match() -> None:
+    """docs/contract.md section 3: the ConfigMap keys the trainer writes are the ones read."""
+    progress = pytest.importorskip("finetune_trainer.progress")
+    assert (builders.PROGRESS_KEY, builders.PREPARE_KEY) == (
+        progress.PROGRESS_KEY,
+        progress.PREPARE_KEY,
+    )
+
+
+def test_the_trainers_progress_report_parses_into_the_typed_report() -> None:
+    """Every field of ProgressReport is one the trainer writes, and a real report parses whole."""
+    callbacks = pytest.importorskip("finetune_trainer.callbacks")
+    progress = pytest.importorskip("finetune_trainer.progress")
+    cb = callbacks.ProgressCallback(None, 2, cuda=False)
+    cb.loss, cb.learning_rate = 1.25, 1e-4
+    cb.checkpoint = {"step": 4, "path": "checkpoints/checkpoint-4", "time": progress.now_iso()}
+    cb._t0 = time.monotonic() - 10
+    state = SimpleNamespace(global_step=5, max_steps=10, epoch=0.5, num_input_tokens_seen=4096)
+    written = {**cb.snapshot(state, "running"), "time": progress.now_iso()}  # what put() adds
+    assert set(lc.ProgressReport.model_fields) == set(written)
+    report = lc.parse_progress(json.dumps(written))
+    assert report is not None
+    assert (report.attempt, report.step, report.total_steps, report.state) == (2, 5, 10, "running")
+    assert report.loss == 1.25 and report.tokens_per_second and report.eta_seconds == 10
+    assert report.checkpoint is not None and report.checkpoint.step == 4
+    assert report.time is not None
+
+
+def test_the_prepare_report_parses_the_trainers_plan_and_errors() -> None:
+    planner_t = pytest.importorskip("finetune_trainer.planner")
+    errors = pytest.importorskip("finetune_trainer.errors")
+    assert set(lc.reports.PlanReport.model_fields) <= set(planner_t.Plan.__dataclass_fields__)
+    plan = planner_t.Plan(
+        fits=True, strategy="single", processes=1, micro_batch_size=4, gradient_accumulation=2,
+        estimated_gpu_memory_mib=9000, gpu_memory_mib=12288, parameters=10**9,
+        trainable_parameters=10**6, message="fits", breakdown_mib={"weights": 2000},
+    )  # fmt: skip
+    exc = errors.DataError("t.jsonl row 3: no output")
+    for ok, error in ((True, None), (False, {"reason": exc.reason, "message": str(exc)})):
+        written = {"ok": ok, "data": {"records": 200, "tokens": 5120, "truncated": 0},
+                   "plan": plan.to_json(), "total_steps": 50, "error": error}  # fmt: skip
+        report = lc.parse_prepare(json.dumps(written))
+        assert report is not None and report.ok is ok
+        assert report.plan is not None and report.plan.micro_batch_size == 4
+        assert report.data is not None and report.data.records == 200
+        if error:
+            assert report.error is not None and report.error.reason == m.Reason.BAD_DATA
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "not json", "[1, 2]", '{"attempt": "x", "step": 3}', '{"step": 3}', '{"attempt": 1}'],
+)
+def test_a_progress_report_without_attempt_and_step_is_ignored(text: str) -> None:
+    report = lc.parse_progress(text)
+    assert report is None or report.attempt is None or report.step is None
+    assert lc.merge_progress(None, report, 1, 10, datetime.now(UTC)) is None
+
+
+def test_absurd_fields_are_dropped_one_by_one() -> None:
+    text = (
+        '{"attempt": 1, "step": 3, "loss": NaN, "eta_seconds": -5, "epoch": true, "checkpoint": 7}'
+    )
+    report = lc.parse_progress(text)
+    assert report is not None and (report.attempt, report.step) == (1, 3)
+    assert (report.loss, report.eta_seconds, report.epoch, report.checkpoint) == (None,) * 4
+
+
+def test_exit_code_table() -> None:
+    """docs/contract.md section 4, as a table: every code the operator knows, and its retry."""
+    retried = {code: reason in m.Reason.RETRIABLE for code, reason in m.EXIT_CODE_REASONS.items()}
+    assert retried == {
+        2: False,
+        3: False,
+        4: False,
+        5: False,
+        6: False,
+        7: True,
+        10: True,
+        11: True,
+    }

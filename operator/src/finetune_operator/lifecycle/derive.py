@@ -50,7 +50,28 @@ R = m.Reason
 K = PodKind
 _F = "False"
 
-TRANSITIONS: dict[P, frozenset[P]] = {phase: frozenset(P) for phase in P}  # pinned below
+
+def _to(*phases: P) -> frozenset[P]:
+    return frozenset(phases)
+
+
+# old phase -> the phases derive_status may move it to. The derivation is level-triggered (it
+# reads the pods and reports as they are now, not the events that led there), so a job can skip
+# phases it had no reconcile in: e.g. Starting -> Succeeded for a pod that ran between two
+# reconciles. A finished job only leaves its phase for a restart (Pending).
+_ACTIVE = (P.QUEUED, P.STARTING, P.RUNNING, P.SUCCEEDED, P.FAILED, P.PENDING)
+TRANSITIONS: dict[P, frozenset[P]] = {
+    P.PENDING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.PENDING},
+    P.PREPARING: _to(*_ACTIVE, P.SUSPENDING),
+    P.QUEUED: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.QUEUED},
+    P.STARTING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.STARTING},
+    P.RUNNING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.RUNNING},
+    # a resume: the stopped pod is gone (next attempt, or the prepare stage again), or a restart
+    P.SUSPENDING: _to(P.PENDING, P.PREPARING, P.STARTING, P.SUCCEEDED, P.FAILED, P.SUSPENDED),
+    P.SUSPENDED: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING),
+    P.SUCCEEDED: _to(P.PENDING),
+    P.FAILED: _to(P.PENDING),
+}
 
 
 def batch_for_attempt(job: m.FineTuneJob) -> planner.BatchPlan | None:
