@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from finetune_operator import handlers, metrics  # registers the handlers
 
-    settings = handlers.SETTINGS
+    settings = handlers.operator_settings()
     metrics.start_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     namespaces = list(settings.namespaces)

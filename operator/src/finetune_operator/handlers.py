@@ -10,6 +10,7 @@ create-or-get, so an operator restart never duplicates a pod.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,15 +30,37 @@ from finetune_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SETTINGS = Settings()
 RESTART_FIELD = ("metadata", "annotations", m.RESTART_ANNOTATION)
-_locks: dict[tuple[str, str], threading.Lock] = {}
+
+
+@functools.cache
+def operator_settings() -> Settings:
+    """The operator's settings, read from the environment at first use (startup), not import."""
+    return Settings()
+
+
+# one lock per job while someone reconciles it: an entry lives as long as it has users, so the
+# table holds only the jobs being reconciled now
+_locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
 _locks_guard = threading.Lock()
 
 
-def _lock(namespace: str, name: str) -> threading.Lock:
+@contextmanager
+def _job_lock(namespace: str, name: str) -> Iterator[None]:
+    key = (namespace, name)
     with _locks_guard:
-        return _locks.setdefault((namespace, name), threading.Lock())
+        lock, users = _locks.get(key, (threading.Lock(), 0))
+        _locks[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _locks_guard:
+            lock, users = _locks[key]
+            if users == 1:
+                del _locks[key]
+            else:
+                _locks[key] = (lock, users - 1)
 
 
 @kopf.on.startup()
@@ -48,8 +71,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=m.GROUP, key="last-handled-configuration"
     )
-    settings.watching.server_timeout = SETTINGS.watch_server_timeout
-    settings.watching.client_timeout = SETTINGS.watch_client_timeout
+    settings.watching.server_timeout = operator_settings().watch_server_timeout
+    settings.watching.client_timeout = operator_settings().watch_client_timeout
     settings.watching.connect_timeout = 30
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
@@ -106,7 +129,7 @@ def stop_resync(**_: Any) -> None:
 
 
 def _resync_forever() -> None:
-    while not _stop.wait(SETTINGS.resync_seconds):
+    while not _stop.wait(operator_settings().resync_seconds):
         try:
             resync_once()
         except Exception:
@@ -136,7 +159,7 @@ def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
     namespace."""
     futures = []
-    namespaces: list[str | None] = [*SETTINGS.namespaces] or [None]
+    namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
     jobs = [item for ns in namespaces for item in _list_jobs(ns)]
     metrics.observe_jobs(jobs)
     for item in jobs:
@@ -220,16 +243,18 @@ def _config_map(job: m.FineTuneJob, attempt: int, train: bool) -> dict[str, Any]
     nodes = kube.list_nodes() if (gpus > 0 and hint is None) else []
     gpu_mem = planner.gpu_memory_mib(nodes, gpus, dict(tpl.node_selector), hint)
     batch = lc.batch_for_attempt(job) if train else None
-    return b.config_map(job, b.trainer_config(job, max(1, attempt), batch, gpu_mem, SETTINGS))
+    return b.config_map(
+        job, b.trainer_config(job, max(1, attempt), batch, gpu_mem, operator_settings())
+    )
 
 
 def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
     if acts.create_prepare:
         kube.apply_config_map(_config_map(job, job.status.attempt + 1, False))
-        kube.create_or_get(b.prepare_pod(job, SETTINGS))
+        kube.create_or_get(b.prepare_pod(job, operator_settings()))
     elif acts.create_train is not None:
         kube.apply_config_map(_config_map(job, acts.create_train, True))
-        kube.create_or_get(b.train_pod(job, acts.create_train, SETTINGS))
+        kube.create_or_get(b.train_pod(job, acts.create_train, operator_settings()))
 
 
 def _act(
@@ -267,7 +292,7 @@ def _act(
 
 def reconcile(namespace: str, name: str) -> None:
     """Bring one job one step closer to its spec; safe to run any number of times."""
-    with _lock(namespace, name):
+    with _job_lock(namespace, name):
         # a status that must be on the resource before the next step (status.data and
         # status.plan before the training pod) is published, then the job is read again
         for _ in range(3):
@@ -299,7 +324,12 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
     prepared = lc.parse_prepare((cm or {}).get(b.PREPARE_KEY))
     new = lc.derive_status(
-        job, pods, progress, prepared, now, max_backoff=SETTINGS.retry_max_backoff_seconds
+        job,
+        pods,
+        progress,
+        prepared,
+        now,
+        max_backoff=operator_settings().retry_max_backoff_seconds,
     )
     acts = lc.next_actions(job, new, pods, now)
     if acts.reset_progress:  # a restart: the previous run's reports must not count

@@ -10,8 +10,8 @@ in the API) and the time, one line per call:
 * ``forget_job(ns, name)`` when a job is deleted;
 * ``start_server(port)`` once at startup.
 
-The finer functions (``record_transition``, ``observe_progress``, ``record_restart``,
-``observe_checkpoint_save``) are what ``observe_status`` is made of and can be called alone.
+The finer functions (``record_transition``, ``observe_progress``, ``record_restart``) are what
+``observe_status`` is made of and can be called alone.
 Timestamps of phase entries are kept in memory: after an operator restart the first queue wait or
 start-up of a job already in that phase is not observed rather than guessed.
 """
@@ -43,7 +43,6 @@ names its label ``job_name`` for the same reason)."""
 QUEUE_WAIT_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 STARTUP_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 RUN_DURATION_BUCKETS = (60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800)
-CHECKPOINT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 def _version() -> str:
@@ -123,12 +122,6 @@ class OperatorMetrics:
             "finetune_job_run_duration_seconds",
             "Time from the first training pod start to the end of finished jobs.",
             buckets=RUN_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.checkpoint_save = Histogram(
-            "finetune_checkpoint_save_seconds",
-            "Time the trainer took to write one complete checkpoint.",
-            buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
         self.job_phase = Gauge(
@@ -282,10 +275,6 @@ class OperatorMetrics:
         """One pod that ended early (retried, preempted or resumed), by its reason."""
         self.restarts.labels(reason=reason).inc()
 
-    def observe_checkpoint_save(self, seconds: float) -> None:
-        """Time the trainer took to write one complete checkpoint."""
-        self.checkpoint_save.observe(max(0.0, seconds))
-
     # --------------------------------------------------------------------------- whole sets
 
     def observe_jobs(self, jobs: Iterable[Mapping[str, Any]]) -> None:
@@ -376,11 +365,6 @@ def observe_progress(
 def record_restart(reason: str) -> None:
     """See ``OperatorMetrics.record_restart``."""
     METRICS.record_restart(reason)
-
-
-def observe_checkpoint_save(seconds: float) -> None:
-    """See ``OperatorMetrics.observe_checkpoint_save``."""
-    METRICS.observe_checkpoint_save(seconds)
 
 
 def observe_jobs(jobs: Iterable[Mapping[str, Any]]) -> None:

@@ -188,13 +188,6 @@ def test_startup_is_running_to_first_step_once_per_attempt(metrics: OperatorMetr
     assert value(metrics, "finetune_job_startup_seconds_sum") == 62
 
 
-def test_checkpoint_save_histogram(metrics: OperatorMetrics) -> None:
-    metrics.observe_checkpoint_save(3.5)
-    assert value(metrics, "finetune_checkpoint_save_seconds_count") == 1
-    assert value(metrics, "finetune_checkpoint_save_seconds_bucket", le="5.0") == 1
-    assert value(metrics, "finetune_checkpoint_save_seconds_bucket", le="2.5") == 0
-
-
 def test_module_functions_act_on_the_operator_registry() -> None:
     mod.record_transition("ns-x", "fn", None, "Pending", status={}, now=T0)
     mod.observe_progress("ns-x", "fn", {"step": 2})
@@ -223,7 +216,6 @@ def test_exposition_passes_promtool_lint(metrics: OperatorMetrics, promtool: str
         "progress": {"step": 3, "totalSteps": 10, "loss": 1.0, "tokensPerSecond": 9.5},
     }
     metrics.observe_status("ml", "a", {"phase": "Queued"}, status, T0 + timedelta(minutes=3))
-    metrics.observe_checkpoint_save(1.0)
     proc = subprocess.run(
         [promtool, "check", "metrics"],
         input=metrics.exposition(),

@@ -174,7 +174,8 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
             raise kube.RejectedError("GET finetunejobs", 403, "forbidden in gone")
         return [item]
 
-    monkeypatch.setattr(handlers, "SETTINGS", handlers.Settings(namespaces=["gone", "ml"]))
+    ours = handlers.Settings(namespaces=["gone", "ml"])
+    monkeypatch.setattr(handlers, "operator_settings", lambda: ours)
     monkeypatch.setattr(kube, "list_jobs", list_jobs)
     monkeypatch.setattr(handlers, "reconcile", lambda ns, name: done.append(f"{ns}/{name}"))
     with caplog.at_level(logging.WARNING, logger=handlers.__name__):
@@ -183,3 +184,11 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
     assert done == ["ml/bot", "ml/bot"]
     warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
     assert len(warnings) == 1 and "forbidden in gone" in warnings[0]
+
+
+def test_the_lock_table_holds_only_jobs_being_reconciled(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(job_body(status={"phase": "Succeeded"}), set())
+    fake.install(monkeypatch)
+    for name in ("a", "b", "c"):
+        handlers.reconcile("ml", name)
+    assert handlers._locks == {}
