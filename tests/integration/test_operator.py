@@ -67,7 +67,8 @@ class Operator:
             "FTO_TRAINER_IMAGE": STANDIN,
             "FTO_HEALTH_PORT": "0",
             "FTO_METRICS_PORT": str(self.metrics_port),
-            "FTO_RESYNC_SECONDS": "1",
+            # events and per-job wake-ups do the work: the safety net must not hide a lost one
+            "FTO_RESYNC_SECONDS": "600",
             "FTO_TERMINATION_GRACE_SECONDS": "30",
             "FTO_PROGRESS_INTERVAL_SECONDS": "0.5",
             "FTO_PREPARE_MEMORY": "256Mi",
@@ -414,6 +415,45 @@ def test_active_deadline_fails_the_job_and_stops_its_pod(
     assert "spec.activeDeadlineSeconds" in failed["message"]
     wait_until(lambda: "bot-1" not in pods(cluster, namespace), timeout=60,
                message="the training pod to be stopped")  # fmt: skip
+
+
+def test_two_replicas_one_leads_and_the_other_takes_over(
+    cluster: Cluster, namespace: str, operator: Operator, tmp_path: Path
+) -> None:
+    """A second replica waits on the Lease; the leader killed mid-run (no release), the other
+    takes over within the lease duration: no duplicate pod, no lost step."""
+    second = Operator(cluster, namespace, tmp_path / "operator-2.log")
+    second.start()
+    try:
+        pvc(cluster, namespace)
+        data_config_map(cluster, namespace)
+        job(cluster, namespace, steps=40, pace=0.3)
+        wait_phase(cluster, namespace, "Running",
+                   extra=lambda s: (s.get("progress") or {}).get("step", 0) >= 3)  # fmt: skip
+        lease = get(cluster, namespace, "lease", "finetune-operator")["spec"]
+        pid = int(lease["holderIdentity"].rsplit("-", 1)[1])
+        leader_, follower = (
+            (operator, second) if operator.proc and operator.proc.pid == pid else (second, operator)
+        )
+        assert leader_.proc is not None and leader_.proc.pid == pid
+        leader_.stop(signal.SIGKILL)
+        step_at_kill = status(cluster, namespace)["progress"]["step"]
+        took_over = wait_until(
+            lambda: (h := get(cluster, namespace, "lease", "finetune-operator")["spec"].get(
+                "holderIdentity")) and not h.endswith(f"-{pid}") and h,
+            timeout=30, message="the other replica to take the lease",
+        )  # fmt: skip
+        assert follower.proc is not None and took_over.endswith(f"-{follower.proc.pid}")
+        # progress keeps reaching the status through the new leader
+        wait_phase(cluster, namespace, "Running", timeout=30,
+                   extra=lambda s: s["progress"]["step"] > step_at_kill + 3)  # fmt: skip
+        done = wait_phase(cluster, namespace, "Succeeded", timeout=90)
+        assert pods(cluster, namespace) == ["bot-1", "bot-prepare"]
+        assert [a["reason"] for a in done["attempts"]] == ["Completed"]
+        assert done["progress"]["step"] == 40
+    finally:
+        second.stop()
+        print(f"--- second operator log (tail) ---\n{second.tail()}")
 
 
 def test_delete_removes_children_and_keeps_the_user_pvc(

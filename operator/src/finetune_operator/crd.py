@@ -255,6 +255,12 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "resources": ["roles", "rolebindings"],
         "verbs": ["get", "create", "patch"],
     },
+    # leader election (leader.py): one Lease, read, created, renewed
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    },
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],

@@ -1,17 +1,20 @@
 """Thin kopf handlers: read → derive → build → apply → patch status once.
 
-Every trigger (job created/resumed/changed, the periodic resync, any event of a pod the operator
-made) runs the same ``reconcile``, which re-reads the job, lists its pods, reads the progress
-ConfigMap, derives the new status (pure), makes the few API calls that status asks for, and
-patches ``.status`` only when it changed. Nothing sleeps: backoff waits are a time in
-``status.retryAfter`` that the periodic resync looks at. Pod names are deterministic and creation is
-create-or-get, so an operator restart never duplicates a pod.
+Every trigger (job created/resumed/changed, any event of a pod the operator made or of a job's
+progress ConfigMap, the job's own wake-up, the slow safety-net resync) runs the same
+``reconcile``, which re-reads the job, lists its pods, reads the progress ConfigMap, derives the
+new status (pure), makes the few API calls that status asks for, and patches ``.status`` only when
+it changed. Nothing sleeps: a backoff, a TTL or a deadline is a per-job wake-up
+(``lifecycle.wake_at``). Pod names are deterministic and creation is create-or-get, so an
+operator restart never duplicates a pod. Only here are kube's exceptions turned into kopf's.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +26,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, metrics, planner
+from finetune_operator import kube, leader, metrics, planner, wakeups
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
@@ -111,29 +114,82 @@ def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
         reconcile(namespace or "default", name)
 
 
+def _is_progress(name: str, labels: Mapping[str, str], **_: Any) -> bool:
+    return name == f"{labels.get(m.LABEL_JOB)}-progress"
+
+
+# the trainer's reports reach the status when they are written, not at the next poll
+@kopf.on.event(
+    "", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, when=_is_progress
+)
+def progress_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    with _as_kopf():
+        reconcile(namespace or "default", labels[m.LABEL_JOB])
+
+
 # No kopf.timer: kopf puts a finalizer on every object with a timer or daemon, and a job could
-# then not be deleted while the operator is down. A plain background loop does the periodic part.
+# then not be deleted while the operator is down. Per-job wake-ups (backoff, TTL, deadlines) and a
+# slow safety-net resync run on threads of their own.
 _stop = threading.Event()
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resync")
 
 
+def _submit(namespace: str, name: str) -> None:
+    _pool.submit(_reconcile_logged, namespace, name)
+
+
+_wakeups = wakeups.Wakeups(_submit)
+
+
+_elector: leader.Elector | None = None
+
+
+def _catch_up() -> None:
+    """Newly elected: every job may have changed while another replica led (or none did)."""
+    _pool.submit(_resync_logged)
+
+
+def leading() -> bool:
+    """Whether this replica may act (always, without leader election)."""
+    return _elector is None or _elector.leading.is_set()
+
+
 @kopf.on.startup()
 def start_resync(**_: Any) -> None:
+    global _elector
     _stop.clear()
+    ours = operator_settings()
+    if ours.leader_election:
+        namespace = ours.lease_namespace or (ours.namespaces or ["default"])[0]
+        _elector = leader.Elector(
+            namespace,
+            ours.lease_name,
+            f"{socket.gethostname()}-{os.getpid()}",  # the pod's name, unique per replica
+            duration=ours.lease_duration_seconds,
+            on_elected=_catch_up,
+        )
+        threading.Thread(target=_elector.run, args=(_stop,), name="leader", daemon=True).start()
     threading.Thread(target=_resync_forever, name="resync", daemon=True).start()
+    threading.Thread(target=_wakeups.run, args=(_stop,), name="wakeups", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop_resync(**_: Any) -> None:
     _stop.set()
+    if _elector is not None:
+        _elector.release()
 
 
 def _resync_forever() -> None:
     while not _stop.wait(operator_settings().resync_seconds):
-        try:
-            resync_once()
-        except Exception:
-            log.exception("periodic resync failed")
+        _resync_logged()
+
+
+def _resync_logged() -> None:
+    try:
+        resync_once()
+    except Exception:
+        log.exception("periodic resync failed")
 
 
 _list_errors: dict[str | None, str] = {}
@@ -158,6 +214,8 @@ def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
 def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
     namespace."""
+    if not leading():
+        return
     futures = []
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
     jobs = [item for ns in namespaces for item in _list_jobs(ns)]
@@ -292,12 +350,18 @@ def _act(
 
 def reconcile(namespace: str, name: str) -> None:
     """Bring one job one step closer to its spec; safe to run any number of times."""
+    if not leading():  # the leader acts; this replica only keeps its watches warm
+        return
     with _job_lock(namespace, name):
         # a status that must be on the resource before the next step (status.data and
-        # status.plan before the training pod) is published, then the job is read again
+        # status.plan before the training pod) is published, then the job is read again; a job
+        # that changed between read and status patch (409) is read again too
         for _ in range(3):
-            if not _reconcile_once(namespace, name):
-                return
+            try:
+                if not _reconcile_once(namespace, name):
+                    return
+            except kube.ConflictError as exc:
+                log.info("reconcile %s/%s again: %s", namespace, name, exc)
 
 
 def _reconcile_once(namespace: str, name: str) -> bool:
@@ -305,8 +369,10 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     try:
         body = kube.get_job(namespace, name)
     except kube.NotFoundError:
+        _wakeups.cancel((namespace, name))
         return False
     if (body.get("metadata") or {}).get("deletionTimestamp"):
+        _wakeups.cancel((namespace, name))
         return False
     now = datetime.now(UTC)
     old_raw: dict[str, Any] = dict(body.get("status") or {})
@@ -338,6 +404,9 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)
     _publish(body, job.status, new, old_raw, now)
+    wake = lc.wake_at(job, new, pods, now)
+    if wake is not None:
+        _wakeups.schedule((namespace, name), wake)
     return acts.publish_first
 
 
@@ -352,7 +421,8 @@ def _publish(
     new_raw = m.dump(new)
     patch = lc.merge_patch(old_raw, new_raw)
     if patch:
-        kube.patch_job_status(meta["namespace"], meta["name"], patch)
+        rv = meta.get("resourceVersion")
+        kube.patch_job_status(meta["namespace"], meta["name"], patch, rv)
         metrics.observe_status(meta["namespace"], meta["name"], old_raw, new_raw, now)
     for kind, reason, message in lc.transition_events(old, new):
         kube.emit_event(body, kind, reason, message)

@@ -169,10 +169,16 @@ def list_jobs(namespace: str | None) -> list[dict[str, Any]]:
     return items
 
 
-def patch_job_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
-    """Merge-patch ``.status`` through the status subresource."""
+def patch_job_status(
+    namespace: str, name: str, patch: dict[str, Any], resource_version: str | None = None
+) -> None:
+    """Merge-patch ``.status`` through the status subresource; with ``resource_version``, only
+    if the job did not change since it was read (else ``ConflictError``)."""
     path = _ns_path(m.API_VERSION, namespace, m.PLURAL, name) + "/status"
-    request("PATCH", path, {"status": patch}, content_type="application/merge-patch+json")
+    body: dict[str, Any] = {"status": patch}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    request("PATCH", path, body, content_type="application/merge-patch+json")
 
 
 def delete_job(namespace: str, name: str) -> None:
@@ -263,6 +269,32 @@ def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> N
 def list_nodes() -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = request("GET", "/api/v1/nodes").get("items") or []
     return items
+
+
+# ------------------------------------------------------------------------------------- leases
+
+_LEASE_API = "coordination.k8s.io/v1"
+
+
+def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return request("GET", _ns_path(_LEASE_API, namespace, "leases", name))
+    except NotFoundError:
+        return None
+
+
+def write_lease(
+    namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+) -> None:
+    """Create the Lease (no ``resource_version``) or replace it only if unchanged since read;
+    a lost race is ``ConflictError``."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    body = {"apiVersion": _LEASE_API, "kind": "Lease", "metadata": meta, "spec": spec}
+    if resource_version is None:
+        request("POST", _ns_path(_LEASE_API, namespace, "leases"), body)
+        return
+    meta["resourceVersion"] = resource_version
+    request("PUT", _ns_path(_LEASE_API, namespace, "leases", name), body)
 
 
 # ------------------------------------------------------------------------------------- events

@@ -39,7 +39,23 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="Upper bound of any job's retry delay."
     )
     resync_seconds: float = Field(
-        default=5.0, gt=0, description="Period of the background resync of unfinished jobs."
+        default=60.0,
+        gt=0,
+        description="Period of the safety-net resync of unfinished jobs (events and per-job "
+        "timers do the work; this catches a missed watch event).",
+    )
+    leader_election: bool = Field(
+        default=True,
+        description="Hold a coordination.k8s.io Lease and reconcile only while holding it, so "
+        "two replicas can run (one acts, the other takes over within the lease duration).",
+    )
+    lease_name: str = Field(default="finetune-operator", description="Name of the Lease.")
+    lease_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Lease; unset = the first watched namespace, else default.",
+    )
+    lease_duration_seconds: int = Field(
+        default=15, ge=3, le=300, description="A leader that stops renewing is replaced after it."
     )
     prepare_cpu: str = Field(default="500m", description="CPU request of the prepare pod.")
     prepare_memory: str = Field(default="2Gi", description="Memory request/limit of prepare pods.")

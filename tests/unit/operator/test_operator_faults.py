@@ -232,3 +232,33 @@ def test_a_lost_prepare_report_does_not_send_a_running_job_back(
     new = derive(job, pods, None, None, NOW)
     assert (new.phase, new.attempt) == (P.RUNNING, 1)
     assert new.progress is not None and new.progress.total_steps == 20
+
+
+# ------------------------------------------------------------------------------------ wake-ups
+
+
+def test_wake_at_each_deadline(make_job: JobF, make_pod: PodF) -> None:
+    """A job is reconciled at the next time its status can change with no event."""
+    created = {"creationTimestamp": NOW - timedelta(minutes=5)}
+
+    def wake(spec: dict[str, Any], status: dict[str, Any], pods: list[dict[str, Any]]) -> Any:
+        job = make_job(spec=spec, status={**status, **PREPARED})
+        job = job.model_copy(update={"metadata": {**job.metadata, **created}})
+        return st.wake_at(job, job.status, pods, NOW)
+
+    running = {"attempt": 1, "phase": "Running"}
+    pods = [make_pod("bot-1", phase="Running", running=True)]
+    assert wake({}, running, pods) is None
+    assert wake({"activeDeadlineSeconds": 600}, running, pods) == NOW + timedelta(minutes=5)
+    progress = {"progress": {"attempt": 1, "step": 3, "updatedAt": "2026-11-26T11:58:00Z"}}
+    assert wake({"progressDeadlineSeconds": 300}, {**running, **progress}, pods) == NOW + (
+        timedelta(minutes=3)
+    )
+    queued = [_created(make_pod("bot-1", unschedulable="no gpu"), NOW - timedelta(minutes=1))]
+    assert wake({"queueTimeoutSeconds": 600}, {"attempt": 1, "phase": "Queued"}, queued) == (
+        NOW + timedelta(minutes=9)
+    )
+    done = {"phase": "Succeeded", "completionTime": "2026-11-26T11:59:00Z"}
+    assert wake({"ttlSecondsAfterFinished": 120}, done, []) == NOW + timedelta(minutes=1)
+    overdue = {"phase": "Failed", "completionTime": "2026-11-20T11:59:00Z"}
+    assert wake({"ttlSecondsAfterFinished": 120}, overdue, []) == NOW + timedelta(seconds=1)

@@ -71,7 +71,11 @@ class FakeApi:
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
         pass
 
-    def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], rv: str | None = None
+    ) -> None:
+        if rv != self.job["metadata"].get("resourceVersion"):
+            raise kube.ConflictError("PATCH status", 409, "the object has been modified")
         self.patches.append(patch)
 
     def emit_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -192,3 +196,25 @@ def test_the_lock_table_holds_only_jobs_being_reconciled(monkeypatch: pytest.Mon
     for name in ("a", "b", "c"):
         handlers.reconcile("ml", name)
     assert handlers._locks == {}
+
+
+def test_a_status_patch_is_guarded_by_the_resource_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job changed between read and patch (409) is read again and patched from the new read."""
+    body = job_body()
+    body["metadata"]["resourceVersion"] = "5"
+    fake = FakeApi(body, set())
+    fake.install(monkeypatch)
+    reads: list[str] = []
+
+    def get_job(namespace: str, name: str) -> dict[str, Any]:
+        reads.append(body["metadata"]["resourceVersion"])
+        seen = {**body, "metadata": dict(body["metadata"])}
+        body["metadata"]["resourceVersion"] = "6"  # someone writes right after our read
+        return seen if len(reads) == 1 else body
+
+    monkeypatch.setattr(kube, "get_job", get_job)
+    handlers.reconcile("ml", "bot")
+    assert reads == ["5", "6"]
+    assert [p["phase"] for p in fake.patches] == ["Starting"]

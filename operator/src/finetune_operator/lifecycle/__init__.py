@@ -22,6 +22,7 @@ from finetune_operator.lifecycle.actions import (
     rejected,
     transition_events,
     ttl_expired,
+    wake_at,
 )
 from finetune_operator.lifecycle.conditions import (
     CONDITION_TABLE,
@@ -95,4 +96,5 @@ __all__ = [
     "set_condition",
     "transition_events",
     "ttl_expired",
+    "wake_at",
 ]

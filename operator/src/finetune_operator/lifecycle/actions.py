@@ -11,7 +11,14 @@ from typing import Any
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
-from finetune_operator.lifecycle.pods import PodState, attempt_failure, pod_state, sentence
+from finetune_operator.lifecycle.derive import active_since
+from finetune_operator.lifecycle.pods import (
+    PodKind,
+    PodState,
+    attempt_failure,
+    pod_state,
+    sentence,
+)
 from finetune_operator.lifecycle.restart import restarting
 
 P = m.Phase
@@ -53,6 +60,38 @@ def children_needed(new: m.FineTuneJobStatus) -> bool:
     return new.phase not in (*P.TERMINAL, P.SUSPENDED) and not restarting(new)
 
 
+def wake_at(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, pods: list[dict[str, Any]], now: datetime
+) -> datetime | None:
+    """When the job must be looked at again although nothing it watches changes: the end of a
+    retry's backoff, its TTL, a deadline (active, progress, queue). None: only events matter."""
+    spec = job.spec
+    times: list[datetime] = []
+    if new.phase in P.TERMINAL:
+        if spec.ttl_seconds_after_finished is not None and new.completion_time is not None:
+            times.append(new.completion_time + timedelta(seconds=spec.ttl_seconds_after_finished))
+    else:
+        if new.retry_after is not None:
+            times.append(new.retry_after)
+        current = job.model_copy(update={"status": new})
+        since = active_since(current)
+        if spec.active_deadline_seconds is not None and since is not None and not spec.suspend:
+            times.append(since + timedelta(seconds=spec.active_deadline_seconds))
+        states = [pod_state(p) for p in pods]
+        if new.phase == P.RUNNING and spec.progress_deadline_seconds is not None:
+            report = new.progress
+            last = report.updated_at if report and report.attempt == new.attempt else None
+            started = [s.started for s in states if s.attempt == new.attempt and s.started]
+            base = last or (started[0] if started else now)
+            times.append(base + timedelta(seconds=spec.progress_deadline_seconds))
+        if new.phase == P.QUEUED and spec.queue_timeout_seconds is not None:
+            waiting = [s.created for s in states if s.kind == PodKind.UNSCHEDULABLE and s.created]
+            times += [c + timedelta(seconds=spec.queue_timeout_seconds) for c in waiting]
+    if not times:
+        return None
+    return max(min(times), now + timedelta(seconds=1))
+
+
 def ttl_expired(job: m.FineTuneJob, now: datetime) -> bool:
     """True when a finished job outlived ``ttlSecondsAfterFinished``."""
     ttl = job.spec.ttl_seconds_after_finished
@@ -69,7 +108,6 @@ class Actions:
     create_prepare: bool = False
     create_train: int | None = None
     delete_pods: tuple[str, ...] = ()
-    requeue_after: float | None = None
     reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
     publish_first: bool = False  # publish this status, then reconcile again at once
 
@@ -107,9 +145,6 @@ def _next_actions(
         return Actions(delete_pods=active)
     if phase == P.PENDING and new.reason in (R.RETRYING, R.RESUMED) and prep in states:
         return Actions(delete_pods=(prep,))
-    if phase == P.PENDING and new.retry_after is not None:
-        wait = (new.retry_after - now).total_seconds()
-        return Actions(requeue_after=max(1.0, wait))
     return Actions()
 
 
