@@ -191,11 +191,12 @@ def test_status_watch_times_out_then_follows_to_success(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # each line is flushed: the watch has shown Running
     set_status(kube, namespace, "bot", {"phase": "Succeeded", "reason": "Completed"})
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert stdout.splitlines()[0].startswith("bot: Running")
+    assert first.startswith("bot: Running")
     assert stdout.splitlines()[-1].startswith("bot: Succeeded")
 
 

@@ -427,7 +427,7 @@ def test_two_replicas_one_leads_and_the_other_takes_over(
     try:
         pvc(cluster, namespace)
         data_config_map(cluster, namespace)
-        job(cluster, namespace, steps=40, pace=0.3)
+        job(cluster, namespace, steps=120, pace=0.3)  # outlasts the lease duration
         wait_phase(cluster, namespace, "Running",
                    extra=lambda s: (s.get("progress") or {}).get("step", 0) >= 3)  # fmt: skip
         lease = get(cluster, namespace, "lease", "finetune-operator")["spec"]
@@ -450,7 +450,7 @@ def test_two_replicas_one_leads_and_the_other_takes_over(
         done = wait_phase(cluster, namespace, "Succeeded", timeout=90)
         assert pods(cluster, namespace) == ["bot-1", "bot-prepare"]
         assert [a["reason"] for a in done["attempts"]] == ["Completed"]
-        assert done["progress"]["step"] == 40
+        assert done["progress"]["step"] == 120
     finally:
         second.stop()
         print(f"--- second operator log (tail) ---\n{second.tail()}")
