@@ -176,5 +176,5 @@ def test_hub_token_only_from_its_file(tmp_path: Path, monkeypatch: pytest.Monkey
     cfg = base_config(tmp_path, tmp_path, tmp_path / "d.jsonl", hub_token_file=str(token))
     assert prepare_stage.hub_token(TrainerConfig.model_validate(cfg)) == "hf_secret"
     cfg["hub_token_file"] = str(tmp_path / "absent")
-    with pytest.raises(ConfigError, match="spec.hubTokenSecretRef"):
+    with pytest.raises(ConfigError, match=r"spec\.hubTokenSecretRef"):
         prepare_stage.hub_token(TrainerConfig.model_validate(cfg))
