@@ -153,13 +153,22 @@ def _key_ok(key_expr: str) -> str:
 
 
 def checks() -> list[Check]:
-    """Every validation of the policy, in the order the apiserver reports them."""
+    """Every validation of the policy, in order: the apiserver reports the first that fails
+    (an allowlist before a right: no right helps against the former)."""
     admin = "ask the cluster admin to add it to the chart value"
     image_allowed = (
         f"{_list_param(PARAM_IMAGES)}.exists(p, p == '*' || p == variables.v || "
         "(p.endsWith('*') && variables.v.startsWith(p.substring(0, size(p) - 1))))"
     )
     out = [
+        Check(
+            "image-allowlist",
+            "{o}.spec.?image.orValue('')",
+            f"variables.v == '' || {image_allowed}",
+            f"'spec.image: ' + variables.v + ' is not in the allowed images; {admin} "
+            "policy.allowedImages, or leave spec.image unset'",
+            forbidden=False,
+        ),
         Check(
             "image-rights",
             "{o}.spec.?image.orValue('')",
@@ -168,14 +177,6 @@ def checks() -> list[Check]:
             "whatever its author chose, so it needs that right (ask for a Role granting create "
             "on pods) - or leave spec.image unset to use the operator\\'s trainer image'",
             forbidden=True,
-        ),
-        Check(
-            "image-allowlist",
-            "{o}.spec.?image.orValue('')",
-            f"variables.v == '' || {image_allowed}",
-            f"'spec.image: ' + variables.v + ' is not in the allowed images; {admin} "
-            "policy.allowedImages, or leave spec.image unset'",
-            forbidden=False,
         ),
         Check(
             "service-account",
