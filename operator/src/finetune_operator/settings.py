@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         description="PriorityClasses spec.podTemplate.priorityClassName may name (* = any).",
     )
     allowed_toleration_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        default_factory=lambda: ["nvidia.com/gpu"],
         description="Taint keys spec.podTemplate.tolerations may tolerate (* = any, including "
         "a toleration without key).",
     )
