@@ -16,6 +16,7 @@ A check applies on CREATE, and on UPDATE only when its field changed: the operat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from finetune_operator import models as m
 from finetune_operator import security
@@ -243,7 +244,7 @@ def checks() -> list[Check]:
     return out
 
 
-def build_policy(name: str = POLICY_NAME) -> dict[str, object]:
+def build_policy(name: str = POLICY_NAME) -> dict[str, Any]:
     """The ValidatingAdmissionPolicy (parameter: a ConfigMap; see ``build_binding``)."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -253,7 +254,7 @@ def build_policy(name: str = POLICY_NAME) -> dict[str, object]:
     }
 
 
-def policy_spec() -> dict[str, object]:
+def policy_spec() -> dict[str, Any]:
     return {
         "failurePolicy": "Fail",
         "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
@@ -273,10 +274,10 @@ def policy_spec() -> dict[str, object]:
 
 def build_binding(
     param_name: str, param_namespace: str, namespaces: list[str] | None, name: str = POLICY_NAME
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The binding: deny on failure, parameters from ``param_namespace/param_name`` (a missing
     ConfigMap denies every job), only in ``namespaces`` (None = every namespace)."""
-    spec: dict[str, object] = {
+    spec: dict[str, Any] = {
         "policyName": name,
         "validationActions": ["Deny"],
         "paramRef": {
@@ -305,7 +306,7 @@ def build_binding(
     }
 
 
-def build_params(name: str, namespace: str, allow: security.Allowlists) -> dict[str, object]:
+def build_params(name: str, namespace: str, allow: security.Allowlists) -> dict[str, Any]:
     """The parameter ConfigMap holding the allowlists (the operator's defaults here)."""
     return {
         "apiVersion": "v1",

@@ -99,17 +99,24 @@ def test_admin_loosens_each_list() -> None:
     assert sec.violations(build_job(spec=spec), loose) == []
 
 
-def _obj(kind: str = "ConfigMap", refs: list[dict[str, Any]] | None = None, **labels: str) -> Any:
-    meta: dict[str, Any] = {"name": "bot-config", "labels": labels}
+def _obj(
+    kind: str = "ConfigMap",
+    refs: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Any:
+    meta: dict[str, Any] = {"name": "bot-config", "labels": labels or {}}
     if refs is not None:
         meta["ownerReferences"] = refs
     return {"kind": kind, "metadata": meta}
 
 
 MINE = _obj(
-    refs=[{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}], **{"finetune.dev/job": "bot"}
+    refs=[{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}],
+    labels={"finetune.dev/job": "bot"},
 )
-PVC = _obj("PersistentVolumeClaim", **{"finetune.dev/job": "bot", "finetune.dev/job-uid": "uid-1"})
+PVC = _obj(
+    "PersistentVolumeClaim", labels={"finetune.dev/job": "bot", "finetune.dev/job-uid": "uid-1"}
+)
 ADOPTION: list[tuple[str, Any, Any, str]] = [
     ("owned by this job", MINE, MINE, "adopt"),
     ("no owner", _obj(), MINE, "conflict"),
@@ -117,11 +124,11 @@ ADOPTION: list[tuple[str, Any, Any, str]] = [
      "conflict"),
     ("an earlier job of this name",
      _obj(refs=[{"kind": "FineTuneJob", "name": "bot", "uid": "u0"}]), MINE, "wait"),
-    ("a forged job label", _obj(**{"finetune.dev/job": "bot"}), MINE, "conflict"),
+    ("a forged job label", _obj(labels={"finetune.dev/job": "bot"}), MINE, "conflict"),
     ("this job's output PVC", PVC, PVC, "adopt"),
     ("an earlier namesake's output PVC",
-     _obj("PersistentVolumeClaim", **{"finetune.dev/job": "bot", "finetune.dev/job-uid": "u0"}),
-     PVC, "adopt"),
+     _obj("PersistentVolumeClaim",
+          labels={"finetune.dev/job": "bot", "finetune.dev/job-uid": "u0"}), PVC, "adopt"),
     ("a user's PVC of that name", _obj("PersistentVolumeClaim"), PVC, "conflict"),
 ]  # fmt: skip
 
