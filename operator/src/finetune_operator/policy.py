@@ -196,7 +196,8 @@ def checks() -> list[Check]:
             f"{_list_param(PARAM_VOLUME_TYPES)})).map(v, v.?name.orValue('?')).join(', ') + "
             "' has a type outside the allowed volume types (' + "
             f"{_list_param(PARAM_VOLUME_TYPES)}.join(', ') + '); hostPath and other node or "
-            f"network volumes are refused unless {admin} policy.allowedVolumeTypes'",
+            "network volumes need the cluster admin to add their type to the chart value "
+            "policy.allowedVolumeTypes'",
             forbidden=False,
         ),
         *(
@@ -237,7 +238,8 @@ def checks() -> list[Check]:
             "{o}.spec.model.?trustRemoteCode.orValue(false)",
             f"!variables.v || params.?data.?{PARAM_TRUST_REMOTE_CODE}.orValue('false') == 'true'",
             "'spec.model.trustRemoteCode: running the model\\'s own Python code from the hub is "
-            f"turned off; {admin} policy.allowTrustRemoteCode'",
+            "turned off; ask the cluster admin to set the chart value "
+            "policy.allowTrustRemoteCode: true, or leave it false'",
             forbidden=False,
         ),
     ]
