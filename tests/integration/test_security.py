@@ -257,14 +257,33 @@ def test_a_colleague_may_suspend_a_job_that_uses_rights_he_lacks(
 
 
 @pytest.fixture
-def handlers(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The operator's handlers module, its API client on the admin's kubeconfig."""
-    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
-    from finetune_operator import handlers as h
-    from finetune_operator import kube
+def handlers(cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The operator's handlers module acting as a ServiceAccount that holds exactly the
+    generated operator rules (crd.OPERATOR_RULES) in ``namespace``: every call the reconcile
+    makes here must be granted by them."""
+    from kubernetes import config
 
-    monkeypatch.setattr(kube, "_api", None)
-    return h
+    from finetune_operator import crd, kube
+    from finetune_operator import handlers as h
+
+    rb = "rbac.authorization.k8s.io"
+    role = f"fto-it-operator-{namespace}"
+    apply(
+        cluster,
+        {"apiVersion": f"{rb}/v1", "kind": "ClusterRole", "metadata": {"name": role},
+         "rules": crd.OPERATOR_RULES},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "operator", "namespace": namespace}},
+        {"apiVersion": f"{rb}/v1", "kind": "RoleBinding",
+         "metadata": {"name": "operator", "namespace": namespace},
+         "roleRef": {"apiGroup": rb, "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]},
+    )  # fmt: skip
+    api = config.new_client_from_config(config_file=cluster.kubeconfig)
+    api.set_default_header("Impersonate-User", f"system:serviceaccount:{namespace}:operator")
+    monkeypatch.setattr(kube, "_api", api)
+    yield h
+    cluster.kubectl("delete", "clusterrole", role, "--wait=false")
 
 
 def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -358,3 +377,23 @@ def test_every_rendered_pod_passes_pod_security_restricted(
                        "-", input=json.dumps(pod))  # fmt: skip
         assert proc.returncode == 0, f"{what}: {proc.stderr}"
         assert "Warning" not in proc.stderr, f"{what}: {proc.stderr}"
+
+
+def test_the_operator_needs_no_more_than_its_generated_rules(
+    cluster: Cluster, namespace: str, handlers: Any
+) -> None:
+    """A job's first reconcile as the operator's ServiceAccount (bound to the generated rules
+    only) makes every child and the prepare pod: nothing it does is refused."""
+    apply(cluster, job(namespace, {}, name="fine"))
+    handlers.reconcile(namespace, "fine")
+    st = _status(cluster, namespace, "fine")
+    assert st["phase"] == m.Phase.PREPARING, st
+    names = set(cluster.kubectl("get", "pods,sa,roles,rolebindings,cm,pvc", "-n", namespace,
+                                "-o", "name").split())  # fmt: skip
+    expected = {"pod/fine-prepare", "serviceaccount/fine-trainer", "role.rbac.authorization.k8s.io/"
+                "fine-trainer", "rolebinding.rbac.authorization.k8s.io/fine-trainer",
+                "configmap/fine-config", "configmap/fine-progress",
+                "persistentvolumeclaim/fine-output"}  # fmt: skip
+    assert expected <= names, expected - names
+    handlers.reconcile(namespace, "fine")  # a second pass adopts what it made
+    assert _status(cluster, namespace, "fine")["phase"] == m.Phase.PREPARING
