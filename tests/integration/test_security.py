@@ -1,9 +1,9 @@
 """A FineTuneJob grants nothing its author lacks, on the real apiserver.
 
 The generated ValidatingAdmissionPolicy (policy.py) is bound in two namespaces: ``strict`` with
-the chart's default allowlists and ``loose`` where the admin widened every list. ``alice`` may
-only touch finetunejobs; ``bob`` also may create pods and read Secrets, ConfigMaps and
-claims there. Every escalation attempt of ``ATTEMPTS`` is sent (server-side
+the chart's default allowlists (plus busybox) and ``loose`` where the admin widened every list.
+``alice`` may only touch finetunejobs; ``bob`` also may create pods and read Secrets,
+ConfigMaps and claims there. Every escalation attempt of ``ATTEMPTS`` is sent (server-side
 dry-run, impersonated with ``--as``) as alice in ``strict`` (refused with its message), as bob in
 ``loose`` (accepted unless no right can grant it) and as alice in ``loose`` (a right she lacks is
 still refused). The operator itself (its reconcile, in-process with the admin's credentials)
@@ -136,12 +136,6 @@ def _why(stderr: str) -> str:
     return stderr.strip().split("denied request: ", 1)[-1].split("Invalid value: ", 1)[-1]
 
 
-def _binding(name: str, ns: str) -> dict[str, Any]:
-    out = policy.build_binding(f"{name}-params", ns, [ns], name=name)
-    out["metadata"]["name"] = f"{name}-{ns}"  # type: ignore[index]
-    return out
-
-
 def _rbac(ns: str, user: str, rights: bool) -> list[dict[str, Any]]:
     rb = "rbac.authorization.k8s.io"
     ftj = {"apiGroups": [m.GROUP], "resources": [m.PLURAL], "verbs": ["*"]}
@@ -169,39 +163,38 @@ def guarded(cluster: Cluster) -> Iterator[tuple[str, str]]:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev")
     tag = uuid.uuid4().hex[:6]
-    # one policy kept between runs (only its bindings come and go): a policy deleted while
-    # another with the same paramKind starts was seen to leave the new one without parameters
-    name = "fto-it-security.finetune.dev"
     strict, loose = f"t-sec-strict-{tag}", f"t-sec-loose-{tag}"
     trainer = Settings.model_construct().trainer_image
     lists = {
-        strict: security.Allowlists(images=(trainer, "busybox*")),
-        loose: security.Allowlists(
+        "strict": security.Allowlists(images=(trainer, "busybox*")),
+        "loose": security.Allowlists(
             images=("*",), volume_types=("*",), priority_classes=("*",), toleration_keys=("*",),
             trust_remote_code=True,
         ),
     }  # fmt: skip
     docs: list[dict[str, Any]] = []
-    for ns, allow in lists.items():
+    bindings: list[str] = []
+    for (kind, allow), ns in zip(lists.items(), (strict, loose), strict=True):
+        name = f"fto-it-security-{kind}.finetune.dev"  # one per kind, kept between runs
+        binding = policy.build_binding([ns], name=name)
+        binding["metadata"]["name"] = f"{name}-{tag}"
+        bindings.append(f"validatingadmissionpolicybinding/{name}-{tag}")
         docs += [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-            policy.build_params(f"{name}-params", ns, allow),
-            _binding(name, ns),
+            policy.build_policy(allow, name),
+            binding,
             *_rbac(ns, ALICE, rights=False),
             *_rbac(ns, BOB, rights=True),
         ]
-    apply(cluster, policy.build_policy(name), *docs)
+    apply(cluster, *docs)
     # the policy and bindings reach the apiserver's admission informers asynchronously
-    # (the binding, then its parameter: until both are seen a request fails "no params found")
     for ns in (strict, loose):
         probe = job(ns, {"image": "busybox:1.36"})
         wait_until(lambda p=probe: "may not create pods" in dry_run(cluster, ALICE, p).stderr,
                    timeout=30, interval=0.3,
                    message=f"the admission policy to be in force in {ns}")  # fmt: skip
     yield strict, loose
-    vapb = "validatingadmissionpolicybinding"
-    cluster.kubectl("delete", f"{vapb}/{name}-{strict}", f"{vapb}/{name}-{loose}",
-                    "--wait=false")  # fmt: skip
+    cluster.kubectl("delete", *bindings, "--wait=false")
     cluster.kubectl("delete", "namespace", strict, loose, "--wait=false")
 
 

@@ -58,8 +58,3 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- .Release.Namespace }}
 {{- end }}
 {{- end }}
-
-{{/* Images spec.image may name: the trainer image, then policy.allowedImages. */}}
-{{- define "finetune-operator.allowedImages" -}}
-{{- join "," (prepend .Values.policy.allowedImages .Values.operator.trainerImage) }}
-{{- end }}

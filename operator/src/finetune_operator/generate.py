@@ -58,9 +58,10 @@ def outputs(root: Path) -> dict[Path, Callable[[], str]]:
 
 
 def _policy_outputs(root: Path) -> dict[Path, Callable[[], str]]:
-    """The admission policy: its spec for the chart's template; the whole policy, binding and
-    default parameters for the kustomize install (names of a release "finetune-operator" in
-    finetune-system, watching that namespace: the chart's defaults)."""
+    """The admission policy: its spec (but the allowlist variables) for the chart's template; the
+    whole policy with the default allowlists, and its binding, for the kustomize install (names
+    of a release "finetune-operator" in finetune-system, watching that namespace: the chart's
+    defaults)."""
     files: dict[Path, Callable[[], str]] = {}
     chart = Path("charts/finetune-operator")
     if (root / chart).is_dir():
@@ -68,15 +69,9 @@ def _policy_outputs(root: Path) -> dict[Path, Callable[[], str]]:
     if (root / "manifests/install").is_dir():
         name, ns = "finetune-operator.finetune.dev", "finetune-system"
         admission = Path("manifests/install/admission")
-        files[admission / "policy.yaml"] = lambda: to_yaml(policy.build_policy(name))
-        files[admission / "binding.yaml"] = lambda: to_yaml(
-            policy.build_binding("finetune-operator-policy", ns, [ns], name)
-        )
-        files[admission / "params.yaml"] = lambda: to_yaml(
-            policy.build_params(
-                "finetune-operator-policy", ns, security.allowlists(Settings.model_construct())
-            )
-        )
+        defaults = security.allowlists(Settings.model_construct())
+        files[admission / "policy.yaml"] = lambda: to_yaml(policy.build_policy(defaults, name))
+        files[admission / "binding.yaml"] = lambda: to_yaml(policy.build_binding([ns], name))
     return files
 
 

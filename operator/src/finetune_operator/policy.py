@@ -6,8 +6,8 @@ job's pods can do and either asks the *requesting user's* rights (CEL ``authoriz
 image or ServiceAccount needs ``create pods``, every Secret/ConfigMap/PVC a pod would mount or
 read needs ``get`` on it) or an admin allowlist (images, volume types, priority classes,
 toleration keys, trustRemoteCode; reserved label/annotation prefixes are refused). The allowlists
-come from the binding's parameter, a ConfigMap the chart renders from its ``policy`` values (the
-same values the operator enforces through ``security.py``).
+are the policy's variables, rendered by the chart from its ``policy`` values (the same values the
+operator enforces through ``security.py``).
 
 A check applies on CREATE, and on UPDATE only when its field changed: the operator's own patches
 (finalizer, annotations) and a colleague's suspend never need the author's rights.
@@ -15,6 +15,7 @@ A check applies on CREATE, and on UPDATE only when its field changed: the operat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from finetune_operator import models as m
 from finetune_operator import security
 
 POLICY_NAME = "finetunejobs.finetune.dev"
-# keys of the parameter ConfigMap (comma-separated lists; see charts/.../values.yaml policy.*)
+# names of the policy's variables holding the allowlists (charts/.../values.yaml policy.*)
 PARAM_IMAGES = "allowedImages"
 PARAM_VOLUME_TYPES = "allowedVolumeTypes"
 PARAM_PRIORITY_CLASSES = "allowedPriorityClasses"
@@ -35,7 +36,7 @@ _NS = "request.namespace"
 
 
 def _list_param(key: str) -> str:
-    return f"params.?data.?{key}.orValue('').split(',').map(s, s.trim()).filter(s, s != '')"
+    return f"variables.{key}"
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def checks() -> list[Check]:
         Check(
             "trust-remote-code",
             "{o}.spec.model.?trustRemoteCode.orValue(false)",
-            f"!variables.v || params.?data.?{PARAM_TRUST_REMOTE_CODE}.orValue('false') == 'true'",
+            f"!variables.v || variables.{PARAM_TRUST_REMOTE_CODE}",
             "'spec.model.trustRemoteCode: running the model\\'s own Python code from the hub is "
             "turned off; ask the cluster admin to set the chart value "
             "policy.allowTrustRemoteCode: true, or leave it false'",
@@ -246,20 +247,41 @@ def checks() -> list[Check]:
     return out
 
 
-def build_policy(name: str = POLICY_NAME) -> dict[str, Any]:
-    """The ValidatingAdmissionPolicy (parameter: a ConfigMap; see ``build_binding``)."""
+def allowlist_variables(allow: security.Allowlists) -> list[dict[str, str]]:
+    """The admin's allowlists as the policy's CEL variables (JSON lists are CEL list literals).
+    The chart renders the same five from its ``policy`` values."""
+    lists = {
+        PARAM_IMAGES: allow.images,
+        PARAM_VOLUME_TYPES: allow.volume_types,
+        PARAM_PRIORITY_CLASSES: allow.priority_classes,
+        PARAM_TOLERATION_KEYS: allow.toleration_keys,
+    }
+    out = [
+        {"name": k, "expression": json.dumps(list(v), separators=(",", ":"))}
+        for k, v in lists.items()
+    ]
+    out.append({"name": PARAM_TRUST_REMOTE_CODE, "expression": json.dumps(allow.trust_remote_code)})
+    return out
+
+
+def build_policy(allow: security.Allowlists, name: str = POLICY_NAME) -> dict[str, Any]:
+    """The ValidatingAdmissionPolicy with ``allow`` rendered into its variables."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "finetune-operator"}},
-        "spec": policy_spec(),
+        "spec": {"variables": allowlist_variables(allow), **policy_spec()},
     }
 
 
 def policy_spec() -> dict[str, Any]:
+    """The spec without its variables (the chart's template adds them from its values).
+
+    No ``paramKind``: values rendered into the policy need no parameter object, and a policy
+    re-created next to another with the same paramKind was seen (kube-apiserver 1.35) to answer
+    "no params found" for every request until the apiserver restarted."""
     return {
         "failurePolicy": "Fail",
-        "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
         "matchConstraints": {
             "resourceRules": [
                 {
@@ -274,20 +296,9 @@ def policy_spec() -> dict[str, Any]:
     }
 
 
-def build_binding(
-    param_name: str, param_namespace: str, namespaces: list[str] | None, name: str = POLICY_NAME
-) -> dict[str, Any]:
-    """The binding: deny on failure, parameters from ``param_namespace/param_name`` (a missing
-    ConfigMap denies every job), only in ``namespaces`` (None = every namespace)."""
-    spec: dict[str, Any] = {
-        "policyName": name,
-        "validationActions": ["Deny"],
-        "paramRef": {
-            "name": param_name,
-            "namespace": param_namespace,
-            "parameterNotFoundAction": "Deny",
-        },
-    }
+def build_binding(namespaces: list[str] | None, name: str = POLICY_NAME) -> dict[str, Any]:
+    """The binding: deny on failure, only in ``namespaces`` (None = every namespace)."""
+    spec: dict[str, Any] = {"policyName": name, "validationActions": ["Deny"]}
     if namespaces is not None:
         spec["matchResources"] = {
             "namespaceSelector": {
@@ -305,24 +316,4 @@ def build_binding(
         "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "finetune-operator"}},
         "spec": spec,
-    }
-
-
-def build_params(name: str, namespace: str, allow: security.Allowlists) -> dict[str, Any]:
-    """The parameter ConfigMap holding the allowlists (the operator's defaults here)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "finetune-operator"},
-        },
-        "data": {
-            PARAM_IMAGES: ",".join(allow.images),
-            PARAM_VOLUME_TYPES: ",".join(allow.volume_types),
-            PARAM_PRIORITY_CLASSES: ",".join(allow.priority_classes),
-            PARAM_TOLERATION_KEYS: ",".join(allow.toleration_keys),
-            PARAM_TRUST_REMOTE_CODE: "true" if allow.trust_remote_code else "false",
-        },
     }

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator import crd, gitops, policy
+from finetune_operator import crd, gitops, policy, security
+from finetune_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts/finetune-operator"
@@ -97,38 +98,36 @@ def test_default_objects(render: Render) -> None:
     kinds = sorted(d["kind"] for d in render())
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
-         "Service", "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-         "ConfigMap"]
+         "Service", "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )  # fmt: skip
 
 
-def test_admission_policy_is_the_generated_one_with_the_values_as_parameters(
+def test_admission_policy_is_the_generated_one_with_the_values_as_variables(
     render: Render,
 ) -> None:
     docs = render()
-    assert _one(docs, "ValidatingAdmissionPolicy")["spec"] == policy.policy_spec()
+    defaults = security.allowlists(Settings.model_construct())
+    assert (
+        _one(docs, "ValidatingAdmissionPolicy")["spec"] == (policy.build_policy(defaults)["spec"])
+    )
     binding = _one(docs, "ValidatingAdmissionPolicyBinding")["spec"]
     assert binding["policyName"] == "finetune-operator.finetune.dev"
-    assert binding["paramRef"] == {
-        "name": "finetune-operator-policy",
-        "namespace": "finetune-system",
-        "parameterNotFoundAction": "Deny",
-    }
     selector = binding["matchResources"]["namespaceSelector"]["matchExpressions"]
     assert selector == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["finetune-system"]}
     ]
-    params = _one(docs, "ConfigMap")["data"]
-    assert params["allowedImages"] == "localhost/finetune-trainer:dev"
-    assert params["allowTrustRemoteCode"] == "false"
     loose = render(
         "--set", "operator.clusterWide=true", "--set", "policy.allowedImages={reg/a/*}",
         "--set", "policy.allowTrustRemoteCode=true", "--set", "policy.allowedTolerationKeys={*}",
     )  # fmt: skip
     assert "matchResources" not in _one(loose, "ValidatingAdmissionPolicyBinding")["spec"]
-    params = _one(loose, "ConfigMap")["data"]
-    assert params["allowedImages"] == "localhost/finetune-trainer:dev,reg/a/*"
-    assert params["allowTrustRemoteCode"] == "true" and params["allowedTolerationKeys"] == "*"
+    variables = {
+        v["name"]: v["expression"]
+        for v in _one(loose, "ValidatingAdmissionPolicy")["spec"]["variables"]
+    }
+    assert variables["allowedImages"] == '["localhost/finetune-trainer:dev","reg/a/*"]'
+    assert variables["allowTrustRemoteCode"] == "true"
+    assert variables["allowedTolerationKeys"] == '["*"]'
     env = env_of(_one(loose, "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert env["FTO_ALLOWED_IMAGES"] == "reg/a/*" and env["FTO_ALLOW_TRUST_REMOTE_CODE"] == "true"
     assert env["FTO_NAMESPACES"] == ""

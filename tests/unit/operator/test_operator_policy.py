@@ -38,16 +38,16 @@ def test_each_check_applies_only_when_its_field_changed_on_update() -> None:
         assert head.startswith("(request.operation == 'UPDATE' && ") and "oldObject" in head
 
 
-def test_binding_and_parameters() -> None:
-    binding = policy.build_binding("p", "sys", ["ml"], name="x")
-    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
-    assert "matchResources" not in policy.build_binding("p", "sys", None)["spec"]
+def test_binding_and_variables() -> None:
+    assert policy.build_binding(["ml"], name="x")["spec"]["matchResources"]
+    assert "matchResources" not in policy.build_binding(None)["spec"]
     allow = security.Allowlists(images=("a", "b*"), toleration_keys=("nvidia.com/gpu",))
-    data = policy.build_params("p", "sys", allow)["data"]
-    assert data == {
-        "allowedImages": "a,b*",
-        "allowedVolumeTypes": ",".join(security.DEFAULT_VOLUME_TYPES),
-        "allowedPriorityClasses": "",
-        "allowedTolerationKeys": "nvidia.com/gpu",
+    variables = {v["name"]: v["expression"] for v in policy.allowlist_variables(allow)}
+    assert variables == {
+        "allowedImages": '["a","b*"]',
+        "allowedVolumeTypes": "[" + ",".join(f'"{t}"' for t in security.DEFAULT_VOLUME_TYPES) + "]",
+        "allowedPriorityClasses": "[]",
+        "allowedTolerationKeys": '["nvidia.com/gpu"]',
         "allowTrustRemoteCode": "false",
     }
+    assert "paramKind" not in policy.build_policy(allow)["spec"]
