@@ -22,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import gitops, kube, metrics, planner
+from finetune_operator import gitops, kube, metrics, planner, security
 from finetune_operator import models as m
 from finetune_operator import status as st
 from finetune_operator.settings import Settings
@@ -30,6 +30,7 @@ from finetune_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS = Settings()
+ALLOWLISTS = security.allowlists(SETTINGS)
 RESTART_FIELD = ("metadata", "annotations", gitops.RESTART_ANNOTATION)
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -148,7 +149,11 @@ def _json_key(data: dict[str, str] | None, key: str) -> dict[str, Any] | None:
 
 
 def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
-    """(reason, message) for the first referenced object that does not exist."""
+    """(reason, message) for what stops a pod: the admin's allowlists, then the first
+    referenced object that does not exist."""
+    refused = security.violations(job, ALLOWLISTS)
+    if refused:
+        return m.Reason.NOT_ALLOWED, "; ".join(refused)
     for claim in b.referenced_pvcs(job):
         if not kube.exists("PersistentVolumeClaim", job.namespace, claim):
             return m.Reason.PVC_NOT_FOUND, f'persistentvolumeclaim "{claim}" not found'
@@ -216,7 +221,7 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
         kube.delete_job(namespace, name)
         return False
-    pods = kube.list_pods(namespace, name)
+    pods = [p for p in kube.list_pods(namespace, name) if security.owned_by(p, job.uid)]
     cm = kube.read_config_map_data(namespace, b.progress_name(job))
     progress = _json_key(cm, b.PROGRESS_KEY)
     prepared = _json_key(cm, b.PREPARE_KEY)
@@ -231,7 +236,10 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         if missing is not None:
             new = st.failed_status(new, job.generation, missing[0], missing[1], now)
         else:
-            _start_pod(job, new, acts)
+            try:
+                _start_pod(job, new, acts)
+            except kube.NotOwnedError as exc:
+                new = st.failed_status(new, job.generation, m.Reason.NAME_CONFLICT, str(exc), now)
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)
     _publish(body, job.status, new, old_raw, now)

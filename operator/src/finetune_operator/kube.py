@@ -21,6 +21,7 @@ import urllib3
 from kubernetes import client, config
 
 from finetune_operator import models as m
+from finetune_operator import security
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class NotFoundError(Exception):
 
 class ConflictError(Exception):
     """The object already exists or changed meanwhile (409)."""
+
+
+class NotOwnedError(Exception):
+    """A child's name is taken by an object the job does not own (the job fails NameConflict)."""
 
 
 def _message(data: bytes | None, fallback: str) -> str:
@@ -150,12 +155,26 @@ def delete_job(namespace: str, name: str) -> None:
 
 
 def create_or_get(body: dict[str, Any]) -> bool:
-    """Create ``body``; an existing object of that name is fine. True when created now."""
+    """Create ``body``; an existing object of that name is fine only if this job owns it
+    (``security.adoption``): else ``NotOwnedError``, or a retry while the garbage collector
+    removes an earlier namesake's. True when created now."""
     meta = body["metadata"]
     path = _ns_path(body["apiVersion"], meta["namespace"], _PLURALS[body["kind"]])
     try:
         request("POST", path, body)
     except ConflictError:
+        existing = request("GET", f"{path}/{quote(meta['name'])}")
+        verdict = security.adoption(existing, body)
+        if verdict == "wait":
+            raise kopf.TemporaryError(
+                f"{body['kind']} {meta['name']} of an earlier job of this name is being deleted",
+                delay=2.0,
+            ) from None
+        if verdict == "conflict":
+            raise NotOwnedError(
+                f'{body["kind"].lower()} "{meta["name"]}" already exists and does not belong to '
+                "this job; delete or rename it, or rename the job"
+            ) from None
         return False
     log.info("created %s/%s", body["kind"], meta["name"])
     return True
