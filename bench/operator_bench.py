@@ -50,6 +50,8 @@ def start_operator(namespace: str, log: Path) -> subprocess.Popen[bytes]:
         "FTO_PROGRESS_INTERVAL_SECONDS": "1",
         "FTO_PREPARE_MEMORY": "64Mi",
         "FTO_PREPARE_CPU": "10m",
+        # the KWOK nodes' taint (docs/security.md: tolerations are an admin allowlist)
+        "FTO_ALLOWED_TOLERATION_KEYS": "nvidia.com/gpu,finetune.dev/simulated",
     }
     out = log.open("ab")
     return subprocess.Popen(

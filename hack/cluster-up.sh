@@ -42,7 +42,7 @@ start() {
   local name=$1; shift
   if pid_alive "$name"; then return 1; fi
   log "starting $name (log: $FTO_STATE/logs/$name.log)"
-  setsid "$@" >>"$FTO_STATE/logs/$name.log" 2>&1 </dev/null 9>&- &
+  setsid "$@" >>"$FTO_STATE/logs/$name.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$FTO_STATE/$name.pid"
 }
 

@@ -11,7 +11,7 @@ echo "[docker-up] starting dockerd (log: $STATE/dockerd.log)" >&2
 nohup dockerd --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
   --data-root=/var/lib/fto-docker --exec-root="$STATE/exec" --pidfile="$STATE/dockerd.pid" \
   --default-address-pool base=198.18.64.0/18,size=24 \
-  >"$STATE/dockerd.log" 2>&1 </dev/null 9>&- &
+  >"$STATE/dockerd.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 for _ in $(seq 1 120); do
   docker info >/dev/null 2>&1 && { echo "[docker-up] dockerd ready" >&2; exit 0; }
   sleep 0.5

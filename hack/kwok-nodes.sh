@@ -30,7 +30,7 @@ if ! pid_alive kwok; then
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --manage-nodes-with-label-selector= --manage-single-node= \
     --node-lease-duration-seconds=40 --cidr="$KWOK_CIDR" --node-ip= \
-    --server-address=127.0.0.1:10247 >>"$FTO_STATE/logs/kwok.log" 2>&1 </dev/null 9>&- &
+    --server-address=127.0.0.1:10247 >>"$FTO_STATE/logs/kwok.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$FTO_STATE/kwok.pid"
 fi
 

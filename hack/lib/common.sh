@@ -41,7 +41,8 @@ wait_for() {
 }
 
 # lock_cluster: serialize cluster-up/cluster-down/kwok-nodes (pytest sessions may race). The lock
-# is fd 9; every long-running process these scripts start must get `9>&-` so it does not inherit it.
+# is fd 9; every long-running process these scripts start closes fds 3-9 (`3>&- ... 9>&-`) so it
+# inherits neither this lock nor one its caller holds (flock(1) keeps its lock on fd 3).
 lock_cluster() {
   local lock=${FTO_LOCK:-${FTO_STATE%/}.lock}
   exec 9>"$lock"

@@ -69,6 +69,20 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "lora settings apply only to methods lora and qlora"),
     ("unsloth on cpu", {"backend": "unsloth", "resources": {"gpus": 0}},
      "backend unsloth needs resources.gpus >= 1"),
+    ("model name escaping", {"model": {"name": "../../etc"}},
+     "model.name must match ^[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?$ and must "
+     "not contain '..' (no absolute or parent paths)"),
+    ("revision absolute", {"model": {"name": "a/b", "revision": "/etc"}},
+     "model.revision must not start with '/' or contain '..'"),
+    ("dataset hub escaping", {"dataset": {"hub": "a/../b"}},
+     "dataset.hub must match ^[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?$ and must "
+     "not contain '..' (no absolute or parent paths)"),
+    ("configMap key escaping", {"dataset": {"configMap": {"name": "d", "key": "../x"}}},
+     "dataset.configMap.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' (no absolute "
+     "or parent paths)"),
+    ("hub token key absolute", {"hubTokenSecretRef": {"name": "hf", "key": "/etc/passwd"}},
+     "hubTokenSecretRef.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' (no absolute "
+     "or parent paths)"),
 ]  # fmt: skip
 
 IMMUTABLE = [

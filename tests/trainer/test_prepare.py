@@ -162,3 +162,19 @@ def test_records_that_tokenize_to_almost_nothing_are_refused_naming_the_tokenize
     assert tokenization_problem(sparse, "X") is not None  # 20 tokens for 400 words
     fine = Tokenized([], [], 0, 0, content_tokens=[12, 30, 7], words=[10, 22, 6])
     assert tokenization_problem(fine, "X") is None
+
+
+def test_hub_token_only_from_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator mounts the token as a file (no HF_TOKEN env); a configured file that is
+    absent (Secret or key missing) is a BadConfig, never a silent anonymous download."""
+    from finetune_trainer.config import TrainerConfig
+    from finetune_trainer.errors import ConfigError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("hf_secret\n")
+    cfg = base_config(tmp_path, tmp_path, tmp_path / "d.jsonl", hub_token_file=str(token))
+    assert prepare_stage.hub_token(TrainerConfig.model_validate(cfg)) == "hf_secret"
+    cfg["hub_token_file"] = str(tmp_path / "absent")
+    with pytest.raises(ConfigError, match=r"spec\.hubTokenSecretRef"):
+        prepare_stage.hub_token(TrainerConfig.model_validate(cfg))

@@ -46,3 +46,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "finetune-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* Namespaces watched, comma-separated: "" = the whole cluster (operator.clusterWide), else
+  operator.watchNamespaces, else the release namespace. */}}
+{{- define "finetune-operator.watchNamespaces" -}}
+{{- if .Values.operator.clusterWide }}
+{{- "" }}
+{{- else if .Values.operator.watchNamespaces }}
+{{- join "," .Values.operator.watchNamespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}

@@ -276,7 +276,8 @@ def output_pvc(job: m.FineTuneJob) -> dict[str, Any] | None:
         "metadata": {
             "name": output_pvc_name(job),
             "namespace": job.namespace,
-            "labels": labels(job),
+            # no ownerReference: this label is what makes it this job's (security.owned_by)
+            "labels": labels(job, **{m.LABEL_JOB_UID: job.uid}),
         },
         "spec": spec,
     }
@@ -324,8 +325,9 @@ def _volumes(job: m.FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, A
         volumes.append({"name": "data", "configMap": {"name": ds.config_map.name}})
         mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
     if spec.hub_token_secret_ref is not None:
-        # optional: a missing Secret must not leave the pod stuck mounting; the HF_TOKEN env var
-        # below (not optional) makes the kubelet report CreateContainerConfigError instead.
+        # the token only as a file (an HF_TOKEN env var would reach every subprocess); optional:
+        # a missing Secret must not leave the pod stuck mounting, the trainer fails BadConfig
+        # when the configured file is absent.
         volumes.append(
             {
                 "name": "hub-token",
@@ -345,14 +347,6 @@ def _env(job: m.FineTuneJob) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "FINETUNE_JOB", "value": job.name},
     ]
-    ref = job.spec.hub_token_secret_ref
-    if ref is not None:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
     tpl = job.spec.pod_template
     if tpl is not None:
         env.extend(m.dump(e) for e in tpl.env)

@@ -221,6 +221,8 @@ def build_crd() -> dict[str, Any]:
 # read for their GPU memory labels; CRDs and namespaces are what kopf needs to discover and watch.
 # Roles/RoleBindings: the apiserver lets the operator grant only what it holds itself, so it
 # holds get/patch/update on configmaps (the trainer's Role grants those on one configmap).
+# ``get`` on every child kind: a name already taken is read to check who owns it
+# (security.adoption). No patch on roles/rolebindings: unused.
 OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": [m.GROUP],
@@ -242,6 +244,7 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": [""],
         "resources": ["configmaps"],
+        # list/watch: the progress ConfigMaps' events trigger the reconcile (handlers.py)
         "verbs": ["get", "list", "watch", "create", "patch", "update"],
     },
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
@@ -253,7 +256,7 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
-        "verbs": ["get", "create", "patch"],
+        "verbs": ["get", "create"],
     },
     # leader election (leader.py): one Lease, read, created, renewed
     {

@@ -111,6 +111,15 @@ def operator_cluster_rules() -> list[dict[str, Any]]:
     return rules
 
 
+def cluster_scoped_role() -> dict[str, Any]:
+    """The ClusterRole of the cluster-scoped rules, bound cluster-wide when the operator watches
+    some namespaces (the chart's default: its release namespace)."""
+    role = crd.build_cluster_role()
+    role["metadata"]["name"] = f"{crd.OPERATOR_ROLE_NAME}-cluster"
+    role["rules"] = operator_cluster_rules()
+    return role
+
+
 def outputs(root: Path) -> dict[Path, Callable[[], str]]:
     """Relative path -> renderer for every file this module generates."""
     files: dict[Path, Callable[[], str]] = {}
@@ -122,6 +131,9 @@ def outputs(root: Path) -> dict[Path, Callable[[], str]]:
         )
         files[Path("manifests/install/rbac/clusterrole.yaml")] = lambda: (
             HEADER + _yaml(crd.build_cluster_role())
+        )
+        files[Path("manifests/install/rbac/clusterrole-cluster.yaml")] = lambda: (
+            HEADER + _yaml(cluster_scoped_role())
         )
     chart = Path("charts/finetune-operator")
     if (root / chart).is_dir():

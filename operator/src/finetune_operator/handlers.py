@@ -26,7 +26,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, leader, metrics, planner, wakeups
+from finetune_operator import kube, leader, metrics, planner, security, wakeups
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
@@ -40,6 +40,12 @@ RESTART_FIELD = ("metadata", "annotations", m.RESTART_ANNOTATION)
 def operator_settings() -> Settings:
     """The operator's settings, read from the environment at first use (startup), not import."""
     return Settings()
+
+
+@functools.cache
+def allowlists() -> security.Allowlists:
+    """The admin's allowlists (security.py), from the settings."""
+    return security.allowlists(operator_settings())
 
 
 # one lock per job while someone reconciles it: an entry lives as long as it has users, so the
@@ -259,7 +265,11 @@ def probe(**_: Any) -> str:
 
 
 def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
-    """(reason, message) for the first referenced object that does not exist."""
+    """(reason, message) for what stops a pod: the admin's allowlists, then the first
+    referenced object that does not exist."""
+    refused = security.violations(job, allowlists())
+    if refused:
+        return m.Reason.NOT_ALLOWED, "; ".join(refused)
     for claim in b.referenced_pvcs(job):
         if not kube.exists("PersistentVolumeClaim", job.namespace, claim):
             return m.Reason.PVC_NOT_FOUND, lc.missing_claim(claim)
@@ -341,6 +351,8 @@ def _act(
     except kube.ChildRejectedError as exc:
         reason = m.Reason.NOT_ALLOWED if exc.status == 403 else m.Reason.BAD_SPEC
         return lc.failed_status(new, job.generation, reason, lc.rejected(exc.kind, exc.detail), now)
+    except kube.NotOwnedError as exc:
+        return lc.failed_status(new, job.generation, m.Reason.NAME_CONFLICT, str(exc), now)
     if job.status.phase is not None:  # the first pass creates them; later ones re-create
         for what in created:
             message = f"{what} was missing and has been created again."
@@ -385,7 +397,7 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
         kube.delete_job(namespace, name)
         return False
-    pods = kube.list_pods(namespace, name)
+    pods = [p for p in kube.list_pods(namespace, name) if security.owned_by(p, job.uid)]
     cm = kube.read_config_map_data(namespace, b.progress_name(job))
     progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
     prepared = lc.parse_prepare((cm or {}).get(b.PREPARE_KEY))

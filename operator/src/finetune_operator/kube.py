@@ -7,7 +7,8 @@ this module's own exceptions (only the handlers translate them into kopf's):
 
 ==================  =============================================================================
 ``NotFoundError``   404
-``ConflictError``   409 (exists already, or changed meanwhile)
+``ConflictError``   409 (exists already, or changed meanwhile); ``NotOwnedError`` when a
+                    child's name is taken by an object the job does not own
 ``RejectedError``   any other 4xx but 401 and 429: the request itself is refused (400 and 422
                     invalid, 403 forbidden: RBAC, PodSecurity); ``ChildRejectedError`` when
                     creating a child, naming its kind and name
@@ -29,6 +30,7 @@ import urllib3
 from kubernetes import client, config
 
 from finetune_operator import models as m
+from finetune_operator import security
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,10 @@ def _error(what: str, status: int, detail: str) -> KubeError:
     if 400 <= status < 500 and status not in (401, 429):
         return RejectedError(what, status, detail)
     return TransientError(what, status, detail)
+
+
+class NotOwnedError(Exception):
+    """A child's name is taken by an object the job does not own (the job fails NameConflict)."""
 
 
 def _message(data: bytes | None, fallback: str) -> str:
@@ -194,12 +200,27 @@ def delete_job(namespace: str, name: str) -> None:
 
 
 def create_or_get(body: dict[str, Any]) -> bool:
-    """Create ``body``; an existing object of that name is fine. True when created now."""
+    """Create ``body``; an existing object of that name is fine only if this job owns it
+    (``security.adoption``): else ``NotOwnedError``, or a retry while the garbage collector
+    removes an earlier namesake's. True when created now."""
     meta = body["metadata"]
     path = _ns_path(body["apiVersion"], meta["namespace"], _PLURALS[body["kind"]])
     try:
         request("POST", path, body)
     except ConflictError:
+        existing = request("GET", f"{path}/{quote(meta['name'])}")
+        verdict = security.adoption(existing, body)
+        if verdict == "wait":
+            raise TransientError(
+                f"create {body['kind']} {meta['name']}",
+                409,
+                "an earlier job's object of this name is being deleted",
+            ) from None
+        if verdict == "conflict":
+            raise NotOwnedError(
+                f'{body["kind"].lower()} "{meta["name"]}" already exists and does not belong to '
+                "this job; delete or rename it, or rename the job"
+            ) from None
         return False
     except RejectedError as exc:
         raise ChildRejectedError(exc, body["kind"], meta["name"]) from exc

@@ -27,6 +27,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_JOB = f"{GROUP}/job"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_ROLE = f"{GROUP}/role"
+# the output PVC outlives its job (no ownerReference): this label names the job that made it
+LABEL_JOB_UID = f"{GROUP}/job-uid"
 RESTART_ANNOTATION = f"{GROUP}/restart-requested-at"
 """Set (to an RFC 3339 time) by the Argo CD restart action and ``kubectl finetune restart``."""
 RESTART_STATUS_FIELD = "lastRestartRequestedAt"
@@ -39,6 +41,19 @@ Quantity = int | str
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
     """CEL rules (rule, message) for ``x-kubernetes-validations`` on the enclosing object."""
     return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+_KEY = "^[-._a-zA-Z0-9]+$"  # a ConfigMap/Secret key (also a file name under the mount)
+_HUB_ID = "^[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?$"
+
+
+def _safe(field: str, where: str, pattern: str) -> tuple[str, str]:
+    """A CEL rule: ``field`` (optional) matches ``pattern`` and holds no '..' (no path escape)."""
+    return (
+        f"!has(self.{field}) || (self.{field}.matches('{pattern}') && "
+        f"!self.{field}.contains('..'))",
+        f"{where} must match {pattern} and must not contain '..' (no absolute or parent paths)",
+    )
 
 
 class _Base(BaseModel):
@@ -114,7 +129,10 @@ class Reason(StrEnum):
     PVC_NOT_FOUND = "PVCNotFound"
     SECRET_NOT_FOUND = "SecretNotFound"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
-    NOT_ALLOWED = "NotAllowed"  # the apiserver forbade creating a child (RBAC, PodSecurity)
+    # the spec exceeds the admin's allowlists (security.py), or the apiserver forbade creating a
+    # child (403: RBAC, PodSecurity)
+    NOT_ALLOWED = "NotAllowed"
+    NAME_CONFLICT = "NameConflict"  # a child's name is taken by an object this job does not own
     CHILD_RECREATED = "ChildRecreated"  # a deleted child was created again (an Event)
     DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.activeDeadlineSeconds
     QUEUE_TIMEOUT = "QueueTimeout"  # spec.queueTimeoutSeconds
@@ -148,6 +166,7 @@ class Reason(StrEnum):
                 SECRET_NOT_FOUND,
                 CONFIG_MAP_NOT_FOUND,
                 NOT_ALLOWED,
+                NAME_CONFLICT,
                 DEADLINE_EXCEEDED,
                 QUEUE_TIMEOUT,
             }
@@ -181,6 +200,12 @@ class ModelSource(_Base):
                 "model: set exactly one of name (hub id) or pvc (+ path)",
             ),
             ("has(self.pvc) == has(self.path)", "model: pvc and path go together"),
+            _safe("name", "model.name", _HUB_ID),
+            (
+                "!has(self.revision) || (!self.revision.startsWith('/') && "
+                "!self.revision.contains('..'))",
+                "model.revision must not start with '/' or contain '..'",
+            ),
             (
                 "!has(self.path) || (!self.path.startsWith('/') && !self.path.contains('..'))",
                 "model.path must be relative to the PVC and must not contain '..'",
@@ -219,6 +244,8 @@ class ModelSource(_Base):
 class ConfigMapKeyRef(_Base):
     """A key of a ConfigMap in the job's namespace."""
 
+    model_config = ConfigDict(json_schema_extra=_rules(_safe("key", "dataset.configMap.key", _KEY)))
+
     name: str = Field(max_length=253, pattern=_NAME, description="ConfigMap name.")
     key: str = Field(
         default="train.jsonl", max_length=253, description="Key holding the data file."
@@ -239,6 +266,7 @@ class DatasetSource(_Base):
                 "dataset: set exactly one of url, pvc (+ path), hub or configMap",
             ),
             ("has(self.pvc) == has(self.path)", "dataset: pvc and path go together"),
+            _safe("hub", "dataset.hub", _HUB_ID),
             (
                 "!has(self.url) || self.url.startsWith('https://') || "
                 "self.url.startsWith('http://')",
@@ -551,6 +579,8 @@ class RetrySettings(_Base):
 
 class SecretKeyRef(_Base):
     """A key of a Secret in the job's namespace."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(_safe("key", "hubTokenSecretRef.key", _KEY)))
 
     name: str = Field(max_length=253, pattern=_NAME, description="Secret name.")
     key: str = Field(default="token", max_length=253, description="Key holding the token.")

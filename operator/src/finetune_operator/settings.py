@@ -7,6 +7,17 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# the default volume allowlist (the same tuple as security.DEFAULT_VOLUME_TYPES)
+DEFAULT_VOLUME_TYPES = (
+    "persistentVolumeClaim",
+    "configMap",
+    "secret",
+    "emptyDir",
+    "ephemeral",
+    "projected",
+    "downwardAPI",
+)
+
 
 class Settings(BaseSettings):
     """Everything configurable about the operator (env prefix ``FTO_``)."""
@@ -68,7 +79,38 @@ class Settings(BaseSettings):
         default=330, ge=1, description="Client-side watch deadline (kopf issues #585, #1276)."
     )
 
-    @field_validator("namespaces", mode="before")
+    # the admin's allowlists (security.py; the chart's ``policy`` values feed them and the
+    # admission policy's parameters alike)
+    allowed_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Images spec.image may name besides trainer_image, comma-separated; an entry "
+        "ending in * is a prefix.",
+    )
+    allowed_volume_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_VOLUME_TYPES),
+        description="Volume types spec.podTemplate.volumes may use, comma-separated.",
+    )
+    allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="PriorityClasses spec.podTemplate.priorityClassName may name (* = any).",
+    )
+    allowed_toleration_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nvidia.com/gpu"],
+        description="Taint keys spec.podTemplate.tolerations may tolerate (* = any, including "
+        "a toleration without key).",
+    )
+    allow_trust_remote_code: bool = Field(
+        default=False, description="Whether spec.model.trustRemoteCode may be true."
+    )
+
+    @field_validator(
+        "namespaces",
+        "allowed_images",
+        "allowed_volume_types",
+        "allowed_priority_classes",
+        "allowed_toleration_keys",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator import crd, gitops
+from finetune_operator import crd, gitops, policy, security
+from finetune_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts/finetune-operator"
@@ -96,8 +97,42 @@ def test_lint_is_clean(helm: Path) -> None:
 def test_default_objects(render: Render) -> None:
     kinds = sorted(d["kind"] for d in render())
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+        ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "RoleBinding",
+         "Service", "Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    )  # fmt: skip
+
+
+def test_admission_policy_is_the_generated_one_with_the_values_as_variables(
+    render: Render,
+) -> None:
+    docs = render()
+    defaults = security.allowlists(Settings.model_construct())
+    assert (
+        _one(docs, "ValidatingAdmissionPolicy")["spec"] == (policy.build_policy(defaults)["spec"])
     )
+    binding = _one(docs, "ValidatingAdmissionPolicyBinding")["spec"]
+    assert binding["policyName"] == "finetune-operator.finetune.dev"
+    selector = binding["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["finetune-system"]}
+    ]
+    loose = render(
+        "--set", "operator.clusterWide=true", "--set", "policy.allowedImages={reg/a/*}",
+        "--set", "policy.allowTrustRemoteCode=true", "--set", "policy.allowedTolerationKeys={*}",
+    )  # fmt: skip
+    assert "matchResources" not in _one(loose, "ValidatingAdmissionPolicyBinding")["spec"]
+    variables = {
+        v["name"]: v["expression"]
+        for v in _one(loose, "ValidatingAdmissionPolicy")["spec"]["variables"]
+    }
+    assert variables["allowedImages"] == '["localhost/finetune-trainer:dev","reg/a/*"]'
+    assert variables["allowTrustRemoteCode"] == "true"
+    assert variables["allowedTolerationKeys"] == '["*"]'
+    env = env_of(_one(loose, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert env["FTO_ALLOWED_IMAGES"] == "reg/a/*" and env["FTO_ALLOW_TRUST_REMOTE_CODE"] == "true"
+    assert env["FTO_NAMESPACES"] == ""
+    off = render("--set", "policy.admission=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmission")]
 
 
 def test_deployment_runs_one_locked_down_replica(render: Render) -> None:
@@ -120,7 +155,7 @@ def test_deployment_runs_one_locked_down_replica(render: Render) -> None:
     assert ports == {"health": 8080, "metrics": 9090}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FTO_METRICS_PORT"] == "9090"
-    assert env["FTO_NAMESPACES"] == ""
+    assert env["FTO_NAMESPACES"] == "finetune-system"  # the release namespace only by default
     assert env["FTO_TRAINER_IMAGE"] == "localhost/finetune-trainer:dev"
 
 
@@ -135,9 +170,14 @@ def test_settings_env_names_exist() -> None:
 
 
 def test_rbac_rules_are_the_generated_ones(render: Render) -> None:
-    role = _one(render(), "ClusterRole")
+    default = render()
+    assert _one(default, "ClusterRole", "finetune-operator")["rules"] == crd.OPERATOR_RULES
+    (binding,) = [d for d in default if d["kind"] == "RoleBinding"]
+    assert binding["metadata"]["namespace"] == "finetune-system"  # not cluster-wide by default
+    docs = render("--set", "operator.clusterWide=true")
+    role = _one(docs, "ClusterRole")
     assert role["rules"] == crd.OPERATOR_RULES
-    binding = _one(render(), "ClusterRoleBinding")
+    binding = _one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "finetune-operator", "namespace": "finetune-system"}

@@ -69,7 +69,6 @@ VOLUMES = [
 ENV = [
     {"name": "HF_HOME", "value": "/cache/huggingface"},
     {"name": "FINETUNE_JOB", "value": "bot"},
-    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
     {"name": "A", "value": "1"},
 ]
 
@@ -267,6 +266,7 @@ def test_output_pvc_only_for_size_and_not_owned(make_job: JobF) -> None:
             "labels": {
                 "app.kubernetes.io/managed-by": "finetune-operator",
                 "finetune.dev/job": "bot",
+                "finetune.dev/job-uid": "uid-1",
             },
         },
         "spec": {

@@ -13,6 +13,14 @@ from finetune_operator import models as m
 from tests.unit.operator.conftest import job_body, pod
 
 R = m.Reason
+
+
+def owned(p: dict[str, Any]) -> dict[str, Any]:
+    """A pod of the job (uid-1), as the operator makes them."""
+    p["metadata"]["ownerReferences"] = [{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}]
+    return p
+
+
 PREPARED = {
     "phase": "Running",
     "attempt": 1,
@@ -139,7 +147,7 @@ def test_exceeded_quota_is_transient() -> None:
 def test_deleted_children_are_created_again_with_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
     body = job_body(status=PREPARED)
     fake = FakeApi(body, ALL - {"RoleBinding bot-trainer", "ConfigMap bot-progress"})
-    fake.pods = [pod("bot-1", phase="Running", running=True)]
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
     fake.install(monkeypatch)
     handlers.reconcile("ml", "bot")
     assert sorted(fake.created) == ["ConfigMap bot-progress", "RoleBinding bot-trainer"]
@@ -154,7 +162,7 @@ def test_the_config_of_a_pod_not_started_yet_is_created_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = FakeApi(job_body(status=PREPARED), ALL - {"ConfigMap bot-config"})
-    fake.pods = [pod("bot-1", phase="Pending")]
+    fake.pods = [owned(pod("bot-1", phase="Pending"))]
     fake.install(monkeypatch)
     handlers.reconcile("ml", "bot")
     assert fake.created == ["ConfigMap bot-config"]

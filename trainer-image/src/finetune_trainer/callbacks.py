@@ -106,6 +106,7 @@ class ProgressCallback(TrainerCallback):
         self.learning_rate: float | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.packing: str | None = None  # "isolated" or "off: <why>" (train.decide_packing)
+        self.edits: list[str] = []  # spec edits applied on resume (edits.honouring_edits)
         self._t0: float | None = None
         self._step0 = 0
         self._tokens0 = 0
@@ -154,6 +155,7 @@ class ProgressCallback(TrainerCallback):
             "gpu_memory_mib": memory,
             "checkpoint": self.checkpoint,
             "packing": self.packing,
+            "edits": list(self.edits) or None,
         }
 
     def send(self, state: Any, status: str, *, force: bool = False) -> None:

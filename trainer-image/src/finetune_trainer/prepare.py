@@ -27,7 +27,13 @@ from typing import Any
 from finetune_trainer import data as datamod
 from finetune_trainer import planner, workdir
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.errors import DataError, ModelNotFoundError, PlanRefusedError, TrainerError
+from finetune_trainer.errors import (
+    ConfigError,
+    DataError,
+    ModelNotFoundError,
+    PlanRefusedError,
+    TrainerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +57,16 @@ TOKENIZER_FILES = (
 
 
 def hub_token(config: TrainerConfig) -> str | None:
-    """The hub token from the mounted secret file, else HF_TOKEN; never logged."""
+    """The hub token from the mounted secret file (a missing one is a BadConfig: the Secret or its
+    key does not exist), else HF_TOKEN; never logged."""
     if config.hub_token_file:
         try:
             return Path(config.hub_token_file).read_text().strip() or None
         except OSError as exc:
-            log.warning("cannot read hub_token_file: %s", exc.strerror)
+            raise ConfigError(
+                f"cannot read the hub token file {config.hub_token_file} ({exc.strerror}): does "
+                "the Secret of spec.hubTokenSecretRef exist with that key?"
+            ) from exc
     return os.environ.get("HF_TOKEN") or None
 
 

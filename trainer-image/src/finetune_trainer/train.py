@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import backends, checkpoints, isolation, launch, planner, prepare, workdir
+from finetune_trainer import (
+    backends,
+    checkpoints,
+    edits,
+    isolation,
+    launch,
+    planner,
+    prepare,
+    workdir,
+)
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     EXIT_SUSPENDED,
@@ -278,6 +287,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     progress.packing = packing_text(config, pack, packing_verdict)
     marker = MarkerCallback(ckpt_root, config.checkpoint.keep, reporter, progress)
     trainer_class = SFTTrainer if device.cuda else cpu_trainer_class(SFTTrainer)
+    trainer_class = edits.honouring_edits(trainer_class, t.learning_rate, progress.edits)
     trainer = trainer_class(
         model=loaded.model,
         args=args,
@@ -321,6 +331,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             prepared=prepared,
             eval_loss=eval_loss,
         )
+        summary["edits"] = progress.edits
         summary["packing"] = {
             "requested": config.training.packing,
             "on": pack,
@@ -458,6 +469,11 @@ def make_summary(
         "epochs": state.epoch,
         "final_loss": losses[-1]["loss"] if losses else None,
         "losses": losses,
+        "learning_rates": [
+            {"step": int(e["step"]), "learning_rate": float(e["learning_rate"])}
+            for e in state.log_history
+            if "learning_rate" in e and "step" in e
+        ],
         "eval_loss": eval_loss,
         "tokens": int(getattr(state, "num_input_tokens_seen", 0) or 0),
         "plan": {
