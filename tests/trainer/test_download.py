@@ -72,6 +72,7 @@ class Server:
     scripts: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     sent: int = 0
+    default: tuple[Any, ...] = ("status", 404, {})  # for paths without a script
 
     def script(self, path: str, *steps: tuple[Any, ...]) -> str:
         self.scripts[path] = list(steps)
@@ -92,12 +93,15 @@ def _handler(state: Server) -> type[http.server.BaseHTTPRequestHandler]:
             self.wfile.write(data)
             state.sent += len(data)
 
+        def do_HEAD(self) -> None:  # the hub client asks for metadata first
+            self.do_GET()
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             state.seen.append(
                 Seen(path, {k.lower(): v for k, v in self.headers.items()}, time.monotonic())
             )
-            steps = state.scripts.get(path) or [("status", 404, {})]
+            steps = state.scripts.get(path) or [state.default]
             step = steps.pop(0) if len(steps) > 1 else steps[0]
             kind = step[0]
             if kind == "status":
@@ -161,9 +165,15 @@ def _handler(state: Server) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Quiet(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # the client hanging up on a misbehaving answer is what some tests do
+
+
 def _serve(state: Server) -> Iterator[Server]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
+    httpd = _Quiet(("127.0.0.1", 0), _handler(state))
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -545,6 +555,14 @@ def _classification_cases() -> list[tuple[str, BaseException, type[TrainerError]
          _chained(OSError("not a valid model id"), _hub_http("RepositoryNotFoundError", 404)),
          None),
         ("hub-gated", _hub_http("GatedRepoError", 401), None),
+        (
+            "hub-404-not-cached",  # huggingface_hub: LocalEntryNotFoundError from an HTTP 404
+            _chained(
+                OSError("We couldn't connect to 'https://huggingface.co' to load the files"),
+                _chained(LocalEntryNotFoundError("x"), _hub_http("HfHubHTTPError", 404)),
+            ),
+            None,
+        ),
         ("offline-mode", OfflineModeIsEnabled("HF_HUB_OFFLINE=1"), None),
         ("unknown-architecture", ValueError("model type foo"), None),
         ("missing-dir", FileNotFoundError(2, "No such file"), None),
@@ -608,3 +626,34 @@ def test_prepare_with_a_refused_presigned_url_exits_3_without_the_token(
     shown = [message, result, json.dumps(progress_reports(work)), caplog.text]
     for text in shown:
         assert "TOPSECRET" not in text and "CREDENTIAL" not in text
+
+
+@pytest.mark.parametrize(("status", "needle"), [(401, "hubTokenSecretRef"), (404, "org/m")])
+def test_hub_model_refused_or_missing_is_model_not_found(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, needle: str
+) -> None:
+    """The real transformers/huggingface_hub path against a local "hub" that answers 401 or 404:
+    permanent (ModelNotFound), with the token hint for 401. (A refused connection gives
+    SourceUnavailable through the same path after the hub client's own retries, ~50 s; its
+    exception chain is in the classification table above.)"""
+    from huggingface_hub import constants
+
+    from finetune_trainer import prepare
+    from finetune_trainer.config import parse_config
+
+    server.default = ("status", status, {})
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)  # HF_ENDPOINT, read at import
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        server.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    config = parse_config({
+        "version": 1, "job": {"name": "t"}, "model": {"name": "org/m"},
+        "dataset": {"path": "/unused.jsonl"},
+        "paths": {"work": str(tmp_path / "work"), "model_cache": str(tmp_path / "cache")},
+    })  # fmt: skip
+    with pytest.raises(ModelNotFoundError, match=needle) as info:
+        prepare.load_tokenizer(config)
+    assert str(info.value).startswith("cannot load the tokenizer of org/m")
+    assert server.seen  # it did ask the (local) hub

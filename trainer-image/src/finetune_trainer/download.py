@@ -197,24 +197,25 @@ def classify(exc: BaseException) -> type[TrainerError] | None:
     stands for: ``SourceUnavailableError`` for a transient network fault, ``DiskFullError`` for
     ENOSPC, ``None`` for anything else (the caller's permanent error: not found, refused, bad).
 
-    The cause chain is walked outermost first, so transformers' ``OSError`` wrapping a hub error
-    that wraps an ``httpx.ConnectError`` is seen as the network fault it is; the first error that
-    carries an HTTP status decides by that status.
+    The whole cause chain is read, because the libraries wrap: transformers raises ``OSError``
+    from the hub's ``LocalEntryNotFoundError``, which huggingface_hub raises both from an
+    ``httpx.ConnectError`` (the hub is unreachable: transient) and from an HTTP 404 it could not
+    name (permanent). So, in order: ENOSPC anywhere; else the first HTTP status found decides;
+    else a network error (or "not cached and the hub was unreachable") anywhere is transient.
     """
-    network = _network_types()
-    offline, unreachable = _hub_offline_types()
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return DiskFullError
+    chain = list(_chain(exc))
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
+        return DiskFullError
+    for e in chain:
         status = _status_of(e)
         if status is not None:
             return SourceUnavailableError if is_transient_status(status) else None
-        if offline and isinstance(e, offline):
-            return None
-        if unreachable and isinstance(e, unreachable):
-            return SourceUnavailableError
-        if isinstance(e, network):
-            return SourceUnavailableError
+    offline, unreachable = _hub_offline_types()
+    if offline and any(isinstance(e, offline) for e in chain):
+        return None
+    network = _network_types() + unreachable
+    if any(isinstance(e, network) for e in chain):
+        return SourceUnavailableError
     return None
 
 
