@@ -1,5 +1,5 @@
 """Verified, bounded downloads (download.py) against a local HTTP server that misbehaves on purpose,
-and the classification of hub/network exceptions into the contract's errors."""
+and what network exceptions mean (netfaults.py: classification, redaction)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer import download
+from finetune_trainer import download, netfaults
 from finetune_trainer.errors import (
     DataError,
     DiskFullError,
@@ -421,10 +421,10 @@ def test_redirect_to_another_scheme_is_refused(server: Server, tmp_path: Path) -
 )
 def test_redirect_policy(source: str, target: str, ok: bool) -> None:
     if ok:
-        download.check_redirect(source, target, download.redact(source))
+        download.check_redirect(source, target, netfaults.redact(source))
         return
     with pytest.raises(DataError) as info:
-        download.check_redirect(source, target, download.redact(source))
+        download.check_redirect(source, target, netfaults.redact(source))
     assert "sig=s" not in str(info.value)
 
 
@@ -444,7 +444,7 @@ def test_redirect_policy(source: str, target: str, ok: bool) -> None:
     ],
 )
 def test_redact(url: str, shown: str) -> None:
-    assert download.redact(url) == shown
+    assert netfaults.redact(url) == shown
 
 
 def test_scrub_removes_tokens_from_library_messages() -> None:
@@ -452,7 +452,7 @@ def test_scrub_removes_tokens_from_library_messages() -> None:
         "HTTPConnectionPool(host='h', port=80): Max retries exceeded with url: "
         f"/d.jsonl?{SECRET} (Caused by ...) see https://u:p@h/x?t=2"
     )
-    scrubbed = download.scrub(text)
+    scrubbed = netfaults.scrub(text)
     assert "TOPSECRET" not in scrubbed and "u:p@" not in scrubbed and "t=2" not in scrubbed
     assert "/d.jsonl?<redacted>" in scrubbed
 
@@ -572,16 +572,16 @@ def _classification_cases() -> list[tuple[str, BaseException, type[TrainerError]
 
 def test_classify_exceptions() -> None:
     for name, exc, expected in _classification_cases():
-        assert download.classify(exc) is expected, name
+        assert netfaults.classify(exc) is expected, name
 
 
 def test_hub_failure_messages() -> None:
-    gated = download.hub_failure(_hub_http("GatedRepoError", 403), "cannot load model org/m")
+    gated = netfaults.hub_failure(_hub_http("GatedRepoError", 403), "cannot load model org/m")
     assert isinstance(gated, ModelNotFoundError)
     assert "hubTokenSecretRef" in str(gated) and "SECRETQ" not in str(gated)
-    down = download.hub_failure(httpx_connect_error(), "cannot load model org/m")
+    down = netfaults.hub_failure(httpx_connect_error(), "cannot load model org/m")
     assert isinstance(down, SourceUnavailableError) and "unreachable" in str(down)
-    data = download.hub_failure(
+    data = netfaults.hub_failure(
         FileNotFoundError("no such dataset"), "hub dataset org/d", DataError
     )
     assert isinstance(data, DataError) and str(data) == "hub dataset org/d: no such dataset"
@@ -657,3 +657,62 @@ def test_hub_model_refused_or_missing_is_model_not_found(
         prepare.load_tokenizer(config)
     assert str(info.value).startswith("cannot load the tokenizer of org/m")
     assert server.seen  # it did ask the (local) hub
+
+
+# ------------------------------------------------------------------------------------ TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[Server]:
+    import ssl
+
+    state = Server()
+    httpd = _Quiet(("127.0.0.1", 0), _handler(state))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_download_and_no_downgrade_to_http(
+    tls_server: Server,
+    other: Server,
+    certificate: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # trust the test CA (as a pod may)
+    url = tls_server.script("/d.jsonl", ("ok", BODY))
+    assert fetch(url, tmp_path / "a").read_bytes() == BODY
+    plain = other.script("/d.jsonl", ("ok", BODY))
+    down = tls_server.script("/down.jsonl", ("redirect", plain + f"?{SECRET}"))
+    with pytest.raises(DataError, match="redirect from https to http") as info:
+        fetch(down, tmp_path / "b")
+    assert other.seen == [] and "TOPSECRET" not in str(info.value)  # never asked over http
+
+
+def test_untrusted_certificate_is_bad_data(tls_server: Server, tmp_path: Path) -> None:
+    url = tls_server.script("/d.jsonl", ("ok", BODY))
+    with pytest.raises(DataError, match="TLS certificate verification failed"):
+        fetch(url, tmp_path)

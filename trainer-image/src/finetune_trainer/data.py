@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import download
+from finetune_trainer import download, netfaults
 from finetune_trainer.config import DatasetSpec
 from finetune_trainer.errors import ConfigError, DataError
 
@@ -177,7 +177,7 @@ def read_hub(spec: DatasetSpec, cache_dir: Path, token: str | None) -> Iterator[
         )
     except (OSError, ValueError) as exc:  # ConnectionError and DatasetNotFoundError are OSErrors
         what = f"hub dataset {spec.hub} (split {spec.split})"
-        raise download.hub_failure(exc, what, DataError) from exc
+        raise netfaults.hub_failure(exc, what, DataError) from exc
     for number, row in enumerate(ds, start=1):
         yield Record(spec.hub, f"row {number}", row)
 
