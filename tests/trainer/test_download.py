@@ -172,9 +172,12 @@ class _Quiet(http.server.ThreadingHTTPServer):
         pass  # the client hanging up on a misbehaving answer is what some tests do
 
 
-def _serve(state: Server) -> Iterator[Server]:
+def _serve(state: Server, tls: Any = None) -> Iterator[Server]:
     httpd = _Quiet(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    state.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield state
@@ -682,17 +685,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def tls_server(certificate: tuple[Path, Path]) -> Iterator[Server]:
     import ssl
 
-    state = Server()
-    httpd = _Quiet(("127.0.0.1", 0), _handler(state))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*certificate)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    yield from _serve(Server(), context)
 
 
 def test_https_download_and_no_downgrade_to_http(
