@@ -709,5 +709,7 @@ def test_https_download_and_no_downgrade_to_http(
 
 def test_untrusted_certificate_is_bad_data(tls_server: Server, tmp_path: Path) -> None:
     url = tls_server.script("/d.jsonl", ("ok", BODY))
+    started = time.monotonic()
     with pytest.raises(DataError, match="TLS certificate verification failed"):
-        fetch(url, tmp_path)
+        fetch(url, tmp_path, backoff_factor=10.0, backoff_max_s=60.0)
+    assert time.monotonic() - started < 5  # not retried with backoff: it will not start to verify

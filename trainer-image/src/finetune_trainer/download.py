@@ -92,6 +92,9 @@ class Policy:
     def retry(self) -> Retry:
         return Retry(
             total=self.retries,
+            # TLS and proxy failures ("other") are not retried here: a certificate that does not
+            # verify will not start to; anything else of the kind is left to the operator's retry
+            other=0,
             redirect=False,  # we follow redirects ourselves (policy checks per hop)
             status_forcelist=TRANSIENT_STATUS,
             allowed_methods=frozenset({"GET"}),
@@ -185,13 +188,9 @@ def cached(dest: Path, sha256: str | None) -> bool:
 class _RetryableError(Exception):
     """A fault after the response started (cut body, read timeout): resume or restart."""
 
-    def __init__(self, message: str, cause: Exception | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
 
 class _CutBodyError(ProtocolError):
-    """Stands for a body that ended early without a library error (counted as a read retry)."""
+    """What a ``_RetryableError`` counts as in urllib3's ``Retry``: a read error."""
 
 
 @dataclass
@@ -297,8 +296,10 @@ class _Transfer:
 
     def _connect_failure(self, reason: Exception) -> TrainerError:
         text = scrub(str(reason))
-        if isinstance(reason, SSLError) and "CERTIFICATE_VERIFY_FAILED" in text:
-            return self.bad(f"TLS certificate verification failed ({text})")
+        if isinstance(reason, SSLError):
+            if "CERTIFICATE_VERIFY_FAILED" in text:
+                return self.bad(f"TLS certificate verification failed ({text})")
+            return self.unavailable(f"TLS error ({text})")
         # MaxRetryError: the shared budget is spent, so every allowed attempt was made
         return self.unavailable(f"{text} (after {self.policy.retries + 1} attempts)")
 
@@ -367,7 +368,6 @@ class _Transfer:
                             raise self.too_slow(received, total) from None
                         raise _RetryableError(
                             f"transfer cut after {received} of {total} bytes ({scrub(str(exc))})",
-                            exc,
                         ) from None
                     if not chunk:
                         break
@@ -451,7 +451,7 @@ def _next_try(t: _Transfer, exc: _RetryableError) -> None:
     raise ``SourceUnavailableError`` when the budget or the deadline is spent."""
     log.warning("download of %s: %s; retrying", t.shown, exc)
     try:
-        t.retry = t.retry.increment("GET", t.shown, error=exc.cause or _CutBodyError())
+        t.retry = t.retry.increment("GET", t.shown, error=_CutBodyError(str(exc)))
     except MaxRetryError:
         raise t.unavailable(f"{exc} (after {len(t.retry.history) + 1} attempts)") from None
     if t.retry.get_backoff_time() >= t.left():
