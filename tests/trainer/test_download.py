@@ -269,6 +269,14 @@ def test_a_later_pod_resumes_the_partial_file(server: Server, tmp_path: Path) ->
     assert server.sent == len(BODY)
 
 
+def test_with_sha256_a_new_presigned_url_resumes_too(server: Server, tmp_path: Path) -> None:
+    url = server.script("/d.jsonl", ("cut", BODY, 30_000, '"v1"'), ("ok-resumable", BODY))
+    with pytest.raises(SourceUnavailableError):
+        fetch(f"{url}?sig=old", tmp_path, sha256=SHA, retries=0)
+    assert fetch(f"{url}?sig=new", tmp_path, sha256=SHA).read_bytes() == BODY
+    assert server.requests("/d.jsonl")[1].headers["range"] == "bytes=30000-"
+
+
 def test_a_partial_file_without_validator_restarts_from_zero(
     server: Server, tmp_path: Path
 ) -> None:

@@ -213,6 +213,12 @@ class _Transfer:
     def part(self) -> Path:
         return self.dest.with_name(self.dest.name + ".part")
 
+    @property
+    def resume_key(self) -> str:
+        """What a partial file must belong to: the expected sha256 (a new presigned URL for the
+        same file resumes too), else the whole URL."""
+        return self.sha256 or hashlib.sha256(self.url.encode()).hexdigest()
+
     def left(self) -> float:
         return self.deadline - self.policy.clock()
 
@@ -309,7 +315,7 @@ class _Transfer:
         """One request: resume ``.part`` when possible, stream into it, or raise."""
         meta = _read_meta(self.part)
         offset = self.part.stat().st_size if self.part.exists() else 0
-        validator = meta.get("validator") if meta and meta.get("url") == _key(self.url) else None
+        validator = meta.get("validator") if meta and meta.get("key") == self.resume_key else None
         if offset and not validator:
             offset = 0  # nothing to prove the server's copy is the same: start over
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -318,8 +324,10 @@ class _Transfer:
         response = self.open(headers)
         try:
             self._stream(response, offset, headers)
-        finally:
-            response.release_conn()
+        except BaseException:
+            response.close()  # never hand a connection with half a body back to the pool
+            raise
+        response.release_conn()
 
     def _stream(
         self, response: urllib3.BaseHTTPResponse, offset: int, headers: dict[str, str]
@@ -352,7 +360,7 @@ class _Transfer:
             _remove(self.part, _meta_path(self.part))
             validator = _validator(response)
             if validator:  # what a later resume (also by another pod) must match
-                _write_meta(self.part, {"url": _key(self.url), "validator": validator})
+                _write_meta(self.part, {"key": self.resume_key, "validator": validator})
         received = offset
         try:
             with self.part.open(mode) as out:
@@ -472,10 +480,6 @@ def check_redirect(source: str, target: str, shown: str) -> None:
         raise DataError(
             f"cannot download {shown}: redirect from https to http ({redact(target)}) refused"
         )
-
-
-def _key(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
