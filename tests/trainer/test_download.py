@@ -466,6 +466,8 @@ def test_scrub_removes_tokens_from_library_messages() -> None:
     scrubbed = netfaults.scrub(text)
     assert "TOPSECRET" not in scrubbed and "u:p@" not in scrubbed and "t=2" not in scrubbed
     assert "/d.jsonl?<redacted>" in scrubbed
+    question = "Is the repository id right? Check it (really?)."
+    assert netfaults.scrub(question) == question
 
 
 def test_presigned_token_never_in_messages_or_logs(

@@ -40,7 +40,7 @@ HUB_TOKEN_HINT = (
 # ------------------------------------------------------------------------------------ redaction
 
 _USERINFO = re.compile(r"(?<=//)[^/@\s'\"]+@")
-_QUERY = re.compile(r"\?[^\s'\"<>)\]]*")
+_QUERY = re.compile(r"\?[^\s'\"<>)\]]+")
 
 
 def redact(url: str) -> str:
