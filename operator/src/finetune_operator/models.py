@@ -288,7 +288,8 @@ class DatasetSource(_Base):
         "job's volume and verified (Content-Length, sha256 when given, maxBytes); transient "
         "network faults are retried (reason SourceUnavailable), a 4xx answer, a checksum "
         "mismatch or an oversized file is BadData. Its query string and userinfo are never "
-        "shown in logs, status or Events (presigned URLs are safe to use).",
+        "shown in logs, status or Events; they stay in this spec and in the job's config "
+        "ConfigMap, so a presigned URL is as secret as those are.",
     )
     sha256: str | None = Field(
         default=None,
