@@ -1,10 +1,11 @@
 """Dataset loading, validation and formatting.
 
 Sources: a local file or directory (jsonl, json, parquet, csv), an HTTP(S) URL (downloaded once
-into the work volume and verified, by download.py), or a hub dataset id. Formats: alpaca, sharegpt, messages (both through the
-model's chat template), prompt_completion, text. Every record is validated; a bad one is reported
-with its file, line/row and field. Formatting turns a record into *segments*: pieces of text, each
-marked trainable (loss computed) or not (prompt), so prompt tokens can be masked out of the loss.
+into the work volume and verified, by download.py), or a hub dataset id. Formats: alpaca,
+sharegpt, messages (both through the model's chat template), prompt_completion, text. Every
+record is validated; a bad one is reported with its file, line/row and field. Formatting turns a
+record into *segments*: pieces of text, each marked trainable (loss computed) or not (prompt), so
+prompt tokens can be masked out of the loss.
 """
 
 from __future__ import annotations
