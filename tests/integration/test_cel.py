@@ -41,6 +41,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "dataset.url must start with http:// or https://"),
     ("dataset path escaping", {"dataset": {"pvc": "d", "path": "../secret"}},
      "dataset.path must be relative to the PVC and must not contain '..'"),
+    ("checksum without url", {"dataset": {"pvc": "d", "path": "t.jsonl", "sha256": "0f" * 32}},
+     "dataset.sha256 and dataset.maxBytes apply to dataset.url only"),
     ("lora rank 0", {"lora": {"r": 0}}, "lora.r must be between 1 and 1024"),
     ("lora alpha 0", {"lora": {"alpha": 0}}, "lora.alpha must be greater than 0"),
     ("lora dropout 1", {"lora": {"dropout": 1.0}}, "lora.dropout must be in [0, 1)"),
@@ -166,6 +168,28 @@ def test_bad_object_is_rejected_with_the_rules_message(
     with pytest.raises(RuntimeError) as err:
         cluster.kubectl("create", "--dry-run=server", "-f", "-", input=body)
     assert message in str(err.value), what
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ({"sha256": "0F" * 32}, "should match '^[0-9a-f]{64}$'"),
+        ({"sha256": "0f" * 31}, "spec.dataset.sha256"),
+        ({"maxBytes": 0}, "spec.dataset.maxBytes"),
+    ],
+)
+def test_download_checks_are_validated_at_the_door(
+    cluster: Cluster, crd: dict[str, Any], namespace: str, dataset: dict[str, Any], message: str
+) -> None:
+    spec = _spec({"dataset": {"url": "https://example.com/t.jsonl?sig=s", **dataset}})
+    with pytest.raises(RuntimeError) as err:
+        cluster.kubectl("create", "--dry-run=server", "-f", "-", input=_obj("dl", namespace, spec))
+    assert message in str(err.value)
+    good = _spec({"dataset": {"url": "https://x/t.jsonl", "sha256": "0f" * 32, "maxBytes": 1}})
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=_obj("dl", namespace, good)
+    )
+    assert "created (server dry run)" in out
 
 
 def test_long_name_is_rejected(cluster: Cluster, crd: dict[str, Any], namespace: str) -> None:

@@ -49,6 +49,12 @@ SPECS: list[dict[str, Any]] = [
         "model": {"name": "org/m"}, "dataset": {"url": "https://x/t.jsonl", "format": "text"},
         "training": {"epochs": 3}, "output": {"pvc": "out"},
     },
+    {   # presigned URL dataset with a checksum and its own size cap
+        "model": {"name": "org/m"},
+        "dataset": {"url": "https://x/t.jsonl?X-Amz-Signature=s", "sha256": "0f" * 32,
+                    "maxBytes": 2**20},
+        "training": {"maxSteps": 5}, "output": {"pvc": "out"},
+    },
 ]  # fmt: skip
 
 

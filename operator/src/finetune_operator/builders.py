@@ -96,7 +96,7 @@ def _meta(job: m.FineTuneJob, name: str, **extra_labels: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- trainer config
 
 
-def _dataset_config(ds: m.DatasetSource) -> dict[str, Any]:
+def _dataset_config(ds: m.DatasetSource, settings: Settings) -> dict[str, Any]:
     path: str | None = None
     if ds.pvc is not None and ds.path is not None:
         path = f"{DATA_DIR}/{ds.path}"
@@ -110,6 +110,8 @@ def _dataset_config(ds: m.DatasetSource) -> dict[str, Any]:
         "format": ds.format.replace("-", "_"),
         "fields": dict(ds.fields),
         "validation_split": ds.validation_split,
+        "sha256": ds.sha256,
+        "max_bytes": (ds.max_bytes or settings.download_max_bytes) if ds.url else None,
     }
 
 
@@ -143,7 +145,7 @@ def trainer_config(
             "revision": spec.model.revision,
             "trust_remote_code": spec.model.trust_remote_code,
         },
-        "dataset": _dataset_config(spec.dataset),
+        "dataset": _dataset_config(spec.dataset, settings),
         "method": spec.method,
         "lora": {
             "r": lora.r,

@@ -276,13 +276,39 @@ class DatasetSource(_Base):
                 "!has(self.path) || (!self.path.startsWith('/') && !self.path.contains('..'))",
                 "dataset.path must be relative to the PVC and must not contain '..'",
             ),
+            (
+                "has(self.url) || (!has(self.sha256) && !has(self.maxBytes))",
+                "dataset.sha256 and dataset.maxBytes apply to dataset.url only",
+            ),
         )
     )
 
     url: str | None = Field(
         default=None,
         max_length=2048,
-        description="HTTP(S) URL of a jsonl, json, parquet or csv file.",
+        description="HTTP(S) URL of a jsonl, json, parquet or csv file. Downloaded once into the "
+        "job's volume and verified (Content-Length, sha256 when given, maxBytes); transient "
+        "network faults are retried (reason SourceUnavailable), a 4xx answer, a checksum "
+        "mismatch or an oversized file is BadData. Its query string and userinfo are never "
+        "shown in logs, status or Events; they stay in this spec and in the job's config "
+        "ConfigMap, so a presigned URL is as secret as those are.",
+    )
+    sha256: str | None = Field(
+        default=None,
+        min_length=64,
+        max_length=64,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the file at url, 64 lowercase hex digits (as sha256sum "
+        "prints it). A download that does not match fails the job with reason BadData naming "
+        "both hashes. Also makes the download cache content-addressed, so a new presigned URL "
+        "for the same file reuses it.",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest file accepted from url, in bytes; a larger one fails with reason "
+        "BadData before or while it is downloaded. Unset: the operator's default "
+        "(FTO_DOWNLOAD_MAX_BYTES, 10 GiB unless the admin changed it).",
     )
     pvc: str | None = Field(
         default=None,

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     lease_duration_seconds: int = Field(
         default=15, ge=3, le=300, description="A leader that stops renewing is replaced after it."
     )
+    download_max_bytes: int = Field(
+        default=10 * 2**30,
+        ge=1,
+        description="Largest dataset download (spec.dataset.url) when the job sets no "
+        "spec.dataset.maxBytes.",
+    )
     prepare_cpu: str = Field(default="500m", description="CPU request of the prepare pod.")
     prepare_memory: str = Field(default="2Gi", description="Memory request/limit of prepare pods.")
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="Prometheus port (0=off).")

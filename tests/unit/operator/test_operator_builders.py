@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator import planner
@@ -166,7 +168,8 @@ def test_trainer_config(make_job: JobF) -> None:
         "model": {"name": None, "path": "/models/llama", "revision": None,
                   "trust_remote_code": False},
         "dataset": {"url": None, "path": "/data/t.jsonl", "hub": None, "split": "train",
-                    "format": "alpaca", "fields": {}, "validation_split": 0.0},
+                    "format": "alpaca", "fields": {}, "validation_split": 0.0,
+                    "sha256": None, "max_bytes": None},
         "method": "qlora",
         "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": None},
         "training": {"epochs": 2.0, "max_steps": None, "learning_rate": 0.0002, "batch_size": 16,
@@ -205,6 +208,21 @@ def test_inline_dataset_and_hub_model(make_job: JobF) -> None:
     volumes = b.train_pod(job, 1, SETTINGS)["spec"]["volumes"]
     assert {"name": "data", "configMap": {"name": "cm"}} in volumes
     assert b.referenced_pvcs(job) == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"), [(None, 10 * 2**30), (1000, 1000)], ids=["admin-default", "spec"]
+)
+def test_url_dataset_download_limits(make_job: JobF, limit: int | None, expected: int) -> None:
+    """A URL dataset always gets a size cap (the spec's, else the operator's default) and its
+    sha256; the trainer gets neither for other sources."""
+    digest = "ab" * 32
+    job = make_job(spec={"dataset": {"url": "https://x/t.jsonl?sig=s", "pvc": None, "path": None,
+                                     "sha256": digest, "maxBytes": limit}})  # fmt: skip
+    dataset = b.trainer_config(job, 1, None, None, SETTINGS)["dataset"]
+    assert (dataset["sha256"], dataset["max_bytes"]) == (digest, expected)
+    small = Settings(download_max_bytes=5)
+    assert b.trainer_config(job, 1, None, None, small)["dataset"]["max_bytes"] == (limit or 5)
 
 
 def test_rbac_allows_only_the_progress_config_map(make_job: JobF) -> None:

@@ -143,6 +143,24 @@ def cel_errors(spec: dict[str, Any], name: str = "bot") -> list[str]:
     return errors
 
 
+@pytest.mark.parametrize(
+    ("dataset", "rejected"),
+    [
+        ({"url": "https://x/t.jsonl", "sha256": "0f" * 32, "maxBytes": 10}, False),
+        ({"pvc": "data", "path": "t.jsonl", "sha256": "0f" * 32}, True),
+        ({"hub": "org/d", "maxBytes": 10}, True),
+    ],
+)
+def test_download_checks_apply_to_url_datasets_only(
+    dataset: dict[str, Any], rejected: bool
+) -> None:
+    spec = {"model": {"name": "org/m"}, "dataset": dataset, "output": {"pvc": "out"}}
+    message = "dataset.sha256 and dataset.maxBytes apply to dataset.url only"
+    assert (message in cel_errors(spec)) == rejected
+    props = SCHEMA["properties"]["spec"]["properties"]["dataset"]["properties"]
+    assert props["sha256"]["pattern"] == "^[0-9a-f]{64}$" and props["maxBytes"]["minimum"] == 1
+
+
 def test_every_rule_compiles() -> None:
     assert len(_RULES) >= 20
 
@@ -164,6 +182,7 @@ dataset = s.fixed_dictionaries({}, optional={
     "url": s.sampled_from(["https://x/y.jsonl", "http://x/y", "ftp://x"]),
     "pvc": s.just("data"), "path": s.sampled_from(["t.jsonl", "/t", "a/../b"]),
     "hub": s.just("org/d"), "configMap": s.just({"name": "cm"}),
+    "sha256": s.just("0f" * 32), "maxBytes": s.integers(1, 2**40),
 })  # fmt: skip
 spec_strategy = s.fixed_dictionaries(
     {

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from finetune_trainer import netfaults
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigError, ModelNotFoundError
 from finetune_trainer.planner import DEFAULT_TARGET_MODULES
@@ -169,8 +170,9 @@ def load(
         if isinstance(exc, ConfigError):
             raise
         # transformers raises OSError for a missing repo/revision/file and ValueError for an
-        # unknown architecture: both mean the model cannot be used as given
-        raise ModelNotFoundError(f"cannot load model {config.model.source}: {exc}") from exc
+        # unknown architecture: both mean the model cannot be used as given, unless the cause
+        # is the network (SourceUnavailable, retried) or a full disk
+        raise netfaults.hub_failure(exc, f"cannot load model {config.model.source}") from exc
 
 
 def _device_map(device: Device, strategy: str) -> Any:

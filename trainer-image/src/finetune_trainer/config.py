@@ -71,6 +71,16 @@ class DatasetSpec(_Strict):
     validation_split: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Fraction of records held out for evaluation."
     )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 (hex) of the file at url; a mismatch is BadData.",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest download accepted from url; null = the trainer's default (10 GiB).",
+    )
 
     @field_validator("format", mode="before")
     @classmethod
@@ -90,6 +100,8 @@ class DatasetSpec(_Strict):
             raise ValueError("exactly one of dataset.url / dataset.path / dataset.hub must be set")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("dataset.url must start with http:// or https://")
+        if self.url is None and (self.sha256 is not None or self.max_bytes is not None):
+            raise ValueError("dataset.sha256 / dataset.max_bytes apply to dataset.url only")
         return self
 
 

@@ -1,10 +1,11 @@
 """Dataset loading, validation and formatting.
 
 Sources: a local file or directory (jsonl, json, parquet, csv), an HTTP(S) URL (downloaded once
-into the work volume), or a hub dataset id. Formats: alpaca, sharegpt, messages (both through the
-model's chat template), prompt_completion, text. Every record is validated; a bad one is reported
-with its file, line/row and field. Formatting turns a record into *segments*: pieces of text, each
-marked trainable (loss computed) or not (prompt), so prompt tokens can be masked out of the loss.
+into the work volume and verified, by download.py), or a hub dataset id. Formats: alpaca,
+sharegpt, messages (both through the model's chat template), prompt_completion, text. Every
+record is validated; a bad one is reported with its file, line/row and field. Formatting turns a
+record into *segments*: pieces of text, each marked trainable (loss computed) or not (prompt), so
+prompt tokens can be masked out of the loss.
 """
 
 from __future__ import annotations
@@ -13,18 +14,12 @@ import csv
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer import download, netfaults
 from finetune_trainer.config import DatasetSpec
 from finetune_trainer.errors import ConfigError, DataError
 
@@ -90,40 +85,9 @@ def _cache_dir(work: Path) -> Path:
     return work / "downloads"
 
 
-def download(url: str, dest_dir: Path, *, timeout: float = 60.0, attempts: int = 3) -> Path:
-    """Download ``url`` once into ``dest_dir`` (atomic rename); return the local file.
-
-    A 4xx answer is bad data (exit 3, not retried by the operator); network failures are retried
-    here and then raised as ``OSError`` (exit 1, the operator retries the pod).
-    """
-    parsed = urllib.parse.urlparse(url)
-    name = Path(parsed.path).name or "data"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    dest = dest_dir / f"{digest}-{name}"
-    if dest.exists():
-        log.info("dataset already downloaded: %s", dest)
-        return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "finetune-trainer"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".download-")
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(response, out, length=1 << 20)
-            os.replace(tmp, dest)
-            log.info("downloaded %s (%d bytes)", url, dest.stat().st_size)
-            return dest
-        except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500:
-                raise DataError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-            last = exc
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        log.warning("download of %s failed (attempt %d/%d): %s", url, attempt, attempts, last)
-        time.sleep(min(2.0**attempt, 10.0) if attempt < attempts else 0)
-    raise OSError(f"cannot download {url}: {last}")
+def download_policy(spec: DatasetSpec) -> download.Policy:
+    """The limits of a URL dataset's download (``dataset.max_bytes`` from the config)."""
+    return download.Policy(max_bytes=spec.max_bytes or download.DEFAULT_MAX_BYTES)
 
 
 def local_files(path: Path) -> list[Path]:
@@ -212,8 +176,9 @@ def read_hub(spec: DatasetSpec, cache_dir: Path, token: str | None) -> Iterator[
         ds = datasets.load_dataset(
             spec.hub, split=spec.split, token=token, cache_dir=str(cache_dir)
         )
-    except FileNotFoundError as exc:
-        raise DataError(f"hub dataset {spec.hub} (split {spec.split}) not found: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ConnectionError and DatasetNotFoundError are OSErrors
+        what = f"hub dataset {spec.hub} (split {spec.split})"
+        raise netfaults.hub_failure(exc, what, DataError) from exc
     for number, row in enumerate(ds, start=1):
         yield Record(spec.hub, f"row {number}", row)
 
@@ -245,9 +210,18 @@ class DataSource:
         return h.hexdigest()
 
 
-def resolve_source(spec: DatasetSpec, work: Path) -> DataSource:
+def resolve_source(
+    spec: DatasetSpec, work: Path, policy: download.Policy | None = None
+) -> DataSource:
+    """The data files of ``spec``; a URL is downloaded (verified, cached) into the work volume."""
     if spec.url is not None:
-        return DataSource((download(spec.url, _cache_dir(work)),))
+        path = download.fetch(
+            spec.url,
+            _cache_dir(work),
+            sha256=spec.sha256,
+            policy=policy or download_policy(spec),
+        )
+        return DataSource((path,))
     if spec.path is not None:
         return DataSource(tuple(local_files(Path(spec.path))))
     return DataSource((), hub=spec.hub)

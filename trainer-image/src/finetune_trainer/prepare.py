@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import data as datamod
-from finetune_trainer import planner, workdir
+from finetune_trainer import netfaults, planner, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     ConfigError,
@@ -89,7 +89,7 @@ def load_tokenizer(config: TrainerConfig) -> Any:
             trust_remote_code=m.trust_remote_code,
         )
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"cannot load the tokenizer of {m.source}: {exc}") from exc
+        raise netfaults.hub_failure(exc, f"cannot load the tokenizer of {m.source}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -114,7 +114,7 @@ def load_model_config(config: TrainerConfig) -> dict[str, Any]:
                 )
             )
         except Exception as exc:
-            raise ModelNotFoundError(f"cannot fetch config.json of {m.name}: {exc}") from exc
+            raise netfaults.hub_failure(exc, f"cannot fetch config.json of {m.name}") from exc
     try:
         loaded: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
