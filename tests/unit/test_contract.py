@@ -110,10 +110,7 @@ def test_the_trainers_progress_report_parses_into_the_typed_report() -> None:
     cb._t0 = time.monotonic() - 10
     state = SimpleNamespace(global_step=5, max_steps=10, epoch=0.5, num_input_tokens_seen=4096)
     written = {**cb.snapshot(state, "running"), "time": progress.now_iso()}  # what put() adds
-    # what the operator reads, and what it knowingly leaves in the ConfigMap: the spec edits the
-    # trainer applied on resume (logged by the trainer, not mirrored into status)
-    ignored = {"edits"}
-    assert set(lc.ProgressReport.model_fields) == set(written) - ignored
+    assert set(lc.ProgressReport.model_fields) == set(written)  # the operator reads every key
     report = lc.parse_progress(json.dumps(written))
     assert report is not None
     assert (report.attempt, report.step, report.total_steps, report.state) == (2, 5, 10, "running")

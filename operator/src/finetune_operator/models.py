@@ -112,6 +112,7 @@ class Reason(StrEnum):
     RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
     PREPARED = "Prepared"  # status.data and status.plan written; the training pod comes next
     MICRO_BATCH_HALVED = "MicroBatchHalved"
+    SPEC_EDIT_APPLIED = "SpecEditApplied"  # an edit made while suspended took effect on resume
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"
     CUDA_OOM = "CudaOOM"
@@ -757,6 +758,14 @@ class Progress(_Base):
             "Sample packing in effect when spec.training.packing is on: `isolated` (packed "
             "samples proven not to attend to each other on the loaded model), or `off: <why>` "
             "when the backend could not isolate them and rows are padded instead."
+        ),
+    )
+    edits: list[str] | None = Field(
+        default=None,
+        max_length=10,
+        description=(
+            "Spec edits made while suspended that this attempt applied on resume, e.g. "
+            "`learningRate 0.003 -> 0.0001 from step 14` (also an Event, reason SpecEditApplied)."
         ),
     )
     updated_at: datetime | None = Field(default=None, description="When the trainer reported.")

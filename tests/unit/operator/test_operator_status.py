@@ -525,3 +525,33 @@ def test_events_on_transitions(make_job: JobF, make_pod: PodF) -> None:
     assert events[0][:2] == ("Warning", R.OOM_KILLED)
     assert events[-1][:2] == ("Normal", P.PENDING)
     assert st.transition_events(new, new) == []
+
+
+def test_rates_and_eta_show_only_while_running(make_job: JobF, make_pod: PodF) -> None:
+    """A suspended or finished job keeps its step and loss but no tokens/s or ETA (they would add
+    jobs that are not training to dashboards, and Succeeded showed ETA 0s)."""
+    progress = {
+        "attempt": 1, "step": 5, "totalSteps": 20, "loss": 1.5, "tokensPerSecond": 100.0,
+        "etaSeconds": 4500, "eta": "1h15m",
+    }  # fmt: skip
+    job = make_job(
+        spec={"suspend": True},
+        status={"attempt": 1, "phase": "Suspending", **PREPARED, "progress": progress},
+    )
+    pods = [make_pod("bot-1", phase="Failed", exit_code=10, deleting=True)]
+    suspended = derive(job, pods, None, OK_PREPARE, NOW)
+    assert suspended.phase == P.SUSPENDED and suspended.progress is not None
+    assert (suspended.progress.step, suspended.progress.loss) == (5, 1.5)
+    assert suspended.progress.tokens_per_second is None and suspended.progress.eta is None
+    job = make_job(status={"attempt": 1, "phase": "Running", **PREPARED, "progress": progress})
+    done = derive(job, [make_pod("bot-1", phase="Succeeded", exit_code=0)], None, OK_PREPARE, NOW)
+    assert done.progress is not None and done.progress.percent == 100.0
+    assert done.progress.eta_seconds is None and done.progress.tokens_per_second is None
+
+
+def test_a_spec_edit_applied_on_resume_becomes_an_event() -> None:
+    edit = "learningRate 0.003 -> 0.0001 from step 14"
+    old = m.FineTuneJobStatus(phase=P.RUNNING, progress=m.Progress(attempt=2, step=14))
+    new = old.model_copy(update={"progress": m.Progress(attempt=2, step=15, edits=[edit])})
+    assert st.transition_events(old, new) == [("Normal", R.SPEC_EDIT_APPLIED, edit)]
+    assert st.transition_events(new, new) == []  # once

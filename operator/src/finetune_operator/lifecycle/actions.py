@@ -166,6 +166,10 @@ def transition_events(
         and new.plan.micro_batch_size != old.plan.micro_batch_size
     ):
         events.append(("Warning", R.MICRO_BATCH_HALVED, new.plan.message or "micro-batch halved"))
+    seen = set(old.progress.edits or []) if old.progress is not None else set()
+    for text in (new.progress.edits or []) if new.progress is not None else []:
+        if text not in seen:
+            events.append(("Normal", R.SPEC_EDIT_APPLIED, text[:MAX_MESSAGE]))
     if new.phase != old.phase or (new.phase == P.STARTING and new.attempt != old.attempt):
         kind = "Warning" if new.phase in (P.FAILED,) else "Normal"
         reason = new.reason if new.phase == P.FAILED and new.reason else str(new.phase)

@@ -364,9 +364,13 @@ def derive_status(
                 "step": total if total is not None else w.progress.step,
                 "percent": 100.0,
                 "percent_text": "100%",
-                "eta_seconds": 0,
-                "eta": "0s",
             }
+        )
+    if w.phase != P.RUNNING and w.progress is not None:
+        # rates and ETAs describe a running pod: a suspended, queued or finished job shows none,
+        # so `kubectl get`, the plugin and dashboards never add up jobs that are not training
+        w.progress = w.progress.model_copy(
+            update={"tokens_per_second": None, "eta_seconds": None, "eta": None}
         )
     return m.FineTuneJobStatus(
         phase=w.phase,  # type: ignore[arg-type]

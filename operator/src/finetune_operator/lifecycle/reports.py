@@ -59,6 +59,13 @@ Time = Annotated[datetime | None, BeforeValidator(parse_time)]
 Flag = Annotated[bool | None, BeforeValidator(_flag)]
 
 
+def _edits(value: Any) -> list[str] | None:
+    """At most 10 sentences of at most 200 characters; anything else is dropped."""
+    if not isinstance(value, list):
+        return None
+    return [str(x)[:200] for x in value if isinstance(x, str)][:10] or None
+
+
 class _Report(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -86,6 +93,7 @@ class ProgressReport(_Report):
     gpu_memory_mib: Annotated[int | None, _bounded(0, 10**7, integer=True)] = None
     checkpoint: Annotated[CheckpointReport | None, BeforeValidator(_object)] = None
     packing: Annotated[str | None, _text(200)] = None  # "isolated" or "off: <why>"
+    edits: Annotated[list[str] | None, BeforeValidator(_edits)] = None  # applied on resume
     time: Time = None
 
 
@@ -219,6 +227,7 @@ def merge_progress(
         eta=humanize(eta) if eta is not None else None,
         gpu_memory_mib=report.gpu_memory_mib,
         packing=report.packing,
+        edits=report.edits,
         updated_at=report.time or (old.updated_at if same_step and old else None) or now,
     )
 
