@@ -80,6 +80,13 @@ ATTEMPTS: list[Attempt] = [
             f"volumes (configMap): {A} may not get configmaps"),
     Attempt("another team's claim as output", {"output": {"pvc": "payments-data"}},
             f"{A} may not get persistentvolumeclaims"),
+    # the demo's shape: three claim references (one expression over all of them had run out of
+    # CEL cost: "actual cost limit exceeded" for every author, rights or not)
+    Attempt("model, data and output on claims",
+            {"model": {"pvc": "payments-data", "path": "m"},
+             "dataset": {"pvc": "payments-data", "path": "d.jsonl"},
+             "output": {"pvc": "other-out"}},
+            f"{A} may not get persistentvolumeclaims"),
     Attempt("hostPath /", {TPL: {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}},
             "volume root has a type outside the allowed volume types", right=False),
     Attempt("reserved label", {TPL: {"labels": {"finetune.dev/job": "victim"}}},
