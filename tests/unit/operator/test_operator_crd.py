@@ -71,7 +71,9 @@ def test_crd_shape() -> None:
     obj = crd.build_crd()
     spec = obj["spec"]
     assert obj["metadata"]["name"] == "finetunejobs.finetune.dev"
-    assert spec["names"]["shortNames"] == ["ftj"] and "all" in spec["names"]["categories"]
+    assert spec["names"]["shortNames"] == ["ftj"]
+    # not in `kubectl get all` / `kubectl delete all`: jobs hold hours of GPU work
+    assert "all" not in spec["names"]["categories"] and "finetune" in spec["names"]["categories"]
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
