@@ -152,16 +152,15 @@ def watch(
             live = False
     if live:
         return _watch_live(api, name, interval, out, clock)
-    last = ""
+    last_status, last_event = "", r.event_key(None)
     while True:
         job = api.get_job(api.namespace, name)
-        events = job_events(api, job)
-        event = r.last_event(events)
-        now = clock()
-        key = r.update_line(job, event, now).split(" ", 1)[1]
-        if key != last:
-            print(r.update_line(job, event, now), file=out, flush=True)
-            last = key
+        event = r.last_event(job_events(api, job))
+        status, key = r.status_line(job), r.event_key(event)
+        if status != last_status or key != last_event:
+            fresh = event if key != last_event else None  # an Event is printed once
+            print(r.update_line(job, fresh, clock()), file=out, flush=True)
+            last_status, last_event = status, key
         if r.phase(job) in m.Phase.TERMINAL:
             return r.exit_code(r.phase(job))
         time.sleep(interval)

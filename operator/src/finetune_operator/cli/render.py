@@ -99,8 +99,12 @@ def ratio(job: Mapping[str, Any]) -> float | None:
 
 
 def percent_text(job: Mapping[str, Any]) -> str:
+    """The PROGRESS column of ``kubectl get`` (status.progress.percentText: one decimal, ``%g``),
+    computed the same way when the operator has not written it yet."""
+    if phase(job) != P.SUCCEEDED and (written := _progress(job).get("percentText")):
+        return str(written)
     r = ratio(job)
-    return "-" if r is None else f"{r * 100:.0f}%"
+    return "-" if r is None else f"{round(r * 100, 1):g}%"
 
 
 def step_text(job: Mapping[str, Any]) -> str:
@@ -130,10 +134,14 @@ def tokens_text(job: Mapping[str, Any]) -> str:
     return f"{tps / 1000:.1f}k" if tps >= 10000 else f"{tps:.0f}"
 
 
-def gpus_text(job: Mapping[str, Any]) -> str:
+def gpu_count(job: Mapping[str, Any]) -> int:
     res = (job.get("spec") or {}).get("resources") or {}
     gpus = res.get("gpus", 1)
-    return str(gpus)
+    return gpus if isinstance(gpus, int) else 1
+
+
+def gpus_text(job: Mapping[str, Any]) -> str:
+    return str(gpu_count(job))
 
 
 def job_row(job: Mapping[str, Any], now: datetime, *, with_namespace: bool = False) -> list[str]:
@@ -214,8 +222,24 @@ def status_line(job: Mapping[str, Any]) -> str:
     return f"{name}: {phase(job)}" + (f" — {rest}" if rest else "")
 
 
+def event_key(event: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """What makes an Event new: its object (uid, else name), its count and its last time."""
+    if not event:
+        return ()
+    meta = event.get("metadata") or {}
+    when = event_time(event)
+    return (
+        str(meta.get("uid") or meta.get("name") or ""),
+        str(event.get("count") or ""),
+        when.isoformat() if when else "",
+        str(event.get("reason") or ""),
+        str(event.get("message") or ""),
+    )
+
+
 def update_line(job: Mapping[str, Any], event: Mapping[str, Any] | None, now: datetime) -> str:
-    """One line per change of ``watch`` when stdout is not a terminal."""
+    """One line per change of ``watch`` when stdout is not a terminal; ``event`` only when it is
+    new since the previous line (the caller decides, see ``event_key``)."""
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"{stamp} {status_line(job)}"
     if event:
