@@ -42,7 +42,7 @@ from finetune_operator.lifecycle.pods import parse_time
 
 # No ``*_created`` series next to every counter and histogram: nothing here reads them, and they
 # double the series count (process-wide in prometheus_client; this is the operator's process).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "finetune_"
 """Every metric's name starts with it (a unit test checks)."""
