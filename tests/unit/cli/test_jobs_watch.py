@@ -64,6 +64,31 @@ def test_piped_watch_prints_each_event_once() -> None:
     assert "Succeeded" in lines[3] and "|" not in lines[3]
 
 
+def test_a_repeating_event_is_printed_once() -> None:
+    """The kubelet repeats e.g. MissingClusterDNS on one Event object (count, lastTimestamp)."""
+    warning = {
+        "type": "Warning",
+        "reason": "MissingClusterDNS",
+        "message": "kubelet does not have ClusterDNS IP configured",
+        "metadata": {"uid": "dns-1"},
+        "count": 1,
+        "lastTimestamp": "2026-11-20T09:06:00Z",
+    }
+    running = JOBS["running"]
+    steps = []
+    for i in range(3):
+        job = copy.deepcopy(running)
+        job["status"]["progress"] |= {"step": 120 + i, "percentText": None}
+        repeat = {**warning, "count": i + 1, "lastTimestamp": f"2026-11-20T09:0{6 + i}:00Z"}
+        steps.append((job, [*EVENTS, repeat]))
+    api = FakeApi([*steps, (JOBS["succeeded"], steps[-1][1])])
+    out = io.StringIO()
+    jobs.watch(api, "support-bot", interval=0, out=out, live=False, clock=_clock)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert text.count("MissingClusterDNS") == 1, text
+    assert len(text.splitlines()) == 4
+
+
 def test_progress_rounds_like_kubectl_get() -> None:
     job: dict[str, Any] = {
         "status": {"phase": "Running", "progress": {"step": 2, "totalSteps": 15}}

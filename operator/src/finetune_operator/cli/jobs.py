@@ -152,15 +152,14 @@ def watch(
             live = False
     if live:
         return _watch_live(api, name, interval, out, clock)
-    last_status, last_event = "", r.event_key(None)
+    last_status, seen = "", set[str]()
     while True:
         job = api.get_job(api.namespace, name)
-        event = r.last_event(job_events(api, job))
-        status, key = r.status_line(job), r.event_key(event)
-        if status != last_status or key != last_event:
-            fresh = event if key != last_event else None  # an Event is printed once
-            print(r.update_line(job, fresh, clock()), file=out, flush=True)
-            last_status, last_event = status, key
+        new = r.unseen_events(job_events(api, job), seen)  # each Event once, repeats included
+        status = r.status_line(job)
+        if status != last_status or new:
+            print(r.update_line(job, new[-1] if new else None, clock()), file=out, flush=True)
+            last_status = status
         if r.phase(job) in m.Phase.TERMINAL:
             return r.exit_code(r.phase(job))
         time.sleep(interval)

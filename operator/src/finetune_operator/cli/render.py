@@ -222,24 +222,25 @@ def status_line(job: Mapping[str, Any]) -> str:
     return f"{name}: {phase(job)}" + (f" — {rest}" if rest else "")
 
 
-def event_key(event: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """What makes an Event new: its object (uid, else name), its count and its last time."""
-    if not event:
-        return ()
+def event_id(event: Mapping[str, Any]) -> str:
+    """One Event object across its repeats (the kubelet bumps ``count`` and ``lastTimestamp`` of
+    the same object): its uid, else its name, else what it says."""
     meta = event.get("metadata") or {}
-    when = event_time(event)
-    return (
-        str(meta.get("uid") or meta.get("name") or ""),
-        str(event.get("count") or ""),
-        when.isoformat() if when else "",
-        str(event.get("reason") or ""),
-        str(event.get("message") or ""),
-    )
+    obj = event.get("involvedObject") or {}
+    fallback = f"{obj.get('kind')}/{obj.get('name')}:{event.get('reason')}:{event.get('message')}"
+    return str(meta.get("uid") or meta.get("name") or fallback)
+
+
+def unseen_events(events: Sequence[Mapping[str, Any]], seen: set[str]) -> list[Mapping[str, Any]]:
+    """The events not in ``seen`` (oldest first); adds every event's id to ``seen``."""
+    new = [e for e in sort_events(events) if event_id(e) not in seen]
+    seen.update(event_id(e) for e in events)
+    return new
 
 
 def update_line(job: Mapping[str, Any], event: Mapping[str, Any] | None, now: datetime) -> str:
     """One line per change of ``watch`` when stdout is not a terminal; ``event`` only when it is
-    new since the previous line (the caller decides, see ``event_key``)."""
+    new since the previous line (the caller decides, see ``unseen_events``)."""
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"{stamp} {status_line(job)}"
     if event:
