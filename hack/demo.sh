@@ -123,8 +123,25 @@ say "a sample generation from the tuned model (pod demo-generate: base + adapter
 k apply -n "$NS" -f manifests/samples/demo/generate.yaml >/dev/null
 k wait -n "$NS" pod/demo-generate --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s >/dev/null ||
   { k logs -n "$NS" demo-generate || true; exit 1; }
-k logs -n "$NS" demo-generate | grep -E '^(Q|A):' | sed 's/^/  /'
-echo "  (the synthetic task's answer key: $("$VENV/bin/python" -c 'import sys; sys.path.insert(0, "trainer-image/src"); from finetune_trainer.tiny import secret_mapping as m; d = m(0); print(", ".join(f"{a} -> {d[a]}" for a in ("fox", "owl")))'))"
+# each answer checked against the synthetic task's key (the seed pod's mapping, seed 0)
+k logs -n "$NS" demo-generate | "$VENV/bin/python" -c '
+import re, sys
+sys.path.insert(0, "trainer-image/src")
+from finetune_trainer.tiny import secret_mapping
+key, right, total, question = secret_mapping(0), 0, 0, ""
+for line in sys.stdin:
+    if line.startswith("Q: "):
+        question = line[3:].strip()
+        print("  " + line.rstrip())
+    elif line.startswith("A: "):
+        answer, animal = line[3:].strip(), re.search(r"code of (\w+)\?", question)[1]
+        total += 1
+        right += answer == key[animal]
+        verdict = "right" if answer == key[animal] else f"wrong: the key says {key[animal]}"
+        print(f"  A: {answer}   ({verdict})")
+print(f"  {right} of {total} answers right")
+'
+
 
 say "done in $((SECONDS - T0))s wall time"
 echo "again: make demo    clean up: kubectl delete namespace $NS; helm uninstall $RELEASE -n $OPNS"
