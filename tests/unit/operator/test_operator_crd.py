@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
