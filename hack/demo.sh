@@ -7,7 +7,10 @@
 #   5. the FineTuneJob "demo" (re-created on every run), followed with `kubectl finetune watch`
 #   6. where the adapter is, and a sample generation from the tuned model
 # Re-running is safe: the job is deleted and applied again. Prints the wall time at the end.
-# DEMO_NAMESPACE / DEMO_OPERATOR_NAMESPACE override the namespaces.
+# DEMO_NAMESPACE / DEMO_OPERATOR_NAMESPACE override the namespaces. Quiet by default: the output
+# of the cluster start and the image builds (Go module downloads, docker build) goes to
+# $DEMO_LOG (default /tmp/fto-demo.log), whose tail is shown if a step fails; DEMO_VERBOSE=1
+# shows it as it happens.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -23,6 +26,26 @@ export FTO_CACHE
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 [[ -t 1 ]] || say() { printf '\n==> %s\n' "$*"; }
 
+DEMO_LOG=${DEMO_LOG:-/tmp/fto-demo.log}
+: >"$DEMO_LOG"
+# quiet CMD...: run CMD with its output in $DEMO_LOG (streamed with DEMO_VERBOSE=1); on failure
+# show the log's tail and stop.
+quiet() {
+  local t0=$SECONDS rc=0
+  if [[ ${DEMO_VERBOSE:-0} != 0 ]]; then
+    "$@" 2>&1 | tee -a "$DEMO_LOG" || rc=$?
+  else
+    echo "\$ $*   (output: $DEMO_LOG)"
+    "$@" >>"$DEMO_LOG" 2>&1 || rc=$?
+  fi
+  if ((rc != 0)); then
+    echo "failed (exit $rc): $*; the last 60 lines of $DEMO_LOG:" >&2
+    tail -n 60 "$DEMO_LOG" | sed 's/^/  /' >&2
+    exit $rc
+  fi
+  echo "  ok in $((SECONDS - t0))s"
+}
+
 VENV=$(hack/setup-venv.sh)
 reachable() {
   "$VENV/bin/python" -c 'import sys; sys.path.insert(0, "."); from tests.harness.cluster import reachable; sys.exit(0 if reachable(sys.argv[1]) else 1)' "$1"
@@ -33,19 +56,20 @@ if [[ -n ${KUBECONFIG:-} && $KUBECONFIG != "$LOCAL_KC" ]] && reachable "$KUBECON
   echo "using \$KUBECONFIG=$KUBECONFIG"
   LOCAL=0
 else
-  hack/cluster-up.sh
+  quiet hack/cluster-up.sh
   export KUBECONFIG=$LOCAL_KC
+  echo "export KUBECONFIG=$LOCAL_KC   # to use kubectl on the demo cluster"
   LOCAL=1
 fi
 KUBECTL=$FTO_CACHE/bin/k8s-v$K8S_VERSION/kubectl
 [[ -x $KUBECTL ]] || KUBECTL=kubectl
 HELM=$FTO_CACHE/bin/helm-v$HELM_VERSION/helm
-[[ -x $HELM ]] || hack/build-tools.sh helm >/dev/null
+[[ -x $HELM ]] || quiet hack/build-tools.sh helm
 [[ -x $HELM ]] || HELM=helm
 k() { "$KUBECTL" "$@"; }
 
 say "images (trainer ~5.7 GB: the first build and load take a while; later runs are cached)"
-hack/images.sh trainer operator
+quiet hack/images.sh trainer operator
 
 say "operator (Helm chart charts/finetune-operator, release $RELEASE in $OPNS)"
 for ns in "$OPNS" "$NS"; do
@@ -66,7 +90,7 @@ k delete pod demo-seed demo-generate -n "$NS" --ignore-not-found --wait=true >/d
 k apply -n "$NS" -f manifests/samples/demo/seed.yaml
 k wait -n "$NS" pod/demo-seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s >/dev/null ||
   { k logs -n "$NS" demo-seed || true; exit 1; }
-k logs -n "$NS" demo-seed | sed 's/^/  /'
+k logs -n "$NS" demo-seed | grep -v 'Writing model shards' | sed 's/^/  /'
 
 say "FineTuneJob demo (manifests/samples/demo/job.yaml)"
 k apply -n "$NS" -f manifests/samples/demo/job.yaml
@@ -99,8 +123,25 @@ say "a sample generation from the tuned model (pod demo-generate: base + adapter
 k apply -n "$NS" -f manifests/samples/demo/generate.yaml >/dev/null
 k wait -n "$NS" pod/demo-generate --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s >/dev/null ||
   { k logs -n "$NS" demo-generate || true; exit 1; }
-k logs -n "$NS" demo-generate | grep -E '^(Q|A):' | sed 's/^/  /'
-echo "  (the synthetic task's answer key: $("$VENV/bin/python" -c 'import sys; sys.path.insert(0, "trainer-image/src"); from finetune_trainer.tiny import secret_mapping as m; d = m(0); print(", ".join(f"{a} -> {d[a]}" for a in ("fox", "owl")))'))"
+# each answer checked against the synthetic task's key (the seed pod's mapping, seed 0)
+k logs -n "$NS" demo-generate | "$VENV/bin/python" -c '
+import re, sys
+sys.path.insert(0, "trainer-image/src")
+from finetune_trainer.tiny import secret_mapping
+key, right, total, question = secret_mapping(0), 0, 0, ""
+for line in sys.stdin:
+    if line.startswith("Q: "):
+        question = line[3:].strip()
+        print("  " + line.rstrip())
+    elif line.startswith("A: "):
+        answer, animal = line[3:].strip(), re.search(r"code of (\w+)\?", question)[1]
+        total += 1
+        right += answer == key[animal]
+        verdict = "right" if answer == key[animal] else f"wrong: the key says {key[animal]}"
+        print(f"  A: {answer}   ({verdict})")
+print(f"  {right} of {total} answers right")
+'
+
 
 say "done in $((SECONDS - T0))s wall time"
 echo "again: make demo    clean up: kubectl delete namespace $NS; helm uninstall $RELEASE -n $OPNS"

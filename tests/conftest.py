@@ -10,3 +10,6 @@ if _ROOT not in sys.path:  # `tests.harness` must import however pytest was star
 from tests.harness.fixtures import cluster, kube, kwok_nodes, namespace  # noqa: E402
 
 __all__ = ["cluster", "kube", "kwok_nodes", "namespace"]
+
+# a skip outside the gpu tier fails the run unless FTO_ALLOW_SKIPS=1 (tests/harness/skips.py)
+pytest_plugins = ["tests.harness.skips"]

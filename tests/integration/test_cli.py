@@ -202,9 +202,11 @@ def test_status_watch_times_out_then_follows_to_success(
 
 def test_pause_resume_restart(kube: Kube, namespace: str, job: Callable[..., str]) -> None:
     job("bot", RUNNING)
-    assert cli(namespace, "pause", "bot").stdout.strip() == "finetunejob.finetune.dev/bot paused"
+    assert (
+        cli(namespace, "suspend", "bot").stdout.strip() == "finetunejob.finetune.dev/bot suspended"
+    )
     assert read(kube, namespace, "bot")["spec"]["suspend"] is True
-    assert "already paused" in cli(namespace, "pause", "bot").stdout
+    assert "already suspended" in cli(namespace, "pause", "bot").stdout  # the alias
     assert cli(namespace, "resume", "bot").returncode == 0
     assert read(kube, namespace, "bot")["spec"]["suspend"] is False
     before = time.time()

@@ -15,8 +15,7 @@ from finetune_operator import builders, planner
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
-
-config = pytest.importorskip("finetune_trainer.config")
+from finetune_trainer import config, errors
 
 SPECS: list[dict[str, Any]] = [
     {   # tiny CPU job: model and data on PVCs
@@ -77,7 +76,6 @@ def test_rendered_config_is_valid_for_the_trainer(
 def test_every_trainer_exit_code_has_the_operators_reason() -> None:
     """docs/contract.md section 4: each explained failure's exit code maps to the reason the
     trainer writes, and the operator retries exactly the transient ones."""
-    errors = pytest.importorskip("finetune_trainer.errors")
     base = errors.TrainerError
     found = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, base)]
     classes = [c for c in found if c is not base]

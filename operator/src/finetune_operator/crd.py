@@ -199,7 +199,10 @@ def build_crd() -> dict[str, Any]:
                 "plural": m.PLURAL,
                 "singular": m.SINGULAR,
                 "shortNames": [m.SHORT_NAME],
-                "categories": ["all", "finetune", "ml"],
+                "categories": [
+                    "finetune",
+                    "ml",
+                ],  # not "all": kubectl delete all must not take jobs
             },
             "versions": [
                 {

@@ -7,8 +7,9 @@ rendered from those files and from ``crd.py``, so ``make verify`` catches drift:
 
 * ``manifests/argocd/argocd-cm-patch.yaml``: a patch for ``argocd-cm`` (kustomize or
   ``kubectl patch --patch-file``);
-* ``charts/finetune-operator/files/argocd-cm-data.yaml``: the same keys, rendered by the chart
-  when ``argocd.resourceCustomizations.enabled`` is set;
+* ``manifests/argocd/argo-cd-helm-values.yaml``: the same keys as ``configs.cm`` values of the
+  argo-cd Helm chart, for Argo CD installs that Helm owns (the chart never renders ``argocd-cm``
+  itself: every Argo CD install already has one, owned by its installer);
 * ``charts/finetune-operator/files/operator-rules.yaml`` and ``operator-cluster-rules.yaml``: the
   operator's RBAC rules (all of them; the cluster-scoped subset used when the operator watches
   only some namespaces);
@@ -125,6 +126,9 @@ def outputs(root: Path) -> dict[Path, Callable[[], str]]:
     files: dict[Path, Callable[[], str]] = {}
     if (root / CUSTOMIZATION_DIR).is_dir():
         files[Path("manifests/argocd/argocd-cm-patch.yaml")] = lambda: argocd_cm_patch(root)
+        files[Path("manifests/argocd/argo-cd-helm-values.yaml")] = lambda: (
+            HEADER + _yaml({"configs": {"cm": argocd_cm_data(root)}})
+        )
     if (root / "manifests/install").is_dir():
         files[Path("manifests/install/crd/finetune.dev_finetunejobs.yaml")] = lambda: (
             HEADER + _yaml(crd.build_crd())
@@ -141,10 +145,6 @@ def outputs(root: Path) -> dict[Path, Callable[[], str]]:
         files[chart / "files/operator-cluster-rules.yaml"] = lambda: (
             HEADER + _yaml(operator_cluster_rules())
         )
-        if (root / CUSTOMIZATION_DIR).is_dir():
-            files[chart / "files/argocd-cm-data.yaml"] = lambda: (
-                HEADER + _yaml(argocd_cm_data(root))
-            )
     return files
 
 

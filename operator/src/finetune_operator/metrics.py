@@ -4,7 +4,8 @@ Pure of kopf and the kubernetes client: handlers pass plain status dicts (camelC
 in the API) and the time, one line per call:
 
 * ``observe_status(ns, name, old_status, new_status, now)`` after each status write: phase
-  transitions, finished jobs, queue wait, run duration, start-up time, restarts, per-job gauges;
+  transitions, finished jobs, queue wait, run duration, start-up time, restarts, per-job gauges
+  (the progress gauges only while the job is Running: they are removed when it leaves Running);
 * ``observe_jobs(jobs)`` from a periodic full list: recounts ``finetune_jobs{phase}`` and drops
   the series of jobs that no longer exist;
 * ``forget_job(ns, name)`` when a job is deleted;
@@ -26,12 +27,25 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import start_http_server
 
 from finetune_operator import models as m
 from finetune_operator.lifecycle.pods import parse_time
 
+# No ``*_created`` series next to every counter and histogram: nothing here reads them, and they
+# double the series count (process-wide in prometheus_client; this is the operator's process).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+PREFIX = "finetune_"
+"""Every metric's name starts with it (a unit test checks)."""
 P = m.Phase
 NO_PHASE = "None"
 """``from`` label of the first transition of a new job (it had no phase yet)."""
@@ -76,7 +90,7 @@ class OperatorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.build_info = Gauge(
-            "finetune_operator_build_info",
+            "finetune_build_info",
             "Always 1; the version label says which operator is running.",
             ["version"],
             registry=r,
@@ -179,7 +193,9 @@ class OperatorMetrics:
             if reason and reason not in _NOT_RESTARTS:
                 self.record_restart(reason)
         progress = new_status.get("progress")
-        if isinstance(progress, Mapping):
+        if new_status.get("phase") != P.RUNNING:
+            self.drop_progress(namespace, name)  # no stale ETA/throughput to add up
+        elif isinstance(progress, Mapping):
             self.observe_progress(namespace, name, progress, now)
 
     def record_transition(
@@ -271,6 +287,12 @@ class OperatorMetrics:
                 return
             self.startup.observe(max(0.0, (when - state.running_since).total_seconds()))
 
+    def drop_progress(self, namespace: str, name: str) -> None:
+        """Remove the job's progress gauges (step, ratio, loss, tokens/s, ETA): they exist only
+        while the job is Running; its phase series stays."""
+        for gauge in self._per_job:
+            self._remove(gauge, (namespace, name))
+
     def record_restart(self, reason: str) -> None:
         """One pod that ended early (retried, preempted or resumed), by its reason."""
         self.restarts.labels(reason=reason).inc()
@@ -279,14 +301,18 @@ class OperatorMetrics:
 
     def observe_jobs(self, jobs: Iterable[Mapping[str, Any]]) -> None:
         """Recount ``finetune_jobs{phase}`` from the full list of job objects (a job without a
-        phase yet counts as Pending) and forget the jobs that are no longer listed."""
+        phase yet counts as Pending), drop the progress gauges of jobs not Running and forget the
+        jobs that are no longer listed."""
         counts = dict.fromkeys(P.ALL, 0)
         seen: set[tuple[str, str]] = set()
         for job in jobs:
             meta = job.get("metadata") or {}
             phase = str((job.get("status") or {}).get("phase") or P.PENDING)
             counts[phase] = counts.get(phase, 0) + 1
-            seen.add((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            seen.add(key)
+            if phase != P.RUNNING:
+                self.drop_progress(*key)
         for phase, count in counts.items():
             self.jobs.labels(phase=phase).set(count)
         for namespace, name in self.tracked_jobs() - seen:
@@ -306,8 +332,7 @@ class OperatorMetrics:
         labels = (namespace, name)
         with self._lock:
             self._state.pop(labels, None)
-        for gauge in self._per_job:
-            self._remove(gauge, labels)
+        self.drop_progress(namespace, name)
         for phase in P.ALL:
             self._remove(self.job_phase, (*labels, phase))
 

@@ -240,11 +240,30 @@ def test_metrics_off(render: Render) -> None:
     assert env["FTO_METRICS_PORT"] == "0"
 
 
-def test_argocd_configmap_value(render: Render) -> None:
-    docs = render("--set", "argocd.resourceCustomizations.enabled=true")
-    cm = _one(docs, "ConfigMap", "argocd-cm")
-    assert cm["metadata"]["namespace"] == "argocd"
-    assert cm["data"] == gitops.argocd_cm_data(ROOT)
+def test_chart_never_renders_argocds_own_configmap(render: Render) -> None:
+    """argocd-cm belongs to Argo CD's installer: the keys ship as a patch and as argo-cd values."""
+    assert not [d for d in render() if d["kind"] == "ConfigMap"]
+    patch = yaml.safe_load((ROOT / "manifests/argocd/argocd-cm-patch.yaml").read_text())
+    values = yaml.safe_load((ROOT / "manifests/argocd/argo-cd-helm-values.yaml").read_text())
+    assert patch["data"] == values["configs"]["cm"] == gitops.argocd_cm_data(ROOT)
+
+
+def test_helm_show_readme_is_the_generated_values_table(helm: Path) -> None:
+    proc = subprocess.run(
+        [str(helm), "show", "readme", str(CHART)], check=True, capture_output=True, text=True
+    )
+    assert proc.stdout.strip() == (CHART / "README.md").read_text().strip()
+    assert "| `operator.trainerImage` | string |" in proc.stdout
+    assert "kubectl apply --server-side --force-conflicts" in proc.stdout
+
+
+def test_resource_quantities_accepted(render: Render) -> None:
+    dep = _one(
+        render("--set", "resources.limits.memory=1.5Gi", "--set", "resources.requests.cpu=0.5"),
+        "Deployment",
+    )
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["memory"] == "1.5Gi"
 
 
 @pytest.mark.parametrize(
@@ -255,6 +274,10 @@ def test_argocd_configmap_value(render: Render) -> None:
         ("--set", "metrics.port=70000"),
         ("--set", "image.pullPolicy=Sometimes"),
         ("--set", "operator.watchNamespaces={Not_A_Namespace}"),
+        ("--set", "resources.limits.memory=lots"),
+        ("--set", "resources.requests.cpu=1 core"),
+        ("--set", "resources.bogus.cpu=1"),
+        ("--set", "argocd.resourceCustomizations.enabled=true"),
     ],
     ids=lambda a: a[1],
 )

@@ -30,6 +30,7 @@ def lister(what: str, flags: dict[str, str]) -> list[str]:
         (["report", "bot-a", "-o", ""], [], 0),
         (["-n", "m"], ["ml"], 4),
         (["status", "--t"], ["--timeout"], 4),
+        (["pause", ""], ["bot-a", "bot-b", "other"], 4),  # the alias takes a job name too
         (
             ["list", "--"],
             ["--watch", "--namespace", "--all-namespaces", "--context", "--kubeconfig"],
@@ -42,5 +43,5 @@ def test_complete(words: list[str], candidates: list[str], directive: int) -> No
 
 
 def test_main_prints_the_cobra_protocol(capsys: pytest.CaptureFixture[str]) -> None:
-    assert c.main(["__complete", "pa"]) == 0
-    assert capsys.readouterr().out == "pause\n:4\n"
+    assert c.main(["__complete", "su"]) == 0
+    assert capsys.readouterr().out == "suspend\n:4\n"

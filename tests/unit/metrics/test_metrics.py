@@ -36,7 +36,7 @@ def job(name: str, phase: str | None, namespace: str = "ml") -> dict[str, Any]:
 
 
 def test_build_info_carries_the_version(metrics: OperatorMetrics) -> None:
-    assert value(metrics, "finetune_operator_build_info", version="1.2.3") == 1
+    assert value(metrics, "finetune_build_info", version="1.2.3") == 1
 
 
 def test_observe_jobs_is_a_full_recount(metrics: OperatorMetrics) -> None:
@@ -154,6 +154,33 @@ def test_per_job_gauges_follow_progress(metrics: OperatorMetrics) -> None:
     assert value(metrics, "finetune_job_loss", **labels) is None
 
 
+def test_progress_gauges_exist_only_while_running(metrics: OperatorMetrics) -> None:
+    """A Suspended or Queued job must not add its last throughput or ETA to a dashboard."""
+    labels = {"namespace": "ml", "job_name": "bot"}
+    progress = {"step": 120, "totalSteps": 400, "tokensPerSecond": 5120.0, "etaSeconds": 1680}
+    running = {"phase": "Running", "progress": progress}
+    metrics.observe_status("ml", "bot", {"phase": "Starting"}, running, T0)
+    assert value(metrics, "finetune_job_tokens_per_second", **labels) == 5120
+    for phase in ("Suspended", "Succeeded"):
+        metrics.observe_status("ml", "bot", running, {"phase": phase, "progress": progress}, T0)
+        for name in ("tokens_per_second", "eta_seconds", "step", "progress_ratio", "loss"):
+            assert value(metrics, f"finetune_job_{name}", **labels) is None, (phase, name)
+        assert value(metrics, "finetune_job_phase", **labels, phase=phase) == 1
+        metrics.observe_status("ml", "bot", {"phase": phase}, running, T0)
+    # the periodic recount drops them too (a job seen first after an operator restart)
+    metrics.observe_jobs(
+        [{"metadata": {"namespace": "ml", "name": "bot"}, "status": {"phase": "Queued"}}]
+    )
+    assert value(metrics, "finetune_job_eta_seconds", **labels) is None
+
+
+def test_one_prefix_and_no_created_series(metrics: OperatorMetrics) -> None:
+    metrics.record_restart("OOMKilled")
+    names = {name for (name, _) in samples(metrics)}
+    assert names and all(n.startswith(mod.PREFIX) for n in names), names
+    assert not [n for n in names if n.endswith("_created")]
+
+
 def test_forget_job_removes_every_per_job_series(metrics: OperatorMetrics) -> None:
     metrics.observe_status(
         "ml", "bot", {}, {"phase": "Running", "progress": {"step": 3, "loss": 2.0}}, T0
@@ -201,7 +228,7 @@ def test_start_server_serves_its_registry(metrics: OperatorMetrics) -> None:
     port = metrics.start_server(0, addr="127.0.0.1")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         body = resp.read().decode()
-    assert 'finetune_operator_build_info{version="1.2.3"} 1.0' in body
+    assert 'finetune_build_info{version="1.2.3"} 1.0' in body
     assert "python_gc_objects_collected_total" not in body  # its own registry only
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as s
 from finetune_operator import builders, crd, generate
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
+from finetune_trainer import config as trainer_config
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -71,7 +72,9 @@ def test_crd_shape() -> None:
     obj = crd.build_crd()
     spec = obj["spec"]
     assert obj["metadata"]["name"] == "finetunejobs.finetune.dev"
-    assert spec["names"]["shortNames"] == ["ftj"] and "all" in spec["names"]["categories"]
+    assert spec["names"]["shortNames"] == ["ftj"]
+    # not in `kubectl get all` / `kubectl delete all`: jobs hold hours of GPU work
+    assert "all" not in spec["names"]["categories"] and "finetune" in spec["names"]["categories"]
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
@@ -260,6 +263,6 @@ def test_what_the_apiserver_admits_the_operator_and_trainer_accept(spec: dict[st
     job = m.parse_job({"metadata": {"name": "bot", "namespace": "ml", "uid": "u"}, "spec": spec})
     assert job.spec.method != "qlora" or job.spec.resources.gpus >= 1
     config = builders.trainer_config(job, 1, None, None, Settings())
-    pytest.importorskip("finetune_trainer.config").parse_config(config)
+    trainer_config.parse_config(config)
     pod = builders.train_pod(job, 1, Settings())
     assert pod["metadata"]["name"] == "bot-1"

@@ -41,12 +41,14 @@ class Target:
 
 
 def _kubeconfig_path(explicit: str | None) -> str | None:
+    """What the client's loader reads: --kubeconfig, else all of $KUBECONFIG (``a:b`` is merged
+    by the client's KubeConfigMerger, first file wins, as kubectl does), else ~/.kube/config;
+    None (in-cluster config) when there is none of them."""
     if explicit:
         return explicit
     env = os.environ.get("KUBECONFIG", "")
-    first = next((p for p in env.split(os.pathsep) if p), None)
-    if first:
-        return first
+    if any(p for p in env.split(os.pathsep)):
+        return env
     default = Path.home() / ".kube" / "config"
     return str(default) if default.is_file() else None
 

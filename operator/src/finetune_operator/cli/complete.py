@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from finetune_operator.cli.main import COMMON_FLAGS, FLAGS_WITH_VALUE, VERBS
+from finetune_operator.cli.main import ALIASES, COMMON_FLAGS, FLAGS_WITH_VALUE, VERBS
 
 # cobra's ShellCompDirective values
 DEFAULT = 0
@@ -64,7 +64,7 @@ def complete(words: Sequence[str], lister: Lister = _from_cluster) -> tuple[list
             positionals.append(word)
         i += 1
     previous = done[-1] if done else ""
-    verb = positionals[0] if positionals else None
+    verb = ALIASES.get(positionals[0], positionals[0]) if positionals else None
 
     if previous in ("-n", "--namespace") and previous in FLAGS_WITH_VALUE:
         return _match(lister("namespaces", flags), current), NO_FILE_COMP

@@ -1,4 +1,4 @@
-"""Verbs that change a job declaratively: ``pause``, ``resume`` and ``restart``."""
+"""Verbs that change a job declaratively: ``suspend`` (alias ``pause``), ``resume``, ``restart``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ _KIND = f"finetunejob.{m.GROUP}"
 
 
 def set_suspend(api: Api, name: str, suspend: bool, out: TextIO) -> int:
-    """``pause`` / ``resume``: merge-patch ``spec.suspend`` (the same field GitOps drives)."""
+    """``suspend`` / ``resume``: merge-patch ``spec.suspend`` (the same field GitOps drives)."""
     job = api.get_job(api.namespace, name)
-    verb = "paused" if suspend else "resumed"
+    verb = "suspended" if suspend else "resumed"
     if bool((job.get("spec") or {}).get("suspend", False)) == suspend:
         print(f"{_KIND}/{name} already {verb} (spec.suspend={str(suspend).lower()})", file=out)
         return 0

@@ -152,16 +152,14 @@ def watch(
             live = False
     if live:
         return _watch_live(api, name, interval, out, clock)
-    last = ""
+    last_status, seen = "", set[str]()
     while True:
         job = api.get_job(api.namespace, name)
-        events = job_events(api, job)
-        event = r.last_event(events)
-        now = clock()
-        key = r.update_line(job, event, now).split(" ", 1)[1]
-        if key != last:
-            print(r.update_line(job, event, now), file=out, flush=True)
-            last = key
+        new = r.unseen_events(job_events(api, job), seen)  # each Event once, repeats included
+        status = r.status_line(job)
+        if status != last_status or new:
+            print(r.update_line(job, new[-1] if new else None, clock()), file=out, flush=True)
+            last_status = status
         if r.phase(job) in m.Phase.TERMINAL:
             return r.exit_code(r.phase(job))
         time.sleep(interval)

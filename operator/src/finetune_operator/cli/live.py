@@ -31,6 +31,8 @@ PHASE_STYLES: dict[str, str] = {
 def _gpus(job: Mapping[str, Any]) -> str:
     plan = (job.get("status") or {}).get("plan") or {}
     prog = (job.get("status") or {}).get("progress") or {}
+    if r.gpu_count(job) == 0:
+        return "none (CPU job)"
     text = r.gpus_text(job)
     details = []
     if plan.get("strategy"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -21,12 +23,14 @@ VERBS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     ),
     "watch": ("Live view until the job succeeds or fails.", True, ("--interval",)),
     "logs": ("Logs of the current trainer pod.", True, ("-f", "--follow", "--tail")),
-    "pause": ("Suspend the job (spec.suspend=true): checkpoint, free the GPUs.", True, ()),
+    "suspend": ("Suspend the job (spec.suspend=true): checkpoint, free the GPUs.", True, ()),
     "resume": ("Resume the job from its newest checkpoint (spec.suspend=false).", True, ()),
     "restart": ("Start the job over from step 0 (the restart annotation).", True, ()),
     "events": ("Events of the job and its pods.", True, ()),
     "report": ("Write a tarball for bug reports (no Secrets).", True, ("-o", "--output")),
 }
+# alias -> verb: the API, the phase and the Argo CD action say "suspend"; "pause" still works
+ALIASES: dict[str, str] = {"pause": "suspend"}
 COMMON_FLAGS = ("-n", "--namespace", "-A", "--all-namespaces", "--context", "--kubeconfig")
 FLAGS_WITH_VALUE = frozenset(
     {"-n", "--namespace", "--context", "--kubeconfig", "-o", "--output", "--timeout", "--tail"}
@@ -44,7 +48,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(r.EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(r.EXIT_USAGE, f"{self.prog}: error: {suggest(message)}\n")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)'")
+
+
+def suggest(message: str) -> str:
+    """argparse's "invalid choice" for a verb, with the closest verbs (difflib) named."""
+    found = _INVALID_CHOICE.search(message)
+    if found is None or not message.startswith("argument VERB"):
+        return message
+    word = found["word"]
+    close = difflib.get_close_matches(word, [*VERBS, *ALIASES], n=3, cutoff=0.6)
+    if not close:
+        return f'unknown verb "{word}"; verbs: {", ".join(VERBS)}'
+    named = " or ".join(f'"{ALIASES.get(c, c)}"' for c in dict.fromkeys(close))
+    return f'unknown verb "{word}"; did you mean {named}?'
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -79,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     for verb, (text, takes_name, _flags) in VERBS.items():
-        p = sub.add_parser(verb, help=text, description=text)
+        aliases = [a for a, v in ALIASES.items() if v == verb]
+        p = sub.add_parser(verb, aliases=aliases, help=text, description=text)
         _common(p, suppress=True)
         if takes_name:
             p.add_argument("name", metavar="NAME", help="FineTuneJob name.")
@@ -121,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     )
     api = Api(target)
     out = sys.stdout
-    verb = args.verb
+    verb = ALIASES.get(args.verb, args.verb)
     if verb == "list":
         from finetune_operator.cli import jobs
 
@@ -151,10 +172,10 @@ def run(args: argparse.Namespace) -> int:
             return jobs.watch(api, args.name, interval=args.interval, out=out)
         except CliError as exc:
             raise CliError(str(exc), r.EXIT_ERROR) from exc
-    if verb in ("pause", "resume"):
+    if verb in ("suspend", "resume"):
         from finetune_operator.cli import control
 
-        return control.set_suspend(api, args.name, verb == "pause", out)
+        return control.set_suspend(api, args.name, verb == "suspend", out)
     if verb == "restart":
         from finetune_operator.cli import control
 

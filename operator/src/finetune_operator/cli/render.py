@@ -99,8 +99,12 @@ def ratio(job: Mapping[str, Any]) -> float | None:
 
 
 def percent_text(job: Mapping[str, Any]) -> str:
+    """The PROGRESS column of ``kubectl get`` (status.progress.percentText: one decimal, ``%g``),
+    computed the same way when the operator has not written it yet."""
+    if phase(job) != P.SUCCEEDED and (written := _progress(job).get("percentText")):
+        return str(written)
     r = ratio(job)
-    return "-" if r is None else f"{r * 100:.0f}%"
+    return "-" if r is None else f"{round(r * 100, 1):g}%"
 
 
 def step_text(job: Mapping[str, Any]) -> str:
@@ -130,10 +134,14 @@ def tokens_text(job: Mapping[str, Any]) -> str:
     return f"{tps / 1000:.1f}k" if tps >= 10000 else f"{tps:.0f}"
 
 
-def gpus_text(job: Mapping[str, Any]) -> str:
+def gpu_count(job: Mapping[str, Any]) -> int:
     res = (job.get("spec") or {}).get("resources") or {}
     gpus = res.get("gpus", 1)
-    return str(gpus)
+    return gpus if isinstance(gpus, int) else 1
+
+
+def gpus_text(job: Mapping[str, Any]) -> str:
+    return str(gpu_count(job))
 
 
 def job_row(job: Mapping[str, Any], now: datetime, *, with_namespace: bool = False) -> list[str]:
@@ -214,8 +222,25 @@ def status_line(job: Mapping[str, Any]) -> str:
     return f"{name}: {phase(job)}" + (f" — {rest}" if rest else "")
 
 
+def event_id(event: Mapping[str, Any]) -> str:
+    """One Event object across its repeats (the kubelet bumps ``count`` and ``lastTimestamp`` of
+    the same object): its uid, else its name, else what it says."""
+    meta = event.get("metadata") or {}
+    obj = event.get("involvedObject") or {}
+    fallback = f"{obj.get('kind')}/{obj.get('name')}:{event.get('reason')}:{event.get('message')}"
+    return str(meta.get("uid") or meta.get("name") or fallback)
+
+
+def unseen_events(events: Sequence[Mapping[str, Any]], seen: set[str]) -> list[Mapping[str, Any]]:
+    """The events not in ``seen`` (oldest first); adds every event's id to ``seen``."""
+    new = [e for e in sort_events(events) if event_id(e) not in seen]
+    seen.update(event_id(e) for e in events)
+    return new
+
+
 def update_line(job: Mapping[str, Any], event: Mapping[str, Any] | None, now: datetime) -> str:
-    """One line per change of ``watch`` when stdout is not a terminal."""
+    """One line per change of ``watch`` when stdout is not a terminal; ``event`` only when it is
+    new since the previous line (the caller decides, see ``unseen_events``)."""
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"{stamp} {status_line(job)}"
     if event:
