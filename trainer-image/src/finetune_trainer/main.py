@@ -116,31 +116,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _run(args)
-    except stop.Interrupted as exc:
+    except (stop.Interrupted, Exception) as exc:
+        stop.ending()  # a second signal while the failure is reported must not cut that short
+        return _failure(exc, args)
+
+
+def _failure(exc: BaseException, args: argparse.Namespace) -> int:
+    """The exit code (and termination message) for what ended the run."""
+    if isinstance(exc, stop.Interrupted):
         return _suspended(f"{exc}; nothing to save yet, exited at once")
-    except TrainerError as exc:
+    if isinstance(exc, TrainerError):
         message = f"{exc.reason}: {exc}"
         log.error("%s", message)
+        if exc.__cause__ is not None:  # e.g. the library error a DiskFull was recognised in
+            log.info("caused by %s: %s", type(exc.__cause__).__name__, exc.__cause__)
         write_termination_log(message)
         return exc.exit_code
-    except Exception as exc:
-        full = diskfull.as_disk_full(exc, args.work, args.claim)
-        if full is not None:
-            message = f"{full.reason}: {full}"
-            log.error("%s", message)
-            write_termination_log(message)
-            return full.exit_code
-        if stop.requested() and not stop.training_started():
-            # e.g. a peer rank stopped by the same signal closed a collective under this one
-            return _suspended(f"signal {stop.signum()} before training ({type(exc).__name__})")
-        if _is_cuda_oom(exc):
-            message = f"CudaOOM: {exc}".splitlines()[0]
-            log.error("%s", message)
-            write_termination_log(message)
-            return EXIT_OOM
-        log.exception("failed")
-        write_termination_log(f"Error: {type(exc).__name__}: {exc}".splitlines()[0])
-        return EXIT_ERROR
+    full = diskfull.as_disk_full(exc, args.work, args.claim)
+    if full is not None:
+        message = f"{full.reason}: {full}"
+        log.error("%s", message)
+        log.info("caused by %s: %s", type(exc).__name__, exc)
+        write_termination_log(message)
+        return full.exit_code
+    if stop.requested() and not stop.training_started():
+        # e.g. a peer rank stopped by the same signal closed a collective under this one
+        return _suspended(f"signal {stop.signum()} before training ({type(exc).__name__})")
+    if _is_cuda_oom(exc):
+        message = f"CudaOOM: {exc}".splitlines()[0]
+        log.error("%s", message)
+        write_termination_log(message)
+        return EXIT_OOM
+    log.error("failed", exc_info=exc)
+    write_termination_log(f"Error: {type(exc).__name__}: {exc}".splitlines()[0])
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

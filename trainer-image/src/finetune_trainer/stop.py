@@ -49,6 +49,7 @@ class _State:
         self.signum: int | None = None
         self.received_at: float | None = None  # time.monotonic()
         self.defer = False  # True once training runs: finish the step, checkpoint, stop
+        self.training = False
         self.critical = 0  # nesting depth of critical blocks
         self.stage = "imports"
         self.installed = False
@@ -111,12 +112,18 @@ def seconds_since_request() -> float | None:
 
 
 def training_started() -> bool:
-    return _state.defer
+    return _state.training
+
+
+def ending() -> None:
+    """The run is over (failure being reported, or exiting): signals only set the flag."""
+    _state.defer = True
 
 
 def begin_training() -> None:
     """From now on a signal only sets the flag (the training loop stops at a step boundary)."""
     _state.defer = True
+    _state.training = True
     stage("training")
 
 
@@ -155,6 +162,7 @@ __all__ = [
     "begin_training",
     "check",
     "critical",
+    "ending",
     "install",
     "requested",
     "seconds_since_request",

@@ -132,6 +132,7 @@ def main(config: TrainerConfig, config_path: str) -> int:
             config_path,
         ]
         code, reason = launch.launch(args, plan.processes, cuda=torch.cuda.is_available())
+        stop.ending()  # the ranks decided; a late signal must not turn their result into 10
         if code != 0 and reason:
             write_termination_log(reason)
         return code
