@@ -277,3 +277,28 @@ def test_sigkill_at_ten_moments_resumes_from_the_newest_complete(
     for c in (work / "checkpoints").glob("checkpoint-*"):
         assert (c / "COMPLETE").is_file()
     assert os.environ.get("OMP_NUM_THREADS") == "1"
+
+
+def test_a_checkpoint_that_fails_to_load_falls_back_to_the_previous(
+    reference: dict[str, Any], tiny_model: Path
+) -> None:
+    """Damage the cheap verification cannot see (a whole zip holding the wrong state): HF fails
+    to load it, the trainer sets it aside and resumes from the previous complete one."""
+    import torch
+
+    tmp, work = reference["tmp"], reference["tmp"] / "fallback"
+    cfg = job_config(tmp, work, tiny_model, reference["data"])
+    run = start(cfg, work)
+    assert wait_for(run, lambda r: step(r.work) >= EVERY + 2)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=120) == 10
+    older, newest = complete_steps(work)[-2:]
+    bad = work / "checkpoints" / f"checkpoint-{newest}"
+    torch.save({"not": "an optimizer"}, bad / "optimizer.pt")
+    assert run_trainer("train", cfg, work) == 0, (work / "train.log").read_text()[-3000:]
+    summary = finish(cfg, work, reference)
+    assert summary["resumed_from"] == f"checkpoint-{older}"
+    report = progress_reports(work)["progress.json"]
+    assert report["resumed_from"] == f"checkpoints/checkpoint-{older}"
+    assert [s["path"] for s in report["skipped_checkpoints"]] == [f"checkpoints/{bad.name}"]
+    assert not bad.exists() and not (bad.parent / f"{bad.name}.corrupt").exists()  # rotated

@@ -14,7 +14,7 @@ races); the marker needs no change to HF's saving.
 On resume a complete checkpoint is still verified cheaply (JSON parses, safetensors headers match
 the file size, torch zip archives have their central directory, i.e. nothing truncated); one that
 fails is renamed ``checkpoint-<step>.corrupt`` (kept for inspection, never used) and the previous
-complete one is used instead.
+complete one is used instead (train.fallback does the same when HF then fails to load it).
 """
 
 from __future__ import annotations

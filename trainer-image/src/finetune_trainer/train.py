@@ -317,16 +317,28 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     progress.extra["resumed_from"] = f"checkpoints/{resume.name}" if resume else None
     if skipped:
         progress.extra["skipped_checkpoints"] = skipped  # damaged, set aside (checkpoints.py)
-    if resume is not None:
-        log.info("resuming from %s", resume)
-    stop.stage("reading the checkpoint" if resume else "starting training")
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-            raise CudaOOMError(oom_advice(config, plan)) from exc
-        raise_if_disk_full(config, exc, is_main=is_main)
-        raise
+    while True:
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        stop.stage("reading the checkpoint" if resume else "starting training")
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+                raise CudaOOMError(oom_advice(config, plan)) from exc
+            raise_if_disk_full(config, exc, is_main=is_main)
+            previous = fallback(exc, resume, ckpt_root, device.world_size)
+            if previous is None or resume is None:
+                raise
+            progress.extra.setdefault("skipped_checkpoints", []).append(
+                {
+                    "path": f"checkpoints/{resume.name}",
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                }
+            )
+            progress.extra["resumed_from"] = f"checkpoints/{previous.name}"
+            resume = previous
     state = trainer.state
     if signals.stopped and state.global_step < state.max_steps:
         progress.send(state, "suspended", force=True)
@@ -404,6 +416,27 @@ def save_output(
         backends.save_merged(loaded, trainer.model, staging / "merged")
     (staging / "summary.json").write_text(json.dumps(summary(), indent=1))
     files.publish(staging, out)
+
+
+def fallback(exc: Exception, resume: Path | None, root: Path, world_size: int) -> Path | None:
+    """The previous complete checkpoint when loading ``resume`` failed before training began
+    (a damage the cheap verification cannot see, e.g. a state dict of the wrong shape); the
+    damaged one is set aside as ``.corrupt``. None when there is nothing to fall back to: no
+    resume, training had begun, several ranks (they would have to agree), or no older one (the
+    model may hold the damaged weights: starting from step 0 on them would be wrong)."""
+    if resume is None or stop.training_started() or world_size > 1:
+        return None
+    older = [p for s, p in checkpoints.complete(root) if s < (checkpoints.step_of(resume) or 0)]
+    if not older:
+        return None
+    aside = resume.with_name(resume.name + ".corrupt")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(resume, aside)
+    log.error(
+        "checkpoint %s failed to load (%s: %s): set aside as %s, resuming from %s instead",
+        resume.name, type(exc).__name__, str(exc)[:300], aside.name, older[-1].name,
+    )  # fmt: skip
+    return older[-1]
 
 
 def raise_if_disk_full(config: TrainerConfig, exc: BaseException, *, is_main: bool) -> None:
