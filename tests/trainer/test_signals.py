@@ -302,3 +302,25 @@ def test_a_checkpoint_that_fails_to_load_falls_back_to_the_previous(
     assert report["resumed_from"] == f"checkpoints/checkpoint-{older}"
     assert [s["path"] for s in report["skipped_checkpoints"]] == [f"checkpoints/{bad.name}"]
     assert not bad.exists() and not (bad.parent / f"{bad.name}.corrupt").exists()  # rotated
+
+
+def test_sigterm_during_prepare_exits_10_and_reports_no_result(
+    reference: dict[str, Any], tiny_model: Path
+) -> None:
+    """The prepare pod: nothing to save, so it stops at once and writes no result (a result with
+    ``ok: false`` would read as a failure); the next prepare pod starts over."""
+    tmp, work = reference["tmp"], reference["tmp"] / "prepare"
+    cfg = job_config(tmp, work, tiny_model, reference["data"])
+    proc = start_trainer("prepare", cfg, work)
+    run = Run(proc, work, 0, 0)
+    log = work / "prepare.log"
+    assert wait_for(run, lambda r: log.exists() and "stage: prepare" in log.read_text())
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 10, log.read_text()[-3000:]
+    assert time.monotonic() - sent < EXIT_BOUND_S
+    assert (work / "termination-log").read_text().startswith("Suspended: signal 15 during prepare")
+    assert "prepare.json" not in progress_reports(work)
+    assert not (work / "prepare-result.json").exists()
+    assert not list((work / "prepared").glob(".tmp-*")) if (work / "prepared").exists() else True
+    assert run_trainer("prepare", cfg, work) == 0  # the next prepare pod starts over
