@@ -58,6 +58,9 @@ def test_launcher_counts_a_rank_killed_before_its_handlers_as_suspended() -> Non
     assert launch.combine([EXIT_SUSPENDED, early], terminated=True) == EXIT_SUSPENDED
     assert launch.combine([0, early], terminated=False) == early  # not ours: a failure
     assert launch.combine([6, EXIT_SUSPENDED], terminated=True) == 6
+    # a peer that stopped before training broke this rank's collective: the same stop
+    assert launch.combine([EXIT_SUSPENDED, 1], terminated=True) == EXIT_SUSPENDED
+    assert launch.combine([0, 1], terminated=True) == 1  # no rank stopped: a real failure
 
 
 def test_publish_replaces_output_whole(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from finetune_trainer.errors import EXIT_OOM, EXIT_SUSPENDED
+from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, EXIT_SUSPENDED
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ def combine(codes: list[int], terminated: bool) -> int:
     """
     if terminated:
         codes = [EXIT_SUSPENDED if c in (-signal.SIGTERM, -signal.SIGINT) else c for c in codes]
+        if EXIT_SUSPENDED in codes and all(c in (0, EXIT_SUSPENDED, EXIT_ERROR) for c in codes):
+            # a rank that stopped at once (before training) left its peers' collective without
+            # a partner: their generic error is the same stop, not a failure of its own
+            codes = [EXIT_SUSPENDED if c == EXIT_ERROR else c for c in codes]
     if all(c == 0 for c in codes):
         return 0
     if EXIT_OOM in codes:
