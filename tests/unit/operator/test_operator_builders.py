@@ -352,9 +352,10 @@ def test_grace_period_is_derived_from_the_model_size_and_the_measured_step(
     measured = {**seven_b, "progress": {"step": 100, "totalSteps": 400, "etaSeconds": 600}}
     assert grace({"method": "lora"}, measured) == 73
     # the admin's fixed value wins; the prepare pod (nothing to save) gets the margin only
-    assert b.train_pod(make_job(status=seven_b), 1, SETTINGS)["spec"][
-        "terminationGracePeriodSeconds"
-    ] == 300
+    assert (
+        b.train_pod(make_job(status=seven_b), 1, SETTINGS)["spec"]["terminationGracePeriodSeconds"]
+        == 300
+    )
     assert b.prepare_pod(make_job(), DERIVED)["spec"]["terminationGracePeriodSeconds"] == 30
     huge = {"plan": {"parameters": 10**13}}
     assert grace({"method": "full"}, huge) == planner.MAX_GRACE_SECONDS
