@@ -23,7 +23,10 @@ SYSTEM_NS = "fto-e2e-system"
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "localhost/finetune-trainer:dev")
 OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "localhost/finetune-operator:dev")
 # one namespace per test (the operator's watch list is fixed at install time)
-TIERS = ("train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject")
+TIERS = (
+    "train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject",
+    "chaos",
+)  # fmt: skip
 NAMESPACES = [f"fto-e2e-{n}" for n in TIERS]
 VOLUMES = Path("/var/lib/fto-volumes")
 RECORDS = 256

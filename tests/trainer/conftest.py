@@ -101,7 +101,7 @@ def start_trainer(command: str, config: Path, work: Path) -> subprocess.Popen[st
     work.mkdir(parents=True, exist_ok=True)
     log = (work / f"{command}.log").open("a")
     return subprocess.Popen(
-        [sys.executable, "-m", "finetune_trainer.main", command, "--config", str(config)],
+        [sys.executable, "-m", "finetune_trainer", command, "--config", str(config)],
         env=trainer_env(work),
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from finetune_operator import models as m
+from finetune_operator import planner
 from finetune_operator.planner import BatchPlan
 from finetune_operator.settings import Settings
 
@@ -176,7 +177,11 @@ def trainer_config(
         "backend": spec.backend,
         "gpus": spec.resources.gpus,
         "gpu_memory_mib": gpu_memory_mib,
-        "paths": {"work": work_dir(job.status.run), "model_cache": CACHE_DIR},
+        "paths": {
+            "work": work_dir(job.status.run),
+            "model_cache": CACHE_DIR,
+            "claim": output_pvc_name(job),
+        },
         "progress": {
             "config_map": progress_name(job),
             "namespace": job.namespace,
@@ -365,6 +370,7 @@ def _pod(
     resources: dict[str, Any],
     settings: Settings,
     priority: bool,
+    grace: int,
 ) -> dict[str, Any]:
     tpl = job.spec.pod_template or m.PodTemplate()
     volumes, mounts = _volumes(job)
@@ -377,7 +383,11 @@ def _pod(
         "serviceAccountName": pod_service_account(job),
         "automountServiceAccountToken": True,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "terminationGracePeriodSeconds": grace,
+        # The pause container is PID 1, not the trainer: the kernel drops a signal PID 1 has no
+        # handler for, so a SIGTERM in the ~40 ms before the trainer installs its handlers would
+        # be lost (trainer keeps going until SIGKILL); as PID > 1 it ends the process at once.
+        "shareProcessNamespace": True,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": TRAINER_UID,
@@ -434,6 +444,8 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         resources=resources,
         settings=settings,
         priority=False,
+        # prepare writes nothing a signal could cut in half (temp + rename) and exits at once
+        grace=settings.termination_grace_seconds or settings.grace_margin_seconds,
     )
 
 
@@ -455,6 +467,23 @@ def train_resources(job: m.FineTuneJob) -> dict[str, Any]:
     return out
 
 
+def train_grace_seconds(job: m.FineTuneJob, settings: Settings) -> int:
+    """The admin's fixed grace period, else one derived from the model size the prepare stage
+    found and the step time the job reported (docs/contract.md section 5)."""
+    if settings.termination_grace_seconds:
+        return settings.termination_grace_seconds
+    st = job.status
+    p = st.progress
+    return planner.grace_seconds(
+        parameters=st.plan.parameters if st.plan else None,
+        method=job.spec.method,
+        merge=job.spec.output.merge_adapter,
+        step_seconds=planner.step_seconds(p.step, p.total_steps, p.eta_seconds) if p else None,
+        write_mib_per_second=settings.grace_write_mib_per_second,
+        margin_seconds=settings.grace_margin_seconds,
+    )
+
+
 def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
     """``<job>-<attempt>``: the training pod requesting ``nvidia.com/gpu: N``."""
     command = ["finetune-trainer", "train", "--config", CONFIG_PATH]
@@ -467,6 +496,7 @@ def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str,
         resources=train_resources(job),
         settings=settings,
         priority=True,
+        grace=train_grace_seconds(job, settings),
     )
     if job.spec.resources.gpus > 1:
         # torch.distributed / NCCL need more shared memory than the runtime's 64 MiB default.

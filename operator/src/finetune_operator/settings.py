@@ -34,9 +34,18 @@ class Settings(BaseSettings):
     )
     image_pull_policy: str = Field(default="IfNotPresent", description="For trainer pods.")
     termination_grace_seconds: int = Field(
-        default=300,
-        ge=1,
-        description="Grace period of trainer pods: long enough to finish a step and checkpoint.",
+        default=0,
+        ge=0,
+        description="Grace period of training pods; 0 = derived per job from the model size "
+        "(one step + one checkpoint save + a margin, planner.grace_seconds).",
+    )
+    grace_write_mib_per_second: float = Field(
+        default=100.0,
+        gt=0,
+        description="Write bandwidth to the work volume assumed for the derived grace period.",
+    )
+    grace_margin_seconds: int = Field(
+        default=30, ge=0, description="Added to the derived grace period."
     )
     progress_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the trainer writes progress (and we mirror it)."

@@ -98,6 +98,7 @@ def test_train_pod(make_job: JobF) -> None:
             "automountServiceAccountToken": True,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 300,
+            "shareProcessNamespace": True,
             "securityContext": POD_SECURITY,
             "containers": [
                 {
@@ -182,7 +183,7 @@ def test_trainer_config(make_job: JobF) -> None:
         "backend": "auto",
         "gpus": 2,
         "gpu_memory_mib": 12288,
-        "paths": {"work": "/workspace", "model_cache": "/cache"},
+        "paths": {"work": "/workspace", "model_cache": "/cache", "claim": "out"},
         "progress": {"config_map": "bot-progress", "namespace": "ml", "interval_seconds": 5.0,
                      "api_server": None},
         "hub_token_file": "/var/run/secrets/finetune.dev/hub/token",
@@ -324,3 +325,43 @@ def test_cuda_oom_keeps_the_effective_batch() -> None:
     assert planner.after_cuda_oom(16, 3, 1) == planner.BatchPlan(1, 16)
     assert planner.after_cuda_oom(16, 1, 1) is None
     assert planner.accumulation_for(16, 4, 0) == 4
+
+
+DERIVED = Settings(trainer_image="localhost/finetune-trainer:dev")  # grace 0 = derived per job
+
+
+def test_grace_period_is_derived_from_the_model_size_and_the_measured_step(
+    make_job: JobF,
+) -> None:
+    def grace(spec: dict[str, Any], status: dict[str, Any] | None = None) -> int:
+        pod = b.train_pod(make_job(spec=spec, status=status), 1, DERIVED)
+        value: int = pod["spec"]["terminationGracePeriodSeconds"]
+        return value
+
+    seven_b = {"plan": {"parameters": 7_000_000_000}}
+    # no prepare result yet: the former fixed default
+    assert grace({"method": "lora"}) == planner.UNKNOWN_MODEL_GRACE_SECONDS
+    # LoRA 7B: 0.6 B/param = 4.2 GB at 100 MiB/s = 40 s + a 120 s step (unmeasured) + 30 s
+    assert grace({"method": "lora"}, seven_b) == 191
+    # full 7B: 98 GB of weights + Adam moments = 935 s
+    assert grace({"method": "full"}, seven_b) == 1085
+    # merging writes 14 GB of bf16 weights at the end: that is the longest save of a LoRA job
+    merged = {"method": "lora", "output": {"mergeAdapter": True}}
+    assert grace(merged, seven_b) == 284
+    # a measured step (ETA / steps left = 2 s) replaces the 120 s guess
+    measured = {**seven_b, "progress": {"step": 100, "totalSteps": 400, "etaSeconds": 600}}
+    assert grace({"method": "lora"}, measured) == 73
+    # the admin's fixed value wins; the prepare pod (nothing to save) gets the margin only
+    assert (
+        b.train_pod(make_job(status=seven_b), 1, SETTINGS)["spec"]["terminationGracePeriodSeconds"]
+        == 300
+    )
+    assert b.prepare_pod(make_job(), DERIVED)["spec"]["terminationGracePeriodSeconds"] == 30
+    huge = {"plan": {"parameters": 10**13}}
+    assert grace({"method": "full"}, huge) == planner.MAX_GRACE_SECONDS
+
+
+def test_step_seconds_from_progress() -> None:
+    assert planner.step_seconds(100, 400, 600) == 2.0
+    assert planner.step_seconds(None, 400, 600) is None
+    assert planner.step_seconds(400, 400, 0) is None  # nothing left to divide by

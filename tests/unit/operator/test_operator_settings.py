@@ -13,7 +13,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.namespaces == [] and s.api_server is None
     assert s.image_pull_policy == "IfNotPresent"
-    assert s.termination_grace_seconds == 300 and s.progress_interval_seconds == 5.0
+    assert s.termination_grace_seconds == 0 and s.progress_interval_seconds == 5.0  # 0: derived
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,6 +30,6 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FTO_TERMINATION_GRACE_SECONDS", "0")
+    monkeypatch.setenv("FTO_TERMINATION_GRACE_SECONDS", "-1")
     with pytest.raises(ValueError, match="termination_grace_seconds"):
         Settings()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune_trainer import checkpoints
+from finetune_trainer import checkpoints, stop
 from finetune_trainer.progress import Reporter, now_iso
 
 log = logging.getLogger(__name__)
@@ -24,39 +22,49 @@ def _dist() -> Any:
 
 
 class SignalCallback(TrainerCallback):
-    """On SIGTERM/SIGINT: finish the current optimizer step, save a checkpoint, stop.
+    """On SIGTERM/SIGINT (caught by stop.py since the process started): finish the current
+    optimizer step, save a checkpoint, stop; a signal during a checkpoint save stops right after
+    that save (no second one).
 
-    Every rank agrees on the stop through an all-reduce (ranks receive the signal at slightly
-    different moments; stopping on different steps would deadlock the next collective).
+    Until training begins (model and checkpoint loaded) stop.py ends the process at once; from
+    ``on_train_begin`` a signal only sets the flag read here, including one that arrived earlier
+    inside a critical block. Every rank agrees on the stop through an all-reduce (ranks receive
+    the signal at slightly different moments; stopping on different steps would deadlock the next
+    collective).
     """
 
     def __init__(self, device: str) -> None:
-        self.requested = False
         self.stopped = False
         self.device = device
-
-    def install(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: will checkpoint after the current step and stop", signum)
-            self.requested = True
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
     def _agreed(self) -> bool:
         dist = _dist()
         if dist is None:
-            return self.requested
+            return stop.requested()
         import torch
 
-        flag = torch.tensor([1 if self.requested else 0], device=self.device)
+        flag = torch.tensor([1 if stop.requested() else 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        stop.begin_training()
+        return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self._agreed():
             self.stopped = True
             control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # a periodic save that was in flight when the signal came is the checkpoint to stop at
+        if not self.stopped and self._agreed():
+            log.info(
+                "signal during the checkpoint of step %d: stopping after it", state.global_step
+            )
+            self.stopped = True
             control.should_training_stop = True
         return control
 
@@ -72,6 +80,12 @@ class MarkerCallback(TrainerCallback):
         self.reporter = reporter
         self.progress = progress
         self.last: dict[str, Any] | None = None
+        self.save_seconds: float | None = None
+        self._step_end = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._step_end = time.monotonic()  # HF saves right after on_step_end
+        return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         dist = _dist()
@@ -80,15 +94,24 @@ class MarkerCallback(TrainerCallback):
         path = self.root / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
             info = {"step": state.global_step, "time": now_iso(), "world_size": args.world_size}
-            checkpoints.write_marker(path, info)
+            checkpoints.write_marker(path, info)  # fsyncs every file first
+            self.save_seconds = round(time.monotonic() - self._step_end, 3)
+            size = checkpoints.size_of(path)
             checkpoints.rotate(self.root, self.keep)
             self.last = {
                 "step": state.global_step,
                 "path": f"checkpoints/{path.name}",
                 "time": info["time"],
             }
-            log.info("checkpoint %s complete", path)
+            log.info(
+                "checkpoint %s complete: %d bytes written and synced in %.2f s",
+                path,
+                size,
+                self.save_seconds,
+            )
             self.progress.checkpoint = self.last
+            self.progress.extra["checkpoint_save_seconds"] = self.save_seconds
+            self.progress.extra["checkpoint_bytes"] = size
             self.progress.send(state, "checkpointing", force=True)
         if dist is not None:
             dist.barrier()
@@ -107,6 +130,7 @@ class ProgressCallback(TrainerCallback):
         self.checkpoint: dict[str, Any] | None = None
         self.packing: str | None = None  # "isolated" or "off: <why>" (train.decide_packing)
         self.edits: list[str] = []  # spec edits applied on resume (edits.honouring_edits)
+        self.extra: dict[str, Any] = {}  # resume details, save time: sent with every report
         self._t0: float | None = None
         self._step0 = 0
         self._tokens0 = 0
@@ -156,6 +180,7 @@ class ProgressCallback(TrainerCallback):
             "checkpoint": self.checkpoint,
             "packing": self.packing,
             "edits": list(self.edits) or None,
+            **self.extra,
         }
 
     def send(self, state: Any, status: str, *, force: bool = False) -> None:

@@ -155,6 +155,9 @@ class PathsSpec(_Strict):
 
     work: str = Field(default="/workspace", description="The job's volume.")
     model_cache: str = Field(default="/cache", description="Shared model cache volume.")
+    claim: str | None = Field(
+        default=None, description="PersistentVolumeClaim holding `work` (named in DiskFull)."
+    )
 
 
 class ProgressSpec(_Strict):

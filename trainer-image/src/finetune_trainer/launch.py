@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from finetune_trainer.errors import EXIT_OOM, EXIT_SUSPENDED
+from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, EXIT_SUSPENDED
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,17 @@ def is_child() -> bool:
 
 
 def combine(codes: list[int], terminated: bool) -> int:
-    """One exit code for the pod from the ranks' codes."""
+    """One exit code for the pod from the ranks' codes.
+
+    After a forwarded signal, a rank killed by that signal (negative code: it came in the ~20 ms
+    between the rank's exec and its handlers, see stop.py) had not started anything: suspended.
+    """
+    if terminated:
+        codes = [EXIT_SUSPENDED if c in (-signal.SIGTERM, -signal.SIGINT) else c for c in codes]
+        if EXIT_SUSPENDED in codes and all(c in (0, EXIT_SUSPENDED, EXIT_ERROR) for c in codes):
+            # a rank that stopped at once (before training) left its peers' collective without
+            # a partner: their generic error is the same stop, not a failure of its own
+            codes = [EXIT_SUSPENDED if c == EXIT_ERROR else c for c in codes]
     if all(c == 0 for c in codes):
         return 0
     if EXIT_OOM in codes:
@@ -57,6 +67,21 @@ def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
     tmp = Path(tempfile.mkdtemp(prefix="fto-ranks-"))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     procs: list[subprocess.Popen[bytes]] = []
+    terminated = False
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        received.append(signum)
+        log.info("signal %d: forwarding to %d ranks", signum, len(procs))
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    # installed before the first rank starts: a signal while they are being started reaches
+    # every rank started so far, and the ones started after it get it right away (below)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     for rank in range(nprocs):
         env = dict(os.environ)
         env.update(
@@ -73,23 +98,13 @@ def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
         )
         if not cuda:
             env["OMP_NUM_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "finetune_trainer.main", *args]
+        cmd = [sys.executable, "-m", "finetune_trainer", *args]  # the entry: handlers first
         procs.append(subprocess.Popen(cmd, env=env))
+        if received:
+            procs[-1].send_signal(received[0])
     log.info(
         "launched %d ranks (%s), master port %d", nprocs, "cuda/nccl" if cuda else "cpu/gloo", port
     )
-
-    terminated = False
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal terminated
-        terminated = True
-        log.info("signal %d: forwarding to %d ranks", signum, nprocs)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         failed_at: float | None = None
         while any(p.poll() is None for p in procs):

@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, TrainerError, write_termination_log
+from finetune_trainer import diskfull, stop
+from finetune_trainer.errors import (
+    EXIT_ERROR,
+    EXIT_OOM,
+    EXIT_SUSPENDED,
+    TrainerError,
+    write_termination_log,
+)
 
 log = logging.getLogger("finetune_trainer")
 
@@ -74,11 +81,13 @@ def _run(args: argparse.Namespace) -> int:
     from finetune_trainer.config import load_config
 
     config = load_config(args.config)
+    args.work, args.claim = config.work, config.paths.claim
     if args.command == "prepare":
         from finetune_trainer import prepare
         from finetune_trainer.progress import Reporter, make_sink
 
         reporter = Reporter(make_sink(config), config.progress.interval_seconds)
+        stop.stage("prepare")
         result = prepare.run(config, reporter)
         log.info("prepare ok: %s; %s steps", result["plan"]["message"], result["total_steps"])
         return 0
@@ -87,8 +96,16 @@ def _run(args: argparse.Namespace) -> int:
     return train.main(config, args.config)
 
 
+def _suspended(message: str) -> int:
+    log.info("%s", message)
+    write_termination_log(f"Suspended: {message}")
+    return EXIT_SUSPENDED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stop.install()  # no-op when the entry module did it already (it does, ~8 s earlier)
     args = make_parser().parse_args(list(argv) if argv is not None else None)
+    args.work, args.claim = None, None
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -99,24 +116,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _run(args)
-    except TrainerError as exc:
+    except (stop.Interrupted, Exception) as exc:
+        stop.ending()  # a second signal while the failure is reported must not cut that short
+        return _failure(exc, args)
+
+
+def _failure(exc: BaseException, args: argparse.Namespace) -> int:
+    """The exit code (and termination message) for what ended the run."""
+    if isinstance(exc, stop.Interrupted):
+        return _suspended(f"{exc}; nothing to save yet, exited at once")
+    if isinstance(exc, TrainerError):
         message = f"{exc.reason}: {exc}"
         log.error("%s", message)
+        if exc.__cause__ is not None:  # e.g. the library error a DiskFull was recognised in
+            log.info("caused by %s: %s", type(exc.__cause__).__name__, exc.__cause__)
         write_termination_log(message)
         return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        write_termination_log("Error: interrupted")
-        return EXIT_ERROR
-    except Exception as exc:
-        if _is_cuda_oom(exc):
-            message = f"CudaOOM: {exc}".splitlines()[0]
-            log.error("%s", message)
-            write_termination_log(message)
-            return EXIT_OOM
-        log.exception("failed")
-        write_termination_log(f"Error: {type(exc).__name__}: {exc}".splitlines()[0])
-        return EXIT_ERROR
+    full = diskfull.as_disk_full(exc, args.work, args.claim)
+    if full is not None:
+        message = f"{full.reason}: {full}"
+        log.error("%s", message)
+        log.info("caused by %s: %s", type(exc).__name__, exc)
+        write_termination_log(message)
+        return full.exit_code
+    if stop.requested() and not stop.training_started():
+        # e.g. a peer rank stopped by the same signal closed a collective under this one
+        return _suspended(f"signal {stop.signum()} before training ({type(exc).__name__})")
+    if _is_cuda_oom(exc):
+        message = f"CudaOOM: {exc}".splitlines()[0]
+        log.error("%s", message)
+        write_termination_log(message)
+        return EXIT_OOM
+    log.error("failed", exc_info=exc)
+    write_termination_log(f"Error: {type(exc).__name__}: {exc}".splitlines()[0])
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import data as datamod
-from finetune_trainer import netfaults, planner, workdir
+from finetune_trainer import diskfull, netfaults, planner, stop, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     ConfigError,
@@ -405,6 +405,7 @@ def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
         "reused": False,
         "error": None,
     }
+    interrupted = False
     try:
         workdir.claim(config.work, config.job.uid)
         tokenizer = load_tokenizer(config)
@@ -436,21 +437,31 @@ def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
     except TrainerError as exc:
         result["error"] = {"reason": exc.reason, "message": str(exc)}
         raise
+    except stop.Interrupted:
+        interrupted = True  # a suspend, not a result: the next prepare pod starts over
+        raise
+    except Exception as exc:
+        full = diskfull.as_disk_full(exc, config.work, config.paths.claim)
+        if full is None:
+            raise
+        result["error"] = {"reason": full.reason, "message": str(full)}
+        raise full from exc
     finally:
-        write_result(config, result, report)
+        if not interrupted:
+            write_result(config, result, report)
     return result
 
 
 def write_result(config: TrainerConfig, result: dict[str, Any], report: Any) -> None:
     config.work.mkdir(parents=True, exist_ok=True)
     path = config.work / RESULT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    if report is not None:
+    if report is not None:  # first: the operator still learns the reason when the disk is full
         from finetune_trainer.progress import PREPARE_KEY
 
         report.put(PREPARE_KEY, result)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def read_result(config: TrainerConfig) -> dict[str, Any] | None:

@@ -5,7 +5,9 @@ per GPU when the plan says ddp, and in each process: loads the model through bac
 prepared (already tokenized) dataset — building it here only if the prepare stage did not — packs
 it when asked, and runs ``SFTTrainer`` with checkpoints under ``<work>/checkpoints``. On start it
 resumes from the newest COMPLETE checkpoint (HF Trainer restores step, optimizer, scheduler, RNG
-and skips the batches already seen). SIGTERM ends with a checkpoint and exit 10; CUDA OOM with 11.
+and skips the batches already seen). SIGTERM before training exits 10 at once, during training
+ends with a checkpoint and exit 10 (stop.py); CUDA OOM exits 11, a full volume 6 (DiskFull). The
+final output is staged and renamed into place (files.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,15 @@ from typing import Any
 from finetune_trainer import (
     backends,
     checkpoints,
+    diskfull,
     edits,
+    files,
     isolation,
     launch,
     planner,
     prepare,
+    retention,
+    stop,
     workdir,
 )
 from finetune_trainer.config import TrainerConfig
@@ -37,6 +45,9 @@ from finetune_trainer.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# the launcher tells its ranks which damaged checkpoints it set aside (reported by rank 0)
+SKIPPED_ENV = "FTO_SKIPPED_CHECKPOINTS"
 
 
 @dataclass(frozen=True)
@@ -103,8 +114,12 @@ def main(config: TrainerConfig, config_path: str) -> int:
     allocator_defaults()
     cache = Path(config.paths.model_cache) / "hub"
     os.environ.setdefault("HF_HUB_CACHE", str(cache))
+    stop.stage("start-up")
     if not launch.is_child():
-        workdir.claim(config.work, config.job.uid)  # before any rank looks for checkpoints
+        with stop.critical("claiming the work directory"):
+            workdir.claim(config.work, config.job.uid)  # before any rank looks for checkpoints
+            resume = retention.at_start(config.work, config.checkpoint.keep)
+        os.environ[SKIPPED_ENV] = json.dumps(resume.skipped)
     plan = resolve_plan(config)
     if plan.processes > 1 and not launch.is_child():
         import torch
@@ -117,6 +132,7 @@ def main(config: TrainerConfig, config_path: str) -> int:
             config_path,
         ]
         code, reason = launch.launch(args, plan.processes, cuda=torch.cuda.is_available())
+        stop.ending()  # the ranks decided; a late signal must not turn their result into 10
         if code != 0 and reason:
             write_termination_log(reason)
         return code
@@ -203,10 +219,10 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     from finetune_trainer.progress import Reporter, make_sink
 
     started = time.time()
+    stop.stage("loading")  # until on_train_begin a signal ends the process at once (stop.py)
     device = backends.detect_device()
     timing = TimingCallback(device.cuda)
     signals = SignalCallback(f"cuda:{device.local_rank}" if device.cuda else "cpu")
-    signals.install()  # a SIGTERM during loading still ends with a checkpoint after one step
     backend = backends.resolve(config, device)
     backends.early_import(backend)  # unsloth must patch transformers/TRL before they load
     _init_distributed(device)
@@ -221,7 +237,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     if is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         checkpoints.remove_incomplete(ckpt_root)
-    resume = checkpoints.newest_complete(ckpt_root)
+    resume = checkpoints.newest_complete(ckpt_root)  # verified by retention.at_start
     tokenizer_for_hash = prepare.load_tokenizer(config)
     splits, prepared = _load_splits(config, tokenizer_for_hash)
 
@@ -297,14 +313,32 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         data_collator=collator,
         callbacks=[signals, progress, marker, timing],
     )
-    if resume is not None:
-        log.info("resuming from %s", resume)
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
-            raise CudaOOMError(oom_advice(config, plan)) from exc
-        raise
+    skipped = json.loads(os.environ.get(SKIPPED_ENV) or "[]")
+    progress.extra["resumed_from"] = f"checkpoints/{resume.name}" if resume else None
+    if skipped:
+        progress.extra["skipped_checkpoints"] = skipped  # damaged, set aside (checkpoints.py)
+    while True:
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        stop.stage("reading the checkpoint" if resume else "starting training")
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+                raise CudaOOMError(oom_advice(config, plan)) from exc
+            raise_if_disk_full(config, exc, is_main=is_main)
+            previous = fallback(exc, resume, ckpt_root, device.world_size)
+            if previous is None or resume is None:
+                raise
+            progress.extra.setdefault("skipped_checkpoints", []).append(
+                {
+                    "path": f"checkpoints/{resume.name}",
+                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                }
+            )
+            progress.extra["resumed_from"] = f"checkpoints/{previous.name}"
+            resume = previous
     state = trainer.state
     if signals.stopped and state.global_step < state.max_steps:
         progress.send(state, "suspended", force=True)
@@ -315,13 +349,10 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     if eval_ds is not None:
         eval_loss = float(trainer.evaluate()["eval_loss"])
     out = work / "output"
-    target = out / ("model" if config.method == "full" else "adapter")
-    trainer.save_model(str(target))
-    if is_main:
-        loaded.tokenizer.save_pretrained(str(target))
-        if config.output.merge_adapter and config.method != "full":
-            backends.save_merged(loaded, trainer.model, out / "merged")
-        summary = make_summary(
+    name = "model" if config.method == "full" else "adapter"
+
+    def summary() -> dict[str, Any]:
+        s = make_summary(
             config,
             plan,
             loaded,
@@ -331,16 +362,27 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             prepared=prepared,
             eval_loss=eval_loss,
         )
-        summary["edits"] = progress.edits
-        summary["packing"] = {
+        s["edits"] = progress.edits
+        s["packing"] = {
             "requested": config.training.packing,
             "on": pack,
             "isolation": packing_verdict.reason,
         }
-        summary["timing"] = timing.summary()
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        s["timing"] = timing.summary()
+        return s
+
+    try:
+        with stop.critical("the final save"):
+            save_output(config, trainer, loaded, out / name, is_main=is_main, summary=summary)
+    except Exception as exc:
+        raise_if_disk_full(config, exc, is_main=is_main)
+        raise
+    if is_main:
         progress.send(state, "completed", force=True)
-    log.info("done: %d steps, output in %s", state.global_step, target)
+        retention.after_success(work)
+    if stop.requested():
+        log.info("a signal came during the final save: the output is complete, exiting 0")
+    log.info("done: %d steps, output in %s", state.global_step, out / name)
     return 0
 
 
@@ -349,6 +391,69 @@ def packing_text(config: TrainerConfig, pack: bool, verdict: isolation.Verdict) 
     if not config.training.packing:
         return None
     return "isolated" if pack else f"off: {verdict.reason}"[:200]
+
+
+def save_output(
+    config: TrainerConfig,
+    trainer: Any,
+    loaded: backends.Loaded,
+    target: Path,
+    *,
+    is_main: bool,
+    summary: Callable[[], dict[str, Any]],
+) -> None:
+    """Write the adapter (or model), tokenizer, merged weights and summary into a staging
+    directory, then rename it to ``output/`` (files.publish): never a half output."""
+    out = target.parent
+    staging = files.staging_dir(out)
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier attempt cut short
+    trainer.save_model(str(staging / target.name))  # every rank calls it; rank 0 writes
+    if not is_main:
+        return
+    loaded.tokenizer.save_pretrained(str(staging / target.name))
+    if config.output.merge_adapter and config.method != "full":
+        backends.save_merged(loaded, trainer.model, staging / "merged")
+    (staging / "summary.json").write_text(json.dumps(summary(), indent=1))
+    files.publish(staging, out)
+
+
+def fallback(exc: Exception, resume: Path | None, root: Path, world_size: int) -> Path | None:
+    """The previous complete checkpoint when loading ``resume`` failed before training began
+    (a damage the cheap verification cannot see, e.g. a state dict of the wrong shape); the
+    damaged one is set aside as ``.corrupt``. None when there is nothing to fall back to: no
+    resume, training had begun, several ranks (they would have to agree), or no older one (the
+    model may hold the damaged weights: starting from step 0 on them would be wrong)."""
+    if resume is None or stop.training_started() or world_size > 1:
+        return None
+    older = [p for s, p in checkpoints.complete(root) if s < (checkpoints.step_of(resume) or 0)]
+    if not older:
+        return None
+    aside = resume.with_name(resume.name + ".corrupt")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(resume, aside)
+    log.error(
+        "checkpoint %s failed to load (%s: %s): set aside as %s, resuming from %s instead",
+        resume.name, type(exc).__name__, str(exc)[:300], aside.name, older[-1].name,
+    )  # fmt: skip
+    return older[-1]
+
+
+def raise_if_disk_full(config: TrainerConfig, exc: BaseException, *, is_main: bool) -> None:
+    """Re-raise a full volume as DiskFullError (exit 6, not retried); the save it cut short is
+    removed (it has no marker and is never used), the last complete checkpoint stays."""
+    root = config.work / "checkpoints"
+    newest = checkpoints.newest_complete(root)
+    needed = checkpoints.size_of(newest) if newest is not None else None
+    full = diskfull.as_disk_full(exc, config.work, config.paths.claim, needed)
+    if full is None:
+        return
+    if is_main:
+        checkpoints.remove_incomplete(root)
+        shutil.rmtree(files.staging_dir(config.work / "output"), ignore_errors=True)
+    if newest is not None:
+        full.args = (f"{full} ({newest.name} is complete)",)
+    raise full from exc
 
 
 def cpu_trainer_class(base: Any) -> Any:

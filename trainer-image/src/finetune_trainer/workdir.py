@@ -4,7 +4,8 @@ The work directory is ``<claim>/<job name>``, so a job deleted and created again
 name finds the old job's checkpoints and output there. Resuming from them would continue someone
 else's run (and report more steps than asked). The first stage of every job (prepare, or train
 when run alone) claims the directory with the job's UID; what an earlier job left is moved to
-``superseded/<its uid>/`` (nothing is deleted) and the new job starts from step 0. Prepared
+``superseded/<its uid>/`` and the new job starts from step 0 (retention.py later deletes the
+moved checkpoints, which can never be resumed; the output stays). Prepared
 datasets stay: they are keyed by content and reusable by any job.
 """
 
