@@ -572,13 +572,17 @@ def test_deleting_a_running_job_collects_its_children_and_keeps_user_pvcs(
         assert get(cluster, ns, "pvc", claim)["status"]["phase"] == "Bound"
     assert (VOLUMES / f"{ns}-models" / "tiny-llama" / "config.json").is_file()
 
-    # a new job of the same name starts from step 0: the old one's checkpoints are moved aside
+    # a new job of the same name starts from step 0: the old one's files are moved aside, and its
+    # checkpoints then pruned (retention: a deleted job can never be resumed; its prepare result
+    # and any output stay)
     apply_job(cluster, ns, "bot", steps=6, every=3)
     wait_phase(cluster, ns, "bot", "Succeeded", timeout=240)
     again = summary(ns, "bot")
     assert again["resumed_from"] is None and [s for s, _ in losses(again)] == list(range(1, 7))
     work = VOLUMES / f"{ns}-out" / "bot"
-    assert (work / "superseded" / old_uid / "checkpoints").is_dir()  # kept, not deleted
+    aside = work / "superseded" / old_uid
+    assert (aside / "prepare-result.json").is_file()  # moved aside, not deleted
+    assert not (aside / "checkpoints").exists()  # pruned when the new job's training started
     assert (work / "job-uid").read_text().strip() == get(cluster, ns, "ftj", "bot")["metadata"][
         "uid"
     ]
