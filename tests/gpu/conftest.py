@@ -46,6 +46,17 @@ def backend_name() -> str:
     return name
 
 
+def _llama(factory: pytest.TempPathFactory, name: str, **geometry: int) -> Path:
+    """A random-initialised Llama (intermediate = 2 x hidden) + the local tokenizer."""
+    from finetune_trainer.tiny import make_tiny_model
+
+    intermediate = 2 * geometry["hidden"]
+    return make_tiny_model(
+        factory.mktemp("models") / name, "llama", seed=0, intermediate=intermediate,
+        max_positions=4096, **geometry,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def learn_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model the learning tests train: 2 layers, hidden 128, head_dim 64.
@@ -57,34 +68,10 @@ def learn_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model's attention is saturated on random keys and low-rank updates cannot route the animal to
     the answer. This geometry is the CPU tier's (which LoRA learns) with GPU-friendly head_dim 64.
     """
-    from finetune_trainer.tiny import make_tiny_model
-
-    return make_tiny_model(
-        tmp_path_factory.mktemp("models") / "learn-llama",
-        "llama",
-        seed=0,
-        hidden=128,
-        layers=2,
-        heads=2,
-        kv_heads=1,
-        intermediate=256,
-        max_positions=4096,
-    )
+    return _llama(tmp_path_factory, "learn-llama", hidden=128, layers=2, heads=2, kv_heads=1)
 
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small random-initialised Llama (4 layers, hidden 256, head_dim 64) + local tokenizer."""
-    from finetune_trainer.tiny import make_tiny_model
-
-    return make_tiny_model(
-        tmp_path_factory.mktemp("models") / "small-llama",
-        "llama",
-        seed=0,
-        hidden=256,
-        layers=4,
-        heads=4,
-        kv_heads=2,
-        intermediate=512,
-        max_positions=4096,
-    )
+    return _llama(tmp_path_factory, "small-llama", hidden=256, layers=4, heads=4, kv_heads=2)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.tiny import synthetic_records, write_jsonl
+from finetune_trainer.tiny import exact_match_accuracy, synthetic_records, write_jsonl
 from tests.trainer.conftest import (
     base_config,
     progress_reports,
@@ -56,32 +56,6 @@ def _prepare_and_train(cfg: Path, timeout: float = 420) -> Path:
 def _summary(work: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((work / "output" / "summary.json").read_text())
     return loaded
-
-
-def _accuracy(model: Any, tokenizer: Any, records: list[dict[str, str]]) -> float:
-    import torch
-
-    from finetune_trainer.config import DatasetSpec
-    from finetune_trainer.data import Record, validate
-    from finetune_trainer.prepare import special_affixes
-
-    spec = DatasetSpec(path="-", format="alpaca")
-    prefix, _ = special_affixes(tokenizer)
-    right = 0
-    model.eval()
-    for i, rec in enumerate(records):
-        sample = validate(Record("eval", f"record {i + 1}", rec), spec)
-        ids = prefix + list(tokenizer(sample.prompt, add_special_tokens=False)["input_ids"])
-        x = torch.tensor([ids], device=model.device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=4,
-                do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
-        text = tokenizer.decode(out[0][len(ids) :], skip_special_tokens=True).strip()
-        right += int(text == rec["output"])
-    return right / len(records)
 
 
 def _load_for_eval(base: Path, adapter: Path | None, qlora: bool) -> Any:
@@ -138,12 +112,12 @@ def test_each_method_learns_the_task_through_the_pods_commands(
         trained = _load_for_eval(out, None, qlora=False)
     else:
         trained = _load_for_eval(small_model, out, qlora=method == "qlora")
-    before = _accuracy(_load_for_eval(small_model, None, qlora=False), tok, heldout)
-    after = _accuracy(trained, tok, heldout)
+    before = exact_match_accuracy(_load_for_eval(small_model, None, qlora=False), tok, heldout)
+    after = exact_match_accuracy(trained, tok, heldout)
     assert before <= 0.1 and after >= 0.4, (before, after, first, last, s["eval_loss"], s["steps"])
     if merge:  # (g) merged weights load with plain transformers and answer as base + adapter
         merged = _load_for_eval(work / "output" / "merged", None, qlora=False)
-        assert abs(_accuracy(merged, tok, heldout) - after) <= 0.15
+        assert abs(exact_match_accuracy(merged, tok, heldout) - after) <= 0.15
 
 
 def test_a_12_gib_cap_is_in_force_in_the_trainer_process() -> None:

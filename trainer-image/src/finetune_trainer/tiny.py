@@ -243,10 +243,11 @@ def exact_match_accuracy(model: Any, tokenizer: Any, records: Sequence[dict[str,
     for i, rec in enumerate(records):
         sample = validate(Record("eval", f"record {i + 1}", rec), spec)
         ids = prefix + list(tokenizer(sample.prompt, add_special_tokens=False)["input_ids"])
+        x = torch.tensor([ids], device=model.device)  # the model's device: CPU or a GPU
         with torch.no_grad():
             out = model.generate(
-                input_ids=torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
                 max_new_tokens=4,
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
