@@ -245,6 +245,9 @@ def measure(summary: dict[str, Any], warmup: int, tag: dict[str, Any]) -> dict[s
         "peak_allocated_gib": round(timing.get("peak_allocated_mib", 0) / 1024, 2),
         "peak_reserved_gib": round(timing.get("peak_reserved_mib", 0) / 1024, 2),
         "load_peak_reserved_gib": round((timing.get("load_peak_reserved_mib") or 0) / 1024, 2),
+        "peak_reserved_gib_per_gpu": [
+            round(m / 1024, 2) for m in timing.get("peak_reserved_mib_per_gpu", [])
+        ],
         "mfu": round(6 * n * tps / (peak * 1e12), 3) if (peak and tps and n) else None,
         "losses": [round(x["loss"], 4) for x in summary.get("losses", [])],
     }

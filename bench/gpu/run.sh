@@ -3,7 +3,7 @@
 #   bench/gpu/run.sh PLAN...      PLAN = setup | smoke | stacks7b | stacks1b | memory | full1b | full1b_tf
 #                                        | optim8 | memgap | memsnap | memory_nocompile | nocompile
 #                                        | allocator | startlog | cap12 | resume | ddp | gputest | packed
-#                                        | ddp2 | split12
+#                                        | ddp2 | ddp2_solo | ddp2_pair | gputest2 | split12
 # Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
 # random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
 # $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
@@ -174,6 +174,22 @@ ddp2() { # today's defaults (block compile off, expandable segments), 1 vs 2 GPU
   ours 7b qlora fixed 1 4 12; ours 7b qlora fixed 2 4 12; ours 1b lora fixed 1 8 12; ours 1b lora fixed 2 8 12
 }
 ddp7() { model 7b; ours 7b qlora fixed 1 4; ours 7b qlora fixed 2 4; }  # the headline DDP pair
+ddp2_solo() { # the 1-GPU halves of ddp2 (uncapped and 12 GiB caps)
+  model 7b; model 1b
+  ours 7b qlora fixed 1 4; ours 1b lora fixed 1 8; ours 7b qlora fixed 1 4 12; ours 1b lora fixed 1 8 12
+}
+ddp2_pair() { # the 2-GPU halves of ddp2
+  model 7b; model 1b
+  ours 7b qlora fixed 2 4; ours 1b lora fixed 2 8; ours 7b qlora fixed 2 4 12; ours 1b lora fixed 2 8 12
+}
+gputest2() { # a 2-GPU machine: both backends' GPU tiers at once (GPU 0 unsloth, GPU 1 transformers),
+  # then the 1-GPU halves of ddp2 on GPU 1 while GPU 0 finishes
+  local o=${OUT:-/tmp}
+  (CUDA_VISIBLE_DEVICES=0 FTO_GPU_BACKENDS=unsloth gputest >"$o/gputest2-unsloth.txt" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=1 FTO_GPU_BACKENDS=transformers gputest; CUDA_VISIBLE_DEVICES=1 ddp2_solo) >"$o/gputest2-tf.txt" 2>&1
+  wait
+  cat "$o/gputest2-unsloth.txt" "$o/gputest2-tf.txt"
+}
 split12() { # model split (device_map balanced) of 7B bf16 LoRA over 2 GPUs capped at 12 GiB each
   model 7b
   BENCH_VARIANT=model-split FTO_T0=$(date +%s.%N) timeout 500 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" \

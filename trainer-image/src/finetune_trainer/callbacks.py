@@ -221,8 +221,9 @@ class TimingCallback(TrainerCallback):
         if self.cuda:
             import torch
 
-            self.load_peak_reserved_mib = int(torch.cuda.max_memory_reserved() // 2**20)
-            torch.cuda.reset_peak_memory_stats()
+            self.load_peak_reserved_mib = max(_per_device_mib(torch.cuda.max_memory_reserved))
+            for device in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(device)
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -242,7 +243,17 @@ class TimingCallback(TrainerCallback):
         if self.cuda:
             import torch
 
+            # a model split over GPUs peaks on each of them: report the largest and every one
+            reserved = _per_device_mib(torch.cuda.max_memory_reserved)
             out["load_peak_reserved_mib"] = self.load_peak_reserved_mib
-            out["peak_allocated_mib"] = int(torch.cuda.max_memory_allocated() // 2**20)
-            out["peak_reserved_mib"] = int(torch.cuda.max_memory_reserved() // 2**20)
+            out["peak_allocated_mib"] = max(_per_device_mib(torch.cuda.max_memory_allocated))
+            out["peak_reserved_mib"] = max(reserved)
+            out["peak_reserved_mib_per_gpu"] = reserved
         return out
+
+
+def _per_device_mib(measure: Any) -> list[int]:
+    """``measure(device)`` in MiB for every GPU this process sees (DDP ranks see theirs only)."""
+    import torch
+
+    return [int(measure(d) // 2**20) for d in range(max(torch.cuda.device_count(), 1))]
