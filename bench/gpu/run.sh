@@ -190,6 +190,30 @@ gputest2() { # a 2-GPU machine: both backends' GPU tiers at once (GPU 0 unsloth,
   wait
   cat "$o/gputest2-unsloth.txt" "$o/gputest2-tf.txt"
 }
+learn2() { # a 2-GPU machine: the LoRA/QLoRA learning cases (+ merge) of both backends for two
+  # learn-model geometries at once (GPU 0 unsloth, GPU 1 transformers), beside split12
+  local o=${OUT:-/tmp} g b dev
+  for g in 64,2,4,2 128,2,8,4; do for b in unsloth transformers; do
+    dev=0; [[ $b == transformers ]] && dev=1
+    (CUDA_VISIBLE_DEVICES=$dev FTO_GPU_BACKEND=$b FTO_GPU_LEARN_GEOMETRY=$g timeout 420 $PY -m pytest tests/gpu \
+       --confcutdir=tests/gpu -p no:cacheprovider -q -rA -k "learns and not full" \
+       --junitxml="$o/learn-$b-${g//,/-}.xml" >"$o/learn-$b-${g//,/-}.log" 2>&1; echo "learn $b $g: exit $?") &
+  done; done
+  split12
+  wait
+  for f in "$o"/learn-*.log; do echo "== $f"; grep -E '^(PASSED|FAILED|ERROR)|AssertionError|passed|failed' "$f" | cut -c1-300; done
+}
+learnq() { # the QLoRA learning case of both backends, geometry $1, both backends at once
+  local o=${OUT:-/tmp} b dev g=${LEARN_GEOMETRY:-64,2,4,2}
+  for b in unsloth transformers; do
+    dev=0; [[ $b == transformers ]] && dev=1
+    (CUDA_VISIBLE_DEVICES=$dev FTO_GPU_BACKEND=$b FTO_GPU_LEARN_GEOMETRY=$g timeout 300 $PY -m pytest tests/gpu \
+       --confcutdir=tests/gpu -p no:cacheprovider -q -rA -k "learns and qlora" \
+       --junitxml="$o/learnq-$b.xml" >"$o/learnq-$b.log" 2>&1; echo "learnq $b $g: exit $?") &
+  done
+  wait
+  for f in "$o"/learnq-*.log; do echo "== $f"; grep -E '^(PASSED|FAILED|ERROR)|AssertionError|passed|failed' "$f" | cut -c1-300; done
+}
 split12() { # model split (device_map balanced) of 7B bf16 LoRA over 2 GPUs capped at 12 GiB each
   model 7b
   BENCH_VARIANT=model-split FTO_T0=$(date +%s.%N) timeout 500 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" \

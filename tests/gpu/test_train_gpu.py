@@ -84,9 +84,10 @@ def test_each_method_learns_the_task_through_the_pods_commands(
 
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(480, seed=0))
     heldout = synthetic_records(HELD_OUT, seed=99)  # filler combinations unseen in training
-    lr = {"lora": 2e-2, "qlora": 2e-2, "full": 1e-3}[method]
-    # LoRA leaves the random embeddings and output head frozen: more steps than full fine-tuning
-    epochs = 10 if method == "full" else 20
+    lr = {"lora": 2e-2, "qlora": 1e-2, "full": 1e-3}[method]
+    # LoRA leaves the random embeddings and output head frozen: more steps than full fine-tuning,
+    # and more again on 4-bit weights (transformers QLoRA answered 37.5 % after 20 epochs on H200)
+    epochs = {"lora": 20, "qlora": 30, "full": 10}[method]
     merge = method != "full" and not (method == "qlora" and backend_name == "transformers")
     cfg = _config(
         tmp_path, method, small_model, data, backend_name, method=method,
