@@ -124,6 +124,7 @@ class Reason(StrEnum):
     PLAN_REFUSED = "PlanRefused"
     DISK_FULL = "DiskFull"  # ENOSPC on the work volume: not retried, the claim must grow first
     SOURCE_UNAVAILABLE = "SourceUnavailable"  # network fault fetching data/model: retried
+    DIVERGED = "Diverged"  # the loss became NaN/inf: not retried, the settings must change
     ERROR = "Error"
     # failures found by the operator before any pod runs
     BAD_SPEC = "BadSpec"
@@ -162,6 +163,7 @@ class Reason(StrEnum):
                 MODEL_NOT_FOUND,
                 PLAN_REFUSED,
                 DISK_FULL,
+                DIVERGED,
                 BAD_SPEC,
                 PVC_NOT_FOUND,
                 SECRET_NOT_FOUND,
@@ -182,6 +184,7 @@ EXIT_CODE_REASONS: dict[int, str] = {
     5: Reason.PLAN_REFUSED,
     6: Reason.DISK_FULL,
     7: Reason.SOURCE_UNAVAILABLE,
+    8: Reason.DIVERGED,
     10: Reason.PREEMPTED,  # SIGTERM + complete checkpoint; Suspended when we asked for it
     11: Reason.CUDA_OOM,
 }

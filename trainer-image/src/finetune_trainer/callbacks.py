@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune_trainer import checkpoints, stop
+from finetune_trainer import checkpoints, divergence, stop
 from finetune_trainer.progress import Reporter, now_iso
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,20 @@ def process_start_epoch() -> float:
         return btime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
+
+
+class DivergenceCallback(TrainerCallback):
+    """Ends the run with DivergedError (exit 8) when a logged loss is NaN or infinite (every rank
+    sees the same all-reduced loss, so every rank stops); ``progress`` supplies the learning rate
+    and the newest complete checkpoint for the message."""
+
+    def __init__(self, progress: ProgressCallback) -> None:
+        self.progress = progress
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+        checkpoint = (self.progress.checkpoint or {}).get("path")
+        divergence.check(logs or {}, state.global_step, self.progress.learning_rate, checkpoint)
+        return control
 
 
 class TimingCallback(TrainerCallback):

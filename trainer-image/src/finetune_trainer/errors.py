@@ -63,6 +63,16 @@ class SourceUnavailableError(TrainerError):
     reason = "SourceUnavailable"
 
 
+class DivergedError(TrainerError):
+    """The training or eval loss became NaN or infinite: the weights are lost from that step on.
+
+    Not retried (the same settings diverge again); the message names the step, the learning rate
+    and the last complete checkpoint, which predates the divergence."""
+
+    exit_code = 8
+    reason = "Diverged"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 

@@ -211,6 +211,7 @@ def _init_distributed(device: backends.Device) -> None:
 def run(config: TrainerConfig, plan: RunPlan) -> int:
     """Train in this process (one rank); returns 0 or 10 (suspended)."""
     from finetune_trainer.callbacks import (
+        DivergenceCallback,
         MarkerCallback,
         ProgressCallback,
         SignalCallback,
@@ -282,6 +283,8 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         gradient_checkpointing=t.gradient_checkpointing and loaded.backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=1,
+        # the default filter logs a NaN/inf step as the running mean: divergence.check must see it
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=config.checkpoint.every_steps,
         save_total_limit=None,  # retention counts complete checkpoints only (MarkerCallback)
@@ -311,7 +314,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         eval_dataset=eval_ds,
         processing_class=loaded.tokenizer,
         data_collator=collator,
-        callbacks=[signals, progress, marker, timing],
+        callbacks=[signals, progress, DivergenceCallback(progress), marker, timing],
     )
     skipped = json.loads(os.environ.get(SKIPPED_ENV) or "[]")
     progress.extra["resumed_from"] = f"checkpoints/{resume.name}" if resume else None
