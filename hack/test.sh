@@ -87,6 +87,7 @@ images() { hack/images.sh trainer operator standin; }
 run_unit() { phase venv venv && phase unit tier unit tests/unit tests/trainer tests/gpu; }
 run_integration() {
   phase venv venv
+  phase mlflow hack/setup-mlflow.sh
   phase cluster-up cluster_up
   phase integration tier integration tests/integration -m integration
 }
@@ -105,6 +106,7 @@ case ${1:-all} in
     phase lint make -s lint
     phase verify make -s verify
     phase unit tier unit tests/unit tests/trainer tests/gpu
+    phase mlflow hack/setup-mlflow.sh  # the tracking server's own venv (integration tier)
     phase cluster-up cluster_up
     phase images images
     phase integration tier integration tests/integration -m integration

@@ -7,3 +7,4 @@ export HELM_VERSION=3.22.0
 export CLI_UTILS_VERSION=v0.37.2
 export DEBIAN_SUITE=bookworm
 export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+export MLFLOW_VERSION=3.17.2        # the tracking server the tests start (hack/setup-mlflow.sh)

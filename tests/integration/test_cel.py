@@ -85,6 +85,33 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("hub token key absolute", {"hubTokenSecretRef": {"name": "hf", "key": "/etc/passwd"}},
      "hubTokenSecretRef.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' (no absolute "
      "or parent paths)"),
+    ("two chat template sources",
+     {"dataset": {"url": "https://x/y", "format": "messages",
+                  "chatTemplate": {"name": "chatml", "template": "{{ x }}"}}},
+     "dataset.chatTemplate: set exactly one of name, template or configMap"),
+    ("chat template on text", {"dataset": {"url": "https://x/y", "format": "text",
+                                           "chatTemplate": {"name": "chatml"}}},
+     "dataset.chatTemplate applies to formats alpaca, sharegpt and messages"),
+    ("chat template key escaping",
+     {"dataset": {"url": "https://x/y", "chatTemplate": {"configMap": {"name": "t", "key": "/x"}}}},
+     "dataset.chatTemplate.configMap.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' "
+     "(no absolute or parent paths)"),
+    ("mlflow uri with credentials",
+     {"tracking": {"mlflow": {"trackingUri": "https://u:p@mlflow.example.com"}}},
+     "tracking.mlflow.trackingUri must be http(s)://host[:port][/path], without credentials (use "
+     "the Secret), query or fragment"),
+    ("mlflow uri at the metadata address",
+     {"tracking": {"mlflow": {"trackingUri": "http://169.254.169.254/latest"}}},
+     "tracking.mlflow.trackingUri must not name a link-local, unspecified or cloud metadata "
+     "address"),
+    ("wandb base url shape", {"tracking": {"wandb": {"project": "p", "baseUrl": "file:///x"}}},
+     "tracking.wandb.baseUrl must be http(s)://host[:port][/path], without credentials (use the "
+     "Secret), query or fragment"),
+    ("wandb base url metadata",
+     {"tracking": {"wandb": {"project": "p", "baseUrl": "http://METADATA.google.internal/"}}},
+     "tracking.wandb.baseUrl must not name a link-local, unspecified or cloud metadata address"),
+    ("wandb online without key", {"tracking": {"wandb": {"project": "p", "mode": "online"}}},
+     "tracking.wandb.mode online needs apiKeySecretRef"),
 ]  # fmt: skip
 
 IMMUTABLE = [
@@ -150,6 +177,27 @@ def test_every_rule_has_a_case(crd: dict[str, Any]) -> None:
 def test_good_object_is_accepted(cluster: Cluster, crd: dict[str, Any], namespace: str) -> None:
     out = cluster.kubectl(
         "create", "--dry-run=server", "-f", "-", input=_obj("ok", namespace, GOOD)
+    )
+    assert "created (server dry run)" in out
+
+
+def test_tracking_and_chat_template_accepted(
+    cluster: Cluster, crd: dict[str, Any], namespace: str
+) -> None:
+    spec = _spec(
+        {
+            "dataset": {"url": "https://example.com/c.jsonl", "format": "messages",
+                        "chatTemplate": {"name": "chatml"}},
+            "tracking": {
+                "mlflow": {"trackingUri": "http://mlflow.mlflow:5000",
+                           "credentialsSecretRef": {"name": "mlflow"}},
+                "wandb": {"project": "bots", "mode": "online", "apiKeySecretRef": {"name": "wb"},
+                          "baseUrl": "https://wandb.example.com"},
+            },
+        }
+    )  # fmt: skip
+    out = cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=_obj("ok", namespace, spec)
     )
     assert "created (server dry run)" in out
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from finetune_operator import integrations, planner
 from finetune_operator import models as m
-from finetune_operator import planner
 from finetune_operator.planner import BatchPlan
 from finetune_operator.settings import Settings
 
@@ -113,6 +113,7 @@ def _dataset_config(ds: m.DatasetSource, settings: Settings) -> dict[str, Any]:
         "validation_split": ds.validation_split,
         "sha256": ds.sha256,
         "max_bytes": (ds.max_bytes or settings.download_max_bytes) if ds.url else None,
+        "chat_template": integrations.chat_template_config(ds),
     }
 
 
@@ -174,6 +175,7 @@ def trainer_config(
         },
         "checkpoint": {"every_steps": spec.checkpoint.every_steps, "keep": spec.checkpoint.keep},
         "output": {"merge_adapter": spec.output.merge_adapter},
+        "tracking": integrations.tracking_config(spec),
         "backend": spec.backend,
         "gpus": spec.resources.gpus,
         "gpu_memory_mib": gpu_memory_mib,
@@ -342,6 +344,9 @@ def _volumes(job: m.FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, A
             }
         )
         mounts.append({"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True})
+    extra_volumes, extra_mounts = integrations.volumes(spec)
+    volumes += extra_volumes
+    mounts += extra_mounts
     tpl = spec.pod_template
     if tpl is not None:
         volumes.extend(dict(v) for v in tpl.volumes)
@@ -353,6 +358,7 @@ def _env(job: m.FineTuneJob) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "FINETUNE_JOB", "value": job.name},
+        *integrations.env(job.spec),
     ]
     tpl = job.spec.pod_template
     if tpl is not None:

@@ -257,6 +257,52 @@ class ConfigMapKeyRef(_Base):
 
 
 DatasetFormat = Literal["alpaca", "sharegpt", "messages", "prompt-completion", "text"]
+ChatTemplateName = Literal["chatml", "llama3", "alpaca"]
+
+
+class ChatTemplateConfigMapRef(ConfigMapKeyRef):
+    """A ConfigMap key holding a Jinja chat template."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(_safe("key", "dataset.chatTemplate.configMap.key", _KEY))
+    )
+
+    key: str = Field(
+        default="chat_template.jinja", max_length=253, description="Key holding the template."
+    )
+
+
+class ChatTemplate(_Base):
+    """The chat template to train with; saved with the adapter (chat_template.jinja), so
+    inference with apply_chat_template renders exactly the training prompts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "[has(self.name), has(self.template), has(self.configMap)]"
+                ".filter(x, x).size() == 1",
+                "dataset.chatTemplate: set exactly one of name, template or configMap",
+            ),
+        )
+    )
+
+    name: ChatTemplateName | None = Field(
+        default=None,
+        description="A built-in template: chatml (<|im_start|>role ... <|im_end|>), llama3 "
+        "(<|start_header_id|>role<|end_header_id|> ... <|eot_id|>) or alpaca (### Instruction: "
+        "/ ### Response:, the classic Alpaca prompt).",
+    )
+    template: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="A Jinja chat template (as in tokenizer_config.json), rendered in "
+        "transformers' sandbox; one that does not render fails the job with reason BadConfig.",
+    )
+    config_map: ChatTemplateConfigMapRef | None = Field(
+        default=None,
+        description="A ConfigMap key holding the template (mounted read-only; its author must "
+        "be allowed to get the ConfigMap).",
+    )
 
 
 class DatasetSource(_Base):
@@ -283,6 +329,10 @@ class DatasetSource(_Base):
             (
                 "has(self.url) || (!has(self.sha256) && !has(self.maxBytes))",
                 "dataset.sha256 and dataset.maxBytes apply to dataset.url only",
+            ),
+            (
+                "!has(self.chatTemplate) || self.format in ['alpaca', 'sharegpt', 'messages']",
+                "dataset.chatTemplate applies to formats alpaca, sharegpt and messages",
             ),
         )
     )
@@ -346,6 +396,13 @@ class DatasetSource(_Base):
         ge=0.0,
         le=0.5,
         description="Fraction of records held out for evaluation (0 = none).",
+    )
+    chat_template: ChatTemplate | None = Field(
+        default=None,
+        description="Chat template for sharegpt/messages (needed on a base model, whose "
+        "tokenizer has none; replaces the model's own) and alpaca (unset: the classic Alpaca "
+        "prompt, saved as the alpaca template; another template turns each record into a "
+        "user/assistant conversation). Saved with the adapter.",
     )
 
 
@@ -616,6 +673,100 @@ class SecretKeyRef(_Base):
     key: str = Field(default="token", max_length=253, description="Key holding the token.")
 
 
+class SecretName(_Base):
+    """A Secret in the job's namespace."""
+
+    name: str = Field(max_length=253, pattern=_NAME, description="Secret name.")
+
+
+# http(s)://host[:port][/path]: no credentials, query or fragment; not a link-local, unspecified
+# or metadata host (the node's cloud credentials). The trainer checks the same (tracking.py).
+_URL_SHAPE = r"^https?://[^/?#@\\s]+(/[^?#\\s]*)?$"
+_URL_FORBIDDEN = (
+    r"(?i)^https?://(169\\.254\\.|\\[fe[89ab][0-9a-f]:|\\[::\\]|0\\.0\\.0\\.0|"
+    r"metadata(\\.google\\.internal)?\\.?([:/]|$))"
+)
+
+
+def _url_rules(field: str, where: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    return (
+        (
+            f"!has(self.{field}) || self.{field}.matches('{_URL_SHAPE}')",
+            f"{where} must be http(s)://host[:port][/path], without credentials (use the "
+            "Secret), query or fragment",
+        ),
+        (
+            f"!has(self.{field}) || !self.{field}.matches('{_URL_FORBIDDEN}')",
+            f"{where} must not name a link-local, unspecified or cloud metadata address",
+        ),
+    )
+
+
+class MlflowTracking(_Base):
+    """Log parameters and per-step metrics to an MLflow tracking server."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(*_url_rules("trackingUri", "tracking.mlflow.trackingUri"))
+    )
+
+    tracking_uri: str = Field(
+        max_length=2048,
+        description="http(s) URL of the tracking server (e.g. http://mlflow.mlflow:5000).",
+    )
+    experiment: str | None = Field(
+        default=None, max_length=256, description="Experiment name; unset = the job's name."
+    )
+    credentials_secret_ref: SecretName | None = Field(
+        default=None,
+        description="Secret with key 'token' (bearer token) or keys 'username' and 'password', "
+        "given to the trainer as MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD env; a Secret "
+        "without them fails the job with reason BadConfig.",
+    )
+
+
+class WandbTracking(_Base):
+    """Log to Weights & Biases: offline (files on the job's volume, `wandb sync` later) or
+    online with an API key from a Secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.mode != 'online' || has(self.apiKeySecretRef)",
+                "tracking.wandb.mode online needs apiKeySecretRef",
+            ),
+            *_url_rules("baseUrl", "tracking.wandb.baseUrl"),
+        )
+    )
+
+    project: str = Field(max_length=128, pattern=r"^[-._A-Za-z0-9]+$", description="Project.")
+    entity: str | None = Field(
+        default=None, max_length=128, pattern=r"^[-._A-Za-z0-9]+$", description="Team or user."
+    )
+    mode: Literal["offline", "online"] = Field(
+        default="offline",
+        description="offline: runs are written under tracking/wandb on the job's volume; "
+        "online: sent to W&B (needs apiKeySecretRef).",
+    )
+    base_url: str | None = Field(
+        default=None, max_length=2048, description="A self-hosted W&B server's URL."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key (WANDB_API_KEY env)."
+    )
+
+
+class Tracking(_Base):
+    """Experiment tracking of the training run (every attempt continues the same run)."""
+
+    tensorboard: bool = Field(
+        default=True,
+        description="TensorBoard event files: written live under tensorboard/ on the job's "
+        "volume and copied into output/tensorboard.",
+    )
+    mlflow: MlflowTracking | None = Field(default=None, description="MLflow tracking server.")
+    wandb: WandbTracking | None = Field(default=None, description="Weights & Biases.")
+
+
 Backend = Literal["auto", "unsloth", "transformers"]
 
 _IMMUTABLE = "(has(oldSelf.suspend) && oldSelf.suspend)"
@@ -718,6 +869,11 @@ class FineTuneJobSpec(_Base):
         default=None,
         description="Secret key holding a Hugging Face token (gated models/datasets). Never "
         "copied into status or logs.",
+    )
+    tracking: Tracking = Field(
+        default_factory=Tracking,
+        description="Experiment tracking: TensorBoard (on by default), MLflow, W&B. "
+        "Credentials only from Secrets.",
     )
 
 

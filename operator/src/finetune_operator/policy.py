@@ -77,6 +77,16 @@ def _who(verb: str, resource: str) -> str:
 _REFERENCES: list[tuple[str, str, str]] = [
     ("spec.hubTokenSecretRef", "secrets", "{o}.spec.?hubTokenSecretRef.?name.orValue('')"),
     (
+        "spec.tracking.mlflow.credentialsSecretRef",
+        "secrets",
+        "{o}.spec.?tracking.?mlflow.?credentialsSecretRef.?name.orValue('')",
+    ),
+    (
+        "spec.tracking.wandb.apiKeySecretRef",
+        "secrets",
+        "{o}.spec.?tracking.?wandb.?apiKeySecretRef.?name.orValue('')",
+    ),
+    (
         "spec.podTemplate.env (valueFrom.secretKeyRef)",
         "secrets",
         _TPL + ".?env.orValue([]).filter(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef))"
@@ -95,6 +105,11 @@ _REFERENCES: list[tuple[str, str, str]] = [
         "v.projected.sources.filter(s, has(s.secret)).map(s, s.secret.name).join(','))",
     ),
     ("spec.dataset.configMap", "configmaps", "{o}.spec.dataset.?configMap.?name.orValue('')"),
+    (
+        "spec.dataset.chatTemplate.configMap",
+        "configmaps",
+        "{o}.spec.dataset.?chatTemplate.?configMap.?name.orValue('')",
+    ),
     (
         "spec.podTemplate.env (valueFrom.configMapKeyRef)",
         "configmaps",

@@ -75,6 +75,7 @@ def unsafe_path(value: str | None) -> bool:
 def _path_violations(job: m.FineTuneJob) -> list[str]:
     spec = job.spec
     cm, token = spec.dataset.config_map, spec.hub_token_secret_ref
+    template = spec.dataset.chat_template.config_map if spec.dataset.chat_template else None
     fields: list[tuple[str, str | None]] = [
         ("spec.model.name", spec.model.name),
         ("spec.model.path", spec.model.path),
@@ -82,6 +83,7 @@ def _path_violations(job: m.FineTuneJob) -> list[str]:
         ("spec.dataset.hub", spec.dataset.hub),
         ("spec.dataset.configMap.key", cm.key if cm else None),
         ("spec.hubTokenSecretRef.key", token.key if token else None),
+        ("spec.dataset.chatTemplate.configMap.key", template.key if template else None),
     ]
     return [
         f"{where} {value!r} must be relative and must not contain '..'"

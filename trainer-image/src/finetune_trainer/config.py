@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.tracking import check_url
 
 CONTRACT_VERSION = 1
 
@@ -56,6 +57,24 @@ class ModelSpec(_Strict):
         return self.path if self.path is not None else str(self.name)
 
 
+ChatTemplateName = Literal["chatml", "llama3", "alpaca"]
+
+
+class ChatTemplateSpec(_Strict):
+    """The chat template to train with and save with the adapter (chat_templates.py): exactly one
+    of a built-in name, an inline Jinja template, or a file (a mounted ConfigMap key)."""
+
+    name: ChatTemplateName | None = Field(default=None, description="Built-in template.")
+    template: str | None = Field(default=None, description="Jinja chat template text.")
+    file: str | None = Field(default=None, description="File holding the template.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ChatTemplateSpec:
+        if sum(v is not None for v in (self.name, self.template, self.file)) != 1:
+            raise ValueError("exactly one of chat_template.name / template / file must be set")
+        return self
+
+
 class DatasetSpec(_Strict):
     """Where the data is and how records are shaped."""
 
@@ -80,6 +99,11 @@ class DatasetSpec(_Strict):
         default=None,
         ge=1,
         description="Largest download accepted from url; null = the trainer's default (10 GiB).",
+    )
+    chat_template: ChatTemplateSpec | None = Field(
+        default=None,
+        description="Template for alpaca/sharegpt/messages; null = the model's own (alpaca: the "
+        "built-in alpaca template).",
     )
 
     @field_validator("format", mode="before")
@@ -150,6 +174,43 @@ class OutputSpec(_Strict):
     merge_adapter: bool = Field(default=False, description="Also write merged full weights.")
 
 
+class MlflowSpec(_Strict):
+    """MLflow tracking (credentials come as MLFLOW_TRACKING_* env from a Secret)."""
+
+    tracking_uri: str = Field(description="http(s) URL of the tracking server.")
+    experiment: str | None = Field(default=None, description="Experiment; null = job name.")
+    credentials: bool = Field(
+        default=False, description="A credentials Secret is mapped to env: require it."
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return check_url(value, "tracking.mlflow.tracking_uri")
+
+
+class WandbSpec(_Strict):
+    """Weights & Biases (the API key comes as WANDB_API_KEY env from a Secret)."""
+
+    project: str = Field(description="W&B project.")
+    entity: str | None = Field(default=None, description="W&B entity (team or user).")
+    mode: Literal["offline", "online"] = Field(default="offline", description="W&B mode.")
+    base_url: str | None = Field(default=None, description="Self-hosted W&B server URL.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value, "tracking.wandb.base_url")
+
+
+class TrackingSpec(_Strict):
+    """Experiment tracking (tracking.py)."""
+
+    tensorboard: bool = Field(default=True, description="TensorBoard event files.")
+    mlflow: MlflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
 class PathsSpec(_Strict):
     """Directories inside the pod."""
 
@@ -183,6 +244,7 @@ class TrainerConfig(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     backend: Backend = "auto"
     gpus: int = Field(default=0, ge=0, description="Processes to launch; 0 = CPU, one process.")
     gpu_memory_mib: int | None = Field(default=None, ge=1, description="Memory of one GPU.")

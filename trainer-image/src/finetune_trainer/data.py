@@ -2,7 +2,8 @@
 
 Sources: a local file or directory (jsonl, json, parquet, csv), an HTTP(S) URL (downloaded once
 into the work volume and verified, by download.py), or a hub dataset id. Formats: alpaca,
-sharegpt, messages (both through the model's chat template), prompt_completion, text. Every
+sharegpt, messages (both through the chat template: the model's own or the job's, see
+chat_templates.py), prompt_completion, text. Every
 record is validated; a bad one is reported with its file, line/row and field. Formatting turns a
 record into *segments*: pieces of text, each marked trainable (loss computed) or not (prompt), so
 prompt tokens can be masked out of the loss.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import download, netfaults
+from finetune_trainer import chat_templates, download, netfaults
 from finetune_trainer.config import DatasetSpec
 from finetune_trainer.errors import ConfigError, DataError
 
@@ -294,6 +295,9 @@ def validate(record: Record, spec: DatasetSpec) -> Sample:
         instruction = _text(record, spec, "instruction", required=True)
         extra = _text(record, spec, "input", required=False)
         output = _text(record, spec, "output", required=True)
+        if not chat_templates.classic_alpaca(spec):  # another template: a conversation
+            user = f"{instruction}\n\n{extra}" if extra else instruction
+            return Sample(messages=(("user", user), ("assistant", output)))
         prompt = ALPACA_PROMPT.format(instruction=instruction)
         if extra:
             prompt += ALPACA_INPUT.format(input=extra)
@@ -350,7 +354,8 @@ def chat_segments(tokenizer: Any, messages: Sequence[tuple[str, str]]) -> list[S
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
-            "the model's tokenizer has no chat template; formats sharegpt/messages need one"
+            "the model's tokenizer has no chat template (a base model?); formats "
+            "sharegpt/messages need one: set spec.dataset.chatTemplate (e.g. name: chatml)"
         )
     segments: list[Segment] = []
     done = ""

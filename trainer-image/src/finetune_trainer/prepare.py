@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_trainer import chat_templates, diskfull, netfaults, planner, stop, workdir
 from finetune_trainer import data as datamod
-from finetune_trainer import diskfull, netfaults, planner, stop, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     ConfigError,
@@ -92,6 +92,7 @@ def load_tokenizer(config: TrainerConfig) -> Any:
         raise netfaults.hub_failure(exc, f"cannot load the tokenizer of {m.source}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    chat_templates.install(tok, config.dataset)  # before formatting; saved with the output
     return tok
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from finetune_trainer import (
     backends,
+    chat_templates,
     checkpoints,
     diskfull,
     edits,
@@ -34,6 +35,7 @@ from finetune_trainer import (
     prepare,
     retention,
     stop,
+    tracking,
     workdir,
 )
 from finetune_trainer.config import TrainerConfig
@@ -243,6 +245,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     splits, prepared = _load_splits(config, tokenizer_for_hash)
 
     loaded = backends.load(config, backend, device, token, plan.strategy)
+    template = chat_templates.install(loaded.tokenizer, config.dataset)  # saved with the output
     pack, collator, packing_verdict = decide_packing(config, loaded)
     train_ds, eval_ds = _shape_datasets(splits, config.training.max_seq_length, pack)
     log.info(
@@ -262,6 +265,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         loaded.model.config.use_cache = False  # training never needs the KV cache
 
     t = config.training
+    reports = tracking.setup(config)
     args = SFTConfig(
         output_dir=str(ckpt_root),
         per_device_train_batch_size=plan.micro_batch_size,
@@ -289,7 +293,8 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         save_steps=config.checkpoint.every_steps,
         save_total_limit=None,  # retention counts complete checkpoints only (MarkerCallback)
         eval_strategy="no",
-        report_to=[],
+        report_to=reports,
+        run_name=config.job.name,
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
@@ -314,7 +319,14 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         eval_dataset=eval_ds,
         processing_class=loaded.tokenizer,
         data_collator=collator,
-        callbacks=[signals, progress, DivergenceCallback(progress), marker, timing],
+        callbacks=[
+            signals,
+            progress,
+            DivergenceCallback(progress),
+            marker,
+            timing,
+            recorder := tracking.run_recorder(work),
+        ],
     )
     skipped = json.loads(os.environ.get(SKIPPED_ENV) or "[]")
     progress.extra["resumed_from"] = f"checkpoints/{resume.name}" if resume else None
@@ -372,6 +384,8 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             "isolation": packing_verdict.reason,
         }
         s["timing"] = timing.summary()
+        s["chat_template"] = template
+        s["tracking"] = tracking.summary(config, reports, recorder.run_id)
         return s
 
     try:
@@ -414,7 +428,8 @@ def save_output(
     trainer.save_model(str(staging / target.name))  # every rank calls it; rank 0 writes
     if not is_main:
         return
-    loaded.tokenizer.save_pretrained(str(staging / target.name))
+    loaded.tokenizer.save_pretrained(str(staging / target.name))  # with chat_template.jinja
+    tracking.copy_into(config, staging)
     if config.output.merge_adapter and config.method != "full":
         backends.save_merged(loaded, trainer.model, staging / "merged")
     (staging / "summary.json").write_text(json.dumps(summary(), indent=1))
