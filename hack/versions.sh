@@ -7,3 +7,4 @@ export HELM_VERSION=3.22.0
 export CLI_UTILS_VERSION=v0.37.2
 export DEBIAN_SUITE=bookworm
 export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+export LLAMA_CPP_PYTHON_VERSION=0.3.36   # llama.cpp vendored in its sdist: converter + llama-quantize (hack/build-llama-cpp.sh)

@@ -77,6 +77,11 @@ def _who(verb: str, resource: str) -> str:
 _REFERENCES: list[tuple[str, str, str]] = [
     ("spec.hubTokenSecretRef", "secrets", "{o}.spec.?hubTokenSecretRef.?name.orValue('')"),
     (
+        "spec.output.export.oci.credentialsSecretRef",
+        "secrets",
+        "{o}.spec.output.?export.?oci.?credentialsSecretRef.?name.orValue('')",
+    ),
+    (
         "spec.podTemplate.env (valueFrom.secretKeyRef)",
         "secrets",
         _TPL + ".?env.orValue([]).filter(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef))"

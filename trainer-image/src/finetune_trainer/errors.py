@@ -63,6 +63,14 @@ class SourceUnavailableError(TrainerError):
     reason = "SourceUnavailable"
 
 
+class ExportFailedError(TrainerError):
+    """``finetune-trainer export``: at least one export failed (export.json says which); the
+    trained adapter is untouched."""
+
+    exit_code = 8
+    reason = "ExportFailed"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 
