@@ -174,3 +174,24 @@ def test_suspend_while_exporting_does_not_stop_the_export() -> None:
 @pytest.mark.parametrize("text", [None, "", "not json", '{"results": [{"kind": "x"}]}', "{"])
 def test_unreadable_reports_are_none(text: str | None) -> None:
     assert export.outcomes(_export_pod(phase="Failed", exit_code=1, term_message=text)) is None
+
+
+@pytest.mark.parametrize(
+    ("repository", "rejected"),
+    [
+        ("127.0.0.1:5000/ml/bot", False),
+        ("198.19.3.4/ml/bot", False),
+        ("10.0.0.1:5000/ml/bot", True),
+        ("192.168.1.2/ml/bot", True),
+        ("127.0.0.1.evil.example/ml/bot", True),
+        ("registry.local:5000/ml/bot", True),
+    ],
+)
+def test_cel_refuses_plain_http_beyond_test_registries(repository: str, rejected: bool) -> None:
+    from tests.unit.operator.test_operator_crd import cel_errors
+
+    oci = {"repository": repository, "plainHttp": True}
+    spec = {"model": {"name": "org/m"}, "dataset": {"hub": "org/d"}}
+    spec["output"] = {"pvc": "out", "export": {"oci": oci}}
+    message = "output.export.oci.plainHttp is only allowed for 127.0.0.1 or 198.18.0.0/15"
+    assert (message in cel_errors(spec)) is rejected
