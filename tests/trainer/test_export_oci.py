@@ -172,3 +172,55 @@ def test_plain_http_only_for_loopback_and_test_net(host: str, allowed: bool) -> 
     if not allowed:
         with pytest.raises(ValueError, match="plainHttp is only allowed"):
             OciSpec(repository=f"{host}/a/b", plain_http=True)
+
+
+def test_export_command_reports_to_the_operator(
+    registry: str, credentials: Path, adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finetune-trainer export`: exit 0, export.json on the claim, and the termination message
+    the operator parses into ExportOutcome (the trainer↔operator contract, both sides)."""
+    from finetune_operator.lifecycle import export as op_export
+    from finetune_trainer import main
+
+    from .conftest import base_config
+
+    work = tmp_path / "work"
+    (work / "output").mkdir(parents=True)
+    shutil.copytree(adapter, work / "output" / "adapter")
+    oci_spec = {
+        "repository": f"{registry}/ml/cli",
+        "tag": "t1",
+        "credentials_file": str(credentials),
+        "plain_http": True,
+    }
+    cfg = base_config(work, tmp_path / "model", tmp_path / "data.jsonl")
+    cfg["output"] = {"merge_adapter": False, "export": {"oci": oci_spec}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("FTO_TERMINATION_LOG", str(term))
+    assert main.main(["export", "--config", str(path)]) == 0
+    on_claim = json.loads((work / "output" / "export.json").read_text())
+    pod = {
+        "status": {"containerStatuses": [{"state": {"terminated": {"message": term.read_text()}}}]}
+    }
+    outcomes = op_export.outcomes(pod)
+    assert outcomes is not None and [(o.kind, o.ok) for o in outcomes] == [("oci", True)]
+    assert outcomes[0].digest == on_claim["results"][0]["digest"]
+    assert outcomes[0].location == f"{registry}/ml/cli:t1"
+
+    # the registry refuses: exit 8 (ExportFailed), the report still written, the adapter intact
+    bad = {**oci_spec, "credentials_file": str(tmp_path / "missing")}
+    cfg["output"]["export"] = {"oci": bad}
+    path.write_text(json.dumps(cfg))
+    assert main.main(["export", "--config", str(path)]) == 8
+    outcomes = op_export.outcomes(
+        {
+            "status": {
+                "containerStatuses": [{"state": {"terminated": {"message": term.read_text()}}}]
+            }
+        }
+    )
+    assert outcomes is not None and outcomes[0].ok is False
+    assert "credentialsSecretRef" in str(outcomes[0].error)
+    assert (work / "output" / "adapter" / "adapter_config.json").is_file()
