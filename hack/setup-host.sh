@@ -2,7 +2,8 @@
 # Install the host packages the local cluster and the image builds need (Debian/Ubuntu, root).
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
-PKGS=(docker.io containerd runc containernetworking-plugins debootstrap iptables iproute2 openssl gcc libc6-dev tmux)
+PKGS=(docker.io containerd runc containernetworking-plugins debootstrap iptables iproute2 openssl gcc libc6-dev tmux
+      docker-registry cmake g++)  # registry: OCI export tests; cmake g++: hack/build-llama-cpp.sh
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

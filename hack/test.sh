@@ -49,6 +49,9 @@ phase() {
 
 VENV=""
 venv() { VENV=$(hack/setup-venv.sh) || return; echo "venv: $VENV"; }
+# llama.cpp's quantizer + converter and the llama-cpp-python binding for the GGUF export tests
+# (cold: ~20 min compile on 2 idle cores, cached under $FTO_CACHE/llama.cpp-<version>)
+llama_cpp() { hack/build-llama-cpp.sh --binding "${VENV:-$(hack/setup-venv.sh)}/bin/python"; }
 
 external_cluster() {
   [[ -n ${KUBECONFIG:-} && $KUBECONFIG != "$LOCAL_KC" && -f $KUBECONFIG ]] || return 1
@@ -84,7 +87,9 @@ cluster_up() {
 
 images() { hack/images.sh trainer operator standin; }
 
-run_unit() { phase venv venv && phase unit tier unit tests/unit tests/trainer tests/gpu; }
+run_unit() {
+  phase venv venv && phase llama-cpp llama_cpp && phase unit tier unit tests/unit tests/trainer tests/gpu
+}
 run_integration() {
   phase venv venv
   phase mlflow hack/setup-mlflow.sh
@@ -103,6 +108,7 @@ case ${1:-all} in
     phase setup-host hack/setup-host.sh
     phase build-tools hack/build-tools.sh
     phase venv venv
+    phase llama-cpp llama_cpp
     phase lint make -s lint
     phase verify make -s verify
     phase unit tier unit tests/unit tests/trainer tests/gpu

@@ -8,3 +8,4 @@ export CLI_UTILS_VERSION=v0.37.2
 export DEBIAN_SUITE=bookworm
 export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}
 export MLFLOW_VERSION=3.17.2        # the tracking server the tests start (hack/setup-mlflow.sh)
+export LLAMA_CPP_PYTHON_VERSION=0.3.36   # llama.cpp vendored in its sdist: converter + llama-quantize (hack/build-llama-cpp.sh)

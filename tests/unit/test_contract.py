@@ -168,6 +168,7 @@ def test_exit_code_table() -> None:
         6: False,
         7: True,
         8: False,
+        9: False,  # ExportFailed: not retried; the trained adapter is kept
         10: True,
         11: True,
     }

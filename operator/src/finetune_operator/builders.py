@@ -23,6 +23,8 @@ CACHE_DIR = "/cache"
 MODELS_DIR = "/models"
 DATA_DIR = "/data"
 HUB_TOKEN_DIR = "/var/run/secrets/finetune.dev/hub"
+REGISTRY_DIR = "/var/run/secrets/finetune.dev/registry"  # the export pod's push credentials
+REGISTRY_KEY = ".dockerconfigjson"
 PROGRESS_KEY = "progress.json"
 PREPARE_KEY = "prepare.json"
 TRAINER_UID = 1000
@@ -60,6 +62,10 @@ def prepare_pod_name(job: m.FineTuneJob) -> str:
 
 def train_pod_name(job: m.FineTuneJob, attempt: int) -> str:
     return f"{job.name}-{attempt}"
+
+
+def export_pod_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-export"
 
 
 def output_pvc_name(job: m.FineTuneJob) -> str:
@@ -174,7 +180,10 @@ def trainer_config(
             "gradient_checkpointing": t.gradient_checkpointing,
         },
         "checkpoint": {"every_steps": spec.checkpoint.every_steps, "keep": spec.checkpoint.keep},
-        "output": {"merge_adapter": spec.output.merge_adapter},
+        "output": {
+            "merge_adapter": spec.output.merge_adapter,
+            "export": _export_config(spec.output.export),
+        },
         "tracking": integrations.tracking_config(spec),
         "backend": spec.backend,
         "gpus": spec.resources.gpus,
@@ -191,6 +200,29 @@ def trainer_config(
             "api_server": settings.api_server,
         },
         "hub_token_file": hub_token_file,
+    }
+
+
+def _export_config(ex: m.ExportSettings | None) -> dict[str, Any] | None:
+    """The trainer's ``output.export`` (finetune_trainer.export.spec.ExportSpec)."""
+    if ex is None:
+        return None
+    oci = ex.oci
+    return {
+        "merged": ex.merged,
+        "dtype": ex.dtype,
+        "gguf": {"quantization": ex.gguf.quantization} if ex.gguf is not None else None,
+        "oci": None
+        if oci is None
+        else {
+            "repository": oci.repository,
+            "tag": oci.tag,
+            "credentials_file": f"{REGISTRY_DIR}/{REGISTRY_KEY}"
+            if oci.credentials_secret_ref is not None
+            else None,
+            "plain_http": oci.plain_http,
+        },
+        "timeout_seconds": 3600,
     }
 
 
@@ -453,6 +485,37 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         # prepare writes nothing a signal could cut in half (temp + rename) and exits at once
         grace=settings.termination_grace_seconds or settings.grace_margin_seconds,
     )
+
+
+def export_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
+    """``<job>-export``: CPU only (no GPU request), after training succeeded; reads the adapter,
+    writes merged/GGUF next to it, pushes the OCI artifact with the credentials Secret mounted
+    here only."""
+    ex = job.spec.output.export or m.ExportSettings()
+    resources = {
+        "requests": {"cpu": str(ex.cpu), "memory": str(ex.memory)},
+        "limits": {"memory": str(ex.memory)},
+    }
+    pod = _pod(
+        job,
+        export_pod_name(job),
+        role_label="export",
+        attempt=0,
+        command=["finetune-trainer", "export", "--config", CONFIG_PATH],
+        resources=resources,
+        settings=settings,
+        priority=False,
+        grace=settings.termination_grace_seconds or settings.grace_margin_seconds,
+    )
+    ref = ex.oci.credentials_secret_ref if ex.oci is not None else None
+    if ref is not None:  # optional: a missing Secret is the trainer's sentence, not a stuck pod
+        pod["spec"]["volumes"].append(
+            {"name": "registry", "secret": {"secretName": ref.name, "optional": True}}
+        )
+        pod["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": "registry", "mountPath": REGISTRY_DIR, "readOnly": True}
+        )
+    return pod
 
 
 def train_resources(job: m.FineTuneJob) -> dict[str, Any]:

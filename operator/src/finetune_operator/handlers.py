@@ -320,6 +320,8 @@ def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
     if acts.create_prepare:
         kube.apply_config_map(_config_map(job, job.status.attempt + 1, False))
         kube.create_or_get(b.prepare_pod(job, operator_settings()))
+    elif acts.create_export:
+        kube.create_or_get(b.export_pod(job, operator_settings()))
     elif acts.create_train is not None:
         kube.apply_config_map(_config_map(job, acts.create_train, True))
         kube.create_or_get(b.train_pod(job, acts.create_train, operator_settings()))
@@ -337,7 +339,7 @@ def _act(
 ) -> m.FineTuneJobStatus:
     """Ensure the children and create the pod the new status asks for; a child the apiserver
     refuses (4xx) fails the job with its message. The status to publish."""
-    creating = acts.create_prepare or acts.create_train is not None
+    creating = acts.create_prepare or acts.create_export or acts.create_train is not None
     missing = _missing_refs(job) if creating else None
     if missing is not None:
         return lc.failed_status(new, job.generation, missing[0], missing[1], now)

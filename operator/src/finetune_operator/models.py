@@ -75,11 +75,12 @@ class Phase(StrEnum):
     RUNNING = "Running"
     SUSPENDING = "Suspending"
     SUSPENDED = "Suspended"
+    EXPORTING = "Exporting"  # training succeeded; the CPU export pod runs (spec.output.export)
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
     ALL = nonmember((PENDING, PREPARING, QUEUED, STARTING, RUNNING, SUSPENDING, SUSPENDED,
-                     SUCCEEDED, FAILED))  # fmt: skip
+                     EXPORTING, SUCCEEDED, FAILED))  # fmt: skip
     TERMINAL = nonmember((SUCCEEDED, FAILED))
 
 
@@ -126,6 +127,7 @@ class Reason(StrEnum):
     SOURCE_UNAVAILABLE = "SourceUnavailable"  # network fault fetching data/model: retried
     DIVERGED = "Diverged"  # the loss became NaN/inf: not retried, the settings must change
     ERROR = "Error"
+    EXPORT_FAILED = "ExportFailed"  # the export pod failed; the trained adapter is kept
     # failures found by the operator before any pod runs
     BAD_SPEC = "BadSpec"
     PVC_NOT_FOUND = "PVCNotFound"
@@ -185,6 +187,7 @@ EXIT_CODE_REASONS: dict[int, str] = {
     6: Reason.DISK_FULL,
     7: Reason.SOURCE_UNAVAILABLE,
     8: Reason.DIVERGED,
+    9: Reason.EXPORT_FAILED,  # finetune-trainer export: the report names which export failed
     10: Reason.PREEMPTED,  # SIGTERM + complete checkpoint; Suspended when we asked for it
     11: Reason.CUDA_OOM,
 }
@@ -602,6 +605,95 @@ class CheckpointSettings(_Base):
     keep: int = Field(default=3, ge=1, le=100, description="Complete checkpoints to keep.")
 
 
+GgufQuantization = Literal[
+    "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m"
+]  # fmt: skip
+# plain HTTP only to loopback or the test net 198.18.0.0/15 (the trainer checks the same)
+_PLAIN_HTTP_HOST = r"^(127\\.0\\.0\\.1|198\\.1[89]\\.[0-9]{1,3}\\.[0-9]{1,3})(:[0-9]+)?/"
+
+
+class LocalSecretRef(_Base):
+    """A Secret in the job's namespace."""
+
+    name: str = Field(max_length=253, pattern=_NAME, description="Secret name.")
+
+
+class GgufExport(_Base):
+    """A GGUF file for llama.cpp and Ollama, made with llama.cpp's converter and quantizer."""
+
+    quantization: GgufQuantization = Field(
+        default="q4_k_m",
+        description="llama.cpp type: f16, bf16 and q8_0 come from the converter, the others "
+        "from llama-quantize.",
+    )
+
+
+class OciExport(_Base):
+    """The adapter pushed to a registry as an OCI artifact (ORAS layout: one layer per file)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.plainHttp) || !self.plainHttp || "
+                f"self.repository.matches('{_PLAIN_HTTP_HOST}')",
+                "output.export.oci.plainHttp is only allowed for 127.0.0.1 or 198.18.0.0/15",
+            ),
+        )
+    )
+
+    repository: str = Field(
+        min_length=3,
+        max_length=255,
+        pattern=r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+$",
+        description="Registry host[:port]/path, e.g. ghcr.io/acme/support-bot-adapter.",
+    )
+    tag: str = Field(
+        default="latest", pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$", description="Tag."
+    )
+    credentials_secret_ref: LocalSecretRef | None = Field(
+        default=None,
+        description="Secret of type kubernetes.io/dockerconfigjson with the push credentials "
+        "(key .dockerconfigjson); mounted only into the export pod.",
+    )
+    plain_http: bool = Field(
+        default=False, description="HTTP without TLS: only for 127.0.0.1 or 198.18.0.0/15."
+    )
+
+
+class ExportSettings(_Base):
+    """What the CPU export pod makes after training succeeded (phase Exporting)."""
+
+    merged: bool = Field(
+        default=False, description="Merged 16-bit safetensors in output/merged (peft merge)."
+    )
+    dtype: Literal["bfloat16", "float16"] = Field(
+        default="bfloat16", description="dtype of the merged weights."
+    )
+    gguf: GgufExport | None = Field(
+        default=None, description="A GGUF in output/gguf/<job>-<QUANT>.gguf (implies the merge)."
+    )
+    oci: OciExport | None = Field(default=None, description="Push the adapter to a registry.")
+    cpu: Quantity = Field(default="2", description="CPU request of the export pod.")
+    memory: Quantity = Field(
+        default="8Gi",
+        description="Memory request and limit of the export pod (the merge holds the base "
+        "model in float32: about 4 bytes per parameter plus the 16-bit copy).",
+    )
+
+
+class ExportOutcome(_Base):
+    """One export's result (``status.output.exports`` items), from the export pod's report."""
+
+    kind: Literal["merged", "gguf", "oci"] = Field(description="What was exported.")
+    ok: bool = Field(description="Whether it worked.")
+    location: str | None = Field(
+        default=None, description="Path on the output claim, or registry/repository:tag."
+    )
+    digest: str | None = Field(default=None, description="sha256 of the GGUF or the manifest.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Bytes written or pushed.")
+    error: str | None = Field(default=None, description="Why it failed (a sentence).")
+
+
 class OutputSettings(_Base):
     """Where checkpoints and results go: an existing PVC, or one the operator creates."""
 
@@ -635,6 +727,12 @@ class OutputSettings(_Base):
     )
     merge_adapter: bool = Field(
         default=False, description="Also write the base model with the adapter merged in."
+    )
+    export: ExportSettings | None = Field(
+        default=None,
+        description="Exports for serving, made by a CPU pod after training (phase Exporting): "
+        "merged weights, GGUF, the adapter as an OCI artifact. A failed export fails the job "
+        "with reason ExportFailed; the trained adapter stays in output/adapter.",
     )
 
 

@@ -87,6 +87,11 @@ _REFERENCES: list[tuple[str, str, str]] = [
         "{o}.spec.?tracking.?wandb.?apiKeySecretRef.?name.orValue('')",
     ),
     (
+        "spec.output.export.oci.credentialsSecretRef",
+        "secrets",
+        "{o}.spec.output.?export.?oci.?credentialsSecretRef.?name.orValue('')",
+    ),
+    (
         "spec.podTemplate.env (valueFrom.secretKeyRef)",
         "secrets",
         _TPL + ".?env.orValue([]).filter(e, has(e.valueFrom) && has(e.valueFrom.secretKeyRef))"

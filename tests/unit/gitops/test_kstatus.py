@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "Running": ("Current", "InProgress"),
     "Suspending": ("InProgress", "InProgress"),
     "Suspended": ("Current", "InProgress"),
+    "Exporting": ("Current", "InProgress"),  # Ready; Flux waits for Succeeded (the exports)
     "Succeeded": ("Current", "Current"),
     "Failed": ("Failed", "Failed"),
     "generation-lag": ("InProgress", "InProgress"),

@@ -179,7 +179,7 @@ def test_trainer_config(make_job: JobF) -> None:
                      "optimizer": "adamw_torch", "weight_decay": 0.0, "seed": 42,
                      "precision": "auto", "packing": True, "gradient_checkpointing": True},
         "checkpoint": {"every_steps": 50, "keep": 3},
-        "output": {"merge_adapter": False},
+        "output": {"merge_adapter": False, "export": None},
         "tracking": {"tensorboard": True, "mlflow": None, "wandb": None},
         "backend": "auto",
         "gpus": 2,

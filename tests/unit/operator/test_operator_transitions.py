@@ -27,6 +27,16 @@ def _prep(**kw: Any) -> dict[str, Any]:
     return pod("bot-prepare", role="prepare", attempt=0, **kw)
 
 
+def _export(**kw: Any) -> dict[str, Any]:
+    return pod("bot-export", role="export", attempt=0, **kw)
+
+
+EXPORT = {"output": {"pvc": "out", "export": {"merged": True}}}
+REPORT = (
+    '{"version":1,"results":[{"kind":"merged","ok":true,"location":"/workspace/output/merged"}]}'
+)
+
+
 # event -> (spec overrides, pods, progress report, prepare report); the status is the phase's
 EVENTS: dict[str, Callable[[], Event]] = {
     "nothing": lambda: ({}, [], None, None),
@@ -42,6 +52,16 @@ EVENTS: dict[str, Callable[[], Event]] = {
     "train running": lambda: ({}, [pod("bot-1", phase="Running", running=True)], None, OK),
     "train image error": lambda: ({}, [pod("bot-1", waiting="ImagePullBackOff")], None, OK),
     "train succeeded": lambda: ({}, [pod("bot-1", phase="Succeeded", exit_code=0)], None, OK),
+    "train succeeded, export": lambda: (
+        dict(EXPORT), [pod("bot-1", phase="Succeeded", exit_code=0)], None, OK
+    ),
+    "export running": lambda: (dict(EXPORT), [_export(phase="Running", running=True)], None, OK),
+    "export succeeded": lambda: (
+        dict(EXPORT), [_export(phase="Succeeded", exit_code=0, term_message=REPORT)], None, OK
+    ),
+    "export failed": lambda: (
+        dict(EXPORT), [_export(phase="Failed", exit_code=8, term_message="x")], None, OK
+    ),
     "train cuda oom": lambda: ({}, [pod("bot-1", phase="Failed", exit_code=11)], None, OK),
     "train bad config": lambda: ({}, [pod("bot-1", phase="Failed", exit_code=2)], None, OK),
     "train preempted": lambda: ({}, [pod("bot-1", phase="Failed", exit_code=10)], None, OK),
@@ -74,6 +94,7 @@ STARTS: list[tuple[P, dict[str, Any]]] = [  # the statuses a phase can have befo
     (P.SUSPENDING, {"phase": "Suspending", "attempt": 1, **PLAN}),
     (P.SUSPENDED, {"phase": "Suspended"}),  # before training
     (P.SUSPENDED, {"phase": "Suspended", "attempt": 1, "attempts": [SUSPENDED], **PLAN}),
+    (P.EXPORTING, {"phase": "Exporting", "attempt": 1, **PLAN}),
     (P.SUCCEEDED, {"phase": "Succeeded", "attempt": 1, **PLAN}),
     (P.FAILED, {"phase": "Failed", "attempt": 1, **PLAN}),
 ]

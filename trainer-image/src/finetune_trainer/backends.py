@@ -146,7 +146,7 @@ class Loaded:
     model_type: str
 
 
-def _hub_kwargs(config: TrainerConfig, token: str | None) -> dict[str, Any]:
+def hub_kwargs(config: TrainerConfig, token: str | None) -> dict[str, Any]:
     return {
         "revision": config.model.revision,
         "token": token,
@@ -204,7 +204,7 @@ def _load_unsloth(
 
     _keep_compiled_kernels(config)
 
-    kwargs = _hub_kwargs(config, token)
+    kwargs = hub_kwargs(config, token)
     kwargs.pop("cache_dir")  # unsloth reads the cache location from HF_HUB_CACHE (set in train.py)
     if strategy == "model-split":
         kwargs["device_map"] = "balanced"
@@ -241,7 +241,7 @@ def _load_transformers(
 ) -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = _hub_kwargs(config, token)
+    kwargs = hub_kwargs(config, token)
     tokenizer = AutoTokenizer.from_pretrained(config.model.source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.export.spec import ExportSpec
 from finetune_trainer.tracking import check_url
 
 CONTRACT_VERSION = 1
@@ -172,6 +173,9 @@ class OutputSpec(_Strict):
     """What to write besides the adapter."""
 
     merge_adapter: bool = Field(default=False, description="Also write merged full weights.")
+    export: ExportSpec | None = Field(
+        default=None, description="Exports `finetune-trainer export` makes after training."
+    )
 
 
 class MlflowSpec(_Strict):

@@ -73,6 +73,14 @@ class DivergedError(TrainerError):
     reason = "Diverged"
 
 
+class ExportFailedError(TrainerError):
+    """``finetune-trainer export``: at least one export failed (export.json says which); the
+    trained adapter is untouched."""
+
+    exit_code = 9
+    reason = "ExportFailed"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 

@@ -1,4 +1,4 @@
-"""Command line: ``finetune-trainer {train,prepare,make-tiny-model,make-dataset}``.
+"""Command line: ``finetune-trainer {train,prepare,export,make-tiny-model,make-dataset}``.
 
 Maps every failure to the exit codes of docs/contract.md and writes a one-line reason to
 /dev/termination-log (``FTO_TERMINATION_LOG`` overrides the path), which Kubernetes copies into the
@@ -33,6 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("train", "train (resuming from the newest complete checkpoint)"),
         ("prepare", "validate + tokenize the data and plan memory (CPU)"),
+        ("export", "merged weights, GGUF, OCI push of the trained adapter (CPU)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default="/etc/finetune/config.json", help="config.json path")
@@ -91,6 +92,11 @@ def _run(args: argparse.Namespace) -> int:
         result = prepare.run(config, reporter)
         log.info("prepare ok: %s; %s steps", result["plan"]["message"], result["total_steps"])
         return 0
+    if args.command == "export":
+        from finetune_trainer.export import run
+
+        stop.stage("export")
+        return run.main(config)
     from finetune_trainer import train
 
     return train.main(config, args.config)

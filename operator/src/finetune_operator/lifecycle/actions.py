@@ -107,6 +107,7 @@ class Actions:
 
     create_prepare: bool = False
     create_train: int | None = None
+    create_export: bool = False  # the CPU export pod (phase Exporting)
     delete_pods: tuple[str, ...] = ()
     reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
     publish_first: bool = False  # publish this status, then reconcile again at once
@@ -139,6 +140,8 @@ def _next_actions(
         return Actions(delete_pods=tuple(sorted(s.name for s in older if not s.deleting)))
     if phase == P.PREPARING and prep not in states:
         return Actions(create_prepare=True)
+    if phase == P.EXPORTING and b.export_pod_name(job) not in states:
+        return Actions(create_export=True)
     if phase == P.STARTING and new.attempt and b.train_pod_name(job, new.attempt) not in states:
         return Actions(create_train=new.attempt)
     if phase in (P.SUSPENDING, P.FAILED) and active:

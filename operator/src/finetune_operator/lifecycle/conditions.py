@@ -22,6 +22,9 @@ CONDITION_TABLE: dict[str, tuple[str, str, str, str, str, str, str]] = {
     P.RUNNING: (_T, _F, _F, _T, _F, _F, _F),
     P.SUSPENDING: (_F, _T, _F, _F, _F, _F, _F),
     P.SUSPENDED: (_T, _F, _F, _F, _T, _F, _F),
+    # the adapter is trained and kept; the CPU export pod works: admitted and behaving (Ready),
+    # not yet Succeeded, so `kubectl wait --for=condition=Succeeded` includes the exports
+    P.EXPORTING: (_T, _F, _F, _T, _F, _F, _F),
     P.SUCCEEDED: (_T, _F, _F, _F, _F, _T, _F),
     P.FAILED: (_F, _F, _T, _F, _F, _F, _T),
 }

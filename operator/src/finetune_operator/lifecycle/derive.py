@@ -15,6 +15,7 @@ from typing import Any
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator import planner
+from finetune_operator.lifecycle import export
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
 from finetune_operator.lifecycle.pods import (
     MISSING_PVC,
@@ -59,7 +60,7 @@ def _to(*phases: P) -> frozenset[P]:
 # reads the pods and reports as they are now, not the events that led there), so a job can skip
 # phases it had no reconcile in: e.g. Starting -> Succeeded for a pod that ran between two
 # reconciles. A finished job only leaves its phase for a restart (Pending).
-_ACTIVE = (P.QUEUED, P.STARTING, P.RUNNING, P.SUCCEEDED, P.FAILED, P.PENDING)
+_ACTIVE = (P.QUEUED, P.STARTING, P.RUNNING, P.EXPORTING, P.SUCCEEDED, P.FAILED, P.PENDING)
 TRANSITIONS: dict[P, frozenset[P]] = {
     P.PENDING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.PENDING},
     P.PREPARING: _to(*_ACTIVE, P.SUSPENDING),
@@ -67,8 +68,12 @@ TRANSITIONS: dict[P, frozenset[P]] = {
     P.STARTING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.STARTING},
     P.RUNNING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.RUNNING},
     # a resume: the stopped pod is gone (next attempt, or the prepare stage again), or a restart
-    P.SUSPENDING: _to(P.PENDING, P.PREPARING, P.STARTING, P.SUCCEEDED, P.FAILED, P.SUSPENDED),
+    P.SUSPENDING: _to(
+        P.PENDING, P.PREPARING, P.STARTING, P.EXPORTING, P.SUCCEEDED, P.FAILED, P.SUSPENDED
+    ),
     P.SUSPENDED: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING),
+    # exports run once the adapter is there; a suspend does not stop them (no GPU is held)
+    P.EXPORTING: _to(P.SUCCEEDED, P.FAILED, P.PENDING),
     P.SUCCEEDED: _to(P.PENDING),
     P.FAILED: _to(P.PENDING),
 }
@@ -303,6 +308,8 @@ def derive_status(
             }
         )
     by_name = {str((p.get("metadata") or {}).get("name")): p for p in pods}
+    if old.phase == P.EXPORTING:
+        return _exporting(job, by_name.get(b.export_pod_name(job)), now)
     attempt = max([old.attempt, *(attempt_of(p) for p in pods)])
     w = _Work(
         phase=old.phase or P.PENDING,
@@ -357,7 +364,7 @@ def derive_status(
             cap=max_backoff,
         )
     _deadline(w, job, now)
-    if w.phase == P.SUCCEEDED and w.progress is not None:
+    if w.phase in (P.SUCCEEDED, P.EXPORTING) and w.progress is not None:
         total = w.progress.total_steps
         w.progress = w.progress.model_copy(
             update={
@@ -391,6 +398,27 @@ def derive_status(
         completion_time=w.completion_time if w.phase in P.TERMINAL else None,
         run=old.run,
         last_restart_requested_at=old.last_restart_requested_at,
+    )
+
+
+def _exporting(
+    job: m.FineTuneJob, pod: dict[str, Any] | None, now: datetime
+) -> m.FineTuneJobStatus:
+    """Exporting: only the export pod matters (training is over; a suspend holds no GPU here)."""
+    old = job.status
+    phase, reason, message, _outcomes = export.derive_export(job, pod)
+    gen = job.generation
+    return old.model_copy(
+        update={
+            "phase": phase,
+            "reason": reason,
+            "message": message[:MAX_MESSAGE],
+            "observed_generation": gen,
+            "completion_time": (old.completion_time or now) if phase in P.TERMINAL else None,
+            "conditions": conditions_for(
+                phase, reason=reason, message=message, generation=gen, old=old.conditions, now=now
+            ),
+        }
     )
 
 
@@ -478,6 +506,8 @@ def _derive_training(
         _record(w, n, state, step, now)
         w.phase, w.reason, w.message = P.SUCCEEDED, R.COMPLETED, "training finished; output written"
         w.completion_time = state.finished or now
+        if export.wanted(job):  # the GPU pod is done; the CPU export pod comes next
+            w.phase, w.reason, w.message = export.derive_export(job, None)[:3]
         return
 
     # the persisted phase remembers that the operator stopped this attempt for a suspend: a
