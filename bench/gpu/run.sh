@@ -117,7 +117,7 @@ memsnap() { # what is alive at the peak, (b) against (c), 1B LoRA micro-batch 8 
 memory_nocompile() { # the planner matrix again with block compile off (as measured: no expandable segments), 4 at a time
   model 1b; model 7b
   $PY -c "import os, sys; from pathlib import Path; sys.path.insert(0, 'bench/gpu'); import ours
-for v in (128256, 32768): ours.text_dataset('fixed', v, Path(os.environ['BENCH_DIR']) / f't-fixed-{v}.jsonl')"
+for v in (128256, 32768): ours.text_dataset('fixed', v, Path(os.environ['BENCH_DIR']) / f't-fixed-{v}-words.jsonl')"
   { for seq in 512 2048; do for mb in 1 4; do echo "1b lora $seq $mb"; echo "7b qlora $seq $mb"; echo "1b qlora $seq $mb"; echo "7b lora $seq $mb"; done; done
     echo "1b lora 2048 8"; } |
   UNSLOTH_BLOCK_COMPILE=0 PYTORCH_ALLOC_CONF=expandable_segments:False BENCH_VARIANT=no-block-compile xargs -P 4 -L 1 bash -c 'timeout 400 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 --model-tag $0 --method $1 --seq $2 --mb $3 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-200'

@@ -14,6 +14,11 @@ import sys  # noqa: E402
 
 def main() -> int:
     try:
+        # train: read the model's weights into the page cache while torch/Unsloth import
+        # (stdlib only; imported here so a signal during its import is handled below too)
+        from finetune_trainer import prefetch
+
+        prefetch.start(sys.argv[1:])
         from finetune_trainer.main import main as run
     except stop.Interrupted as exc:  # during the imports themselves: main's handling not there yet
         from finetune_trainer.errors import EXIT_SUSPENDED, write_termination_log

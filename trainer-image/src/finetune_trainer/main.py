@@ -91,8 +91,9 @@ def _run(args: argparse.Namespace) -> int:
         result = prepare.run(config, reporter)
         log.info("prepare ok: %s; %s steps", result["plan"]["message"], result["total_steps"])
         return 0
-    from finetune_trainer import train
+    from finetune_trainer import prefetch, train
 
+    log.info("%s", prefetch.summary())  # after the heavy imports: how far the prefetch got
     return train.main(config, args.config)
 
 
