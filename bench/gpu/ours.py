@@ -24,10 +24,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench import emit, ids_to_text, tokenizer_kind
 
 
-def text_dataset(shape: str, vocab: int, out: Path, kind: str = "words") -> Path:
+def text_dataset(
+    shape: str, vocab: int, out: Path, kind: str = "words", max_len: int = 2048
+) -> Path:
     """The benchmark's token ids as text of the bench's tokenizer of ``kind`` (bench.py
     ids_to_text): same tokens (words) or same lengths (bytes)."""
-    src = Path(os.environ["BENCH_DIR"]) / f"d-{shape}-{vocab}.jsonl"
+    suffix = "" if max_len == 2048 else f"-{max_len}"
+    src = Path(os.environ["BENCH_DIR"]) / f"d-{shape}-{vocab}{suffix}.jsonl"
     if not src.exists():
         subprocess.run(
             [
@@ -40,6 +43,8 @@ def text_dataset(shape: str, vocab: int, out: Path, kind: str = "words") -> Path
                 str(vocab),
                 "--n",
                 "2000",
+                "--max-len",
+                str(max_len),
                 "--out",
                 str(src),
             ],
@@ -112,7 +117,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
 
 
 def trainer(cmd: str, cfg: Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
-    entry = ["-m", "finetune_trainer.main"]
+    entry = ["-m", "finetune_trainer"]  # the pods' entry: handlers first, then the prefetch
     if cmd == "train" and env.get("BENCH_MEMSNAP"):  # the same entry, with memory recording
         entry = [str(Path(__file__).parent / "memsnap.py")]
     return subprocess.Popen([sys.executable, *entry, cmd, "--config", str(cfg)], env=env, **kw)
@@ -152,7 +157,9 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     kind = tokenizer_kind(a.model)
-    data = text_dataset(a.shape, vocab, root / f"t-{a.shape}-{vocab}-{kind}.jsonl", kind)
+    sfx = "" if a.seq == 2048 else f"-{a.seq}"
+    text = root / f"t-{a.shape}-{vocab}-{kind}{sfx}.jsonl"
+    data = text_dataset(a.shape, vocab, text, kind, a.seq)
     if a.resume_test:
         a.steps, a.checkpoint_every = 40, 1000
     cfg = work / "config.json"
