@@ -58,7 +58,47 @@ GEOMETRIES: dict[str, dict[str, Any]] = {
         "rms_norm_eps": 1e-5,
         "sliding_window": None,
     },
+    # held out from the planner's fit (issue 12 item 5): Qwen2.5-3B geometry (tied, 16/2 heads)
+    "qwen3b": {
+        "model_type": "qwen2",
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+    },
+    # held out too: Gemma-2-2B geometry (head_dim 256 != hidden / heads, vocab 256,000, tied)
+    "gemma2b": {
+        "model_type": "gemma2",
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "vocab_size": 256000,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+    },
 }
+# Model types whose AutoTokenizer class ignores tokenizer.json's pipeline and rebuilds a byte-level
+# BPE from its vocabulary (transformers 5: qwen2 -> Qwen2Tokenizer). The word-level tokenizer turns
+# into one that yields 0 tokens there, so these geometries get a byte-level one (write_tokenizer).
+BYTE_LEVEL_TYPES = frozenset({"qwen2", "gemma2"})
+# The byte-level data's alphabet: letters only, so Qwen2's split regex keeps a record one pre-token
+# and each letter is one token (no merges); 52 symbols are enough for throughput and memory.
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -98,7 +138,7 @@ def cmd_make_model(args: argparse.Namespace) -> None:
     geo = dict(GEOMETRIES[args.geometry])
     out = Path(args.out)
     if (out / "config.json").exists():
-        write_tokenizer(out, geo["vocab_size"])
+        write_tokenizer(out, geo["vocab_size"], geo["model_type"])
         emit({"kind": "make-model", "geometry": args.geometry, "cached": True})
         return
     t = time.time()
@@ -111,7 +151,7 @@ def cmd_make_model(args: argparse.Namespace) -> None:
     model.save_pretrained(out, safe_serialization=True)
     del model
     torch.cuda.empty_cache()
-    write_tokenizer(out, geo["vocab_size"])
+    write_tokenizer(out, geo["vocab_size"], geo["model_type"])
     emit(
         {
             "kind": "make-model",
@@ -122,7 +162,73 @@ def cmd_make_model(args: argparse.Namespace) -> None:
     )
 
 
-def write_tokenizer(out: Path, vocab_size: int) -> None:
+def write_tokenizer(out: Path, vocab_size: int, model_type: str = "llama") -> None:
+    """The tokenizer the class transformers picks for ``model_type`` loads as written."""
+    if model_type in BYTE_LEVEL_TYPES:
+        write_byte_tokenizer(out)
+    else:
+        write_word_tokenizer(out, vocab_size)
+
+
+def tokenizer_kind(model_dir: str | Path) -> str:
+    """Either 'bytes' or 'words': how the bench writes a record's token ids as text."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return "bytes" if cfg.get("model_type") in BYTE_LEVEL_TYPES else "words"
+
+
+def ids_to_text(ids: list[int], kind: str) -> str:
+    """Text that the bench's tokenizer of ``kind`` turns into exactly ``len(ids)`` tokens."""
+    if kind == "bytes":
+        return "".join(LETTERS[i % len(LETTERS)] for i in ids)
+    return " ".join(f"w{i}" for i in ids)
+
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
+    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def write_byte_tokenizer(out: Path) -> None:
+    """A byte-level BPE without merges, built as Qwen2Tokenizer rebuilds one (same split regex,
+    same ByteLevel step): every class that reads tokenizer.json or its vocab and merges gets the
+    same pipeline, one token per byte. Specials first (ids 0-2), then the 256 byte symbols."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
+# transformers' Qwen2Tokenizer split (models/qwen2/tokenization_qwen2.py)
+QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+def write_word_tokenizer(out: Path, vocab_size: int) -> None:
     """A word-level tokenizer covering the whole vocabulary (the data is token ids as words).
 
     Special tokens own ids 0-3 and no word shares an id with them: a tokenizer.json whose
@@ -142,10 +248,7 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
         unk_token="<unk>",
         pad_token="<pad>",
     )
-    fast.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
-        "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
-    )
+    fast.chat_template = _CHAT_TEMPLATE
     fast.save_pretrained(out)
 
 
@@ -362,10 +465,33 @@ def _base_params(model_dir: str) -> int:
         cfg["num_hidden_layers"],
         cfg["vocab_size"],
     )
-    kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    per_layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h
     emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
     return n * per_layer + emb + h
+
+
+def cmd_evict(args: argparse.Namespace) -> None:
+    """Drop files from the page cache (posix_fadvise DONTNEED; no root needed): a cold start
+    without dropping every cache on the machine. Dirty pages are written first (fsync)."""
+    n = 0
+    for root in args.paths:
+        for f in [Path(root)] if Path(root).is_file() else Path(root).rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                try:
+                    fd = os.open(f, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    n += f.stat().st_size
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+    print(f"evicted {n / 2**30:.2f} GiB from the page cache", flush=True)
 
 
 def main(argv: list[str]) -> None:
@@ -399,10 +525,17 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="(b'): TRL packing=True, Unsloth's isolated packed path (packed_seq_lengths)",
     )
+    e = sub.add_parser("evict")
+    e.add_argument("paths", nargs="+")
     a = p.parse_args(argv)
-    {"peak": cmd_peak, "make-model": cmd_make_model, "make-data": cmd_make_data, "run": cmd_run}[
-        a.cmd
-    ](a)
+    commands = {
+        "peak": cmd_peak,
+        "make-model": cmd_make_model,
+        "make-data": cmd_make_data,
+        "run": cmd_run,
+        "evict": cmd_evict,
+    }
+    commands[a.cmd](a)
 
 
 if __name__ == "__main__":

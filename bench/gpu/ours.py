@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import emit
+from bench import emit, ids_to_text, tokenizer_kind
 
 
-def text_dataset(shape: str, vocab: int, out: Path) -> Path:
-    """The benchmark's token ids as text of the word-level tokenizer: same tokens, same lengths."""
-    src = Path(os.environ["BENCH_DIR"]) / f"d-{shape}-{vocab}.jsonl"
+def text_dataset(
+    shape: str, vocab: int, out: Path, kind: str = "words", max_len: int = 2048
+) -> Path:
+    """The benchmark's token ids as text of the bench's tokenizer of ``kind`` (bench.py
+    ids_to_text): same tokens (words) or same lengths (bytes)."""
+    suffix = "" if max_len == 2048 else f"-{max_len}"
+    src = Path(os.environ["BENCH_DIR"]) / f"d-{shape}-{vocab}{suffix}.jsonl"
     if not src.exists():
         subprocess.run(
             [
@@ -39,6 +43,8 @@ def text_dataset(shape: str, vocab: int, out: Path) -> Path:
                 str(vocab),
                 "--n",
                 "2000",
+                "--max-len",
+                str(max_len),
                 "--out",
                 str(src),
             ],
@@ -50,7 +56,7 @@ def text_dataset(shape: str, vocab: int, out: Path) -> Path:
             for line in f:
                 # one token fewer than the raw row: the trainer appends EOS to text records
                 ids = json.loads(line)["input_ids"][:-1]
-                g.write(json.dumps({"text": " ".join(f"w{i}" for i in ids)}) + "\n")
+                g.write(json.dumps({"text": ids_to_text(ids, kind)}) + "\n")
     return out
 
 
@@ -75,7 +81,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
             "validation_split": 0.0,
         },
         "method": a.method,
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.0, "target_modules": None},
+        "lora": {"r": a.lora_r, "alpha": a.lora_r, "dropout": 0.0, "target_modules": None},
         "training": {
             "epochs": 1.0,
             "max_steps": a.steps,
@@ -111,7 +117,7 @@ def config(a: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
 
 
 def trainer(cmd: str, cfg: Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:
-    entry = ["-m", "finetune_trainer.main"]
+    entry = ["-m", "finetune_trainer"]  # the pods' entry: handlers first, then the prefetch
     if cmd == "train" and env.get("BENCH_MEMSNAP"):  # the same entry, with memory recording
         entry = [str(Path(__file__).parent / "memsnap.py")]
     return subprocess.Popen([sys.executable, *entry, cmd, "--config", str(cfg)], env=env, **kw)
@@ -140,15 +146,20 @@ def main() -> None:
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--resume-test", action="store_true")
     p.add_argument("--optimizer", default="adamw_torch")
+    p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--backend", default="auto")
     p.add_argument("--keep-log", action="store_true", help="copy the train log to $OUT")
     a = p.parse_args()
     vocab = json.loads((Path(a.model) / "config.json").read_text())["vocab_size"]
     root = Path(os.environ["BENCH_DIR"])
-    work = root / f"ours-{a.model_tag}-{a.method}-{a.shape}-{a.gpus}-{a.mb}-{a.cap_gib}-{a.seq}"
+    name = f"{a.model_tag}-{a.method}-{a.shape}-{a.gpus}-{a.mb}-{a.cap_gib}-{a.seq}-r{a.lora_r}"
+    work = root / f"ours-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    data = text_dataset(a.shape, vocab, root / f"t-{a.shape}-{vocab}.jsonl")
+    kind = tokenizer_kind(a.model)
+    sfx = "" if a.seq == 2048 else f"-{a.seq}"
+    text = root / f"t-{a.shape}-{vocab}-{kind}{sfx}.jsonl"
+    data = text_dataset(a.shape, vocab, text, kind, a.seq)
     if a.resume_test:
         a.steps, a.checkpoint_every = 40, 1000
     cfg = work / "config.json"
@@ -182,6 +193,7 @@ def main() -> None:
         "gpus": a.gpus,
         "cap_gib": a.cap_gib,
         "optimizer": a.optimizer,
+        "lora_r": a.lora_r,
         "backend_asked": a.backend,
         "variant": os.environ.get("BENCH_VARIANT"),
         "prepare_seconds": prepare_seconds,

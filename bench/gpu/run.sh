@@ -4,6 +4,7 @@
 #                                        | optim8 | memgap | memsnap | memory_nocompile | nocompile
 #                                        | allocator | startlog | cap12 | resume | ddp | gputest | packed
 #                                        | ddp2 | ddp2_solo | ddp2_pair | gputest2 | split12
+#                                        | heldout | startup | prep12 (heldout + startup, 2 GPUs)
 # Installs the carried wheels (.whl/, built by ../shared/gpu/fetch_wheels.sh) into .site/, builds
 # random-initialised models under $BENCH_DIR, runs the plans and appends JSON lines to
 # $OUT/results.jsonl (or bench/gpu/results.jsonl when $OUT is unset).
@@ -117,7 +118,7 @@ memsnap() { # what is alive at the peak, (b) against (c), 1B LoRA micro-batch 8 
 memory_nocompile() { # the planner matrix again with block compile off (as measured: no expandable segments), 4 at a time
   model 1b; model 7b
   $PY -c "import os, sys; from pathlib import Path; sys.path.insert(0, 'bench/gpu'); import ours
-for v in (128256, 32768): ours.text_dataset('fixed', v, Path(os.environ['BENCH_DIR']) / f't-fixed-{v}.jsonl')"
+for v in (128256, 32768): ours.text_dataset('fixed', v, Path(os.environ['BENCH_DIR']) / f't-fixed-{v}-words.jsonl')"
   { for seq in 512 2048; do for mb in 1 4; do echo "1b lora $seq $mb"; echo "7b qlora $seq $mb"; echo "1b qlora $seq $mb"; echo "7b lora $seq $mb"; done; done
     echo "1b lora 2048 8"; } |
   UNSLOTH_BLOCK_COMPILE=0 PYTORCH_ALLOC_CONF=expandable_segments:False BENCH_VARIANT=no-block-compile xargs -P 4 -L 1 bash -c 'timeout 400 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 --model-tag $0 --method $1 --seq $2 --mb $3 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-200'
@@ -219,6 +220,43 @@ split12() { # model split (device_map balanced) of 7B bf16 LoRA over 2 GPUs capp
   BENCH_VARIANT=model-split FTO_T0=$(date +%s.%N) timeout 500 $PY bench/gpu/ours.py --model "$BENCH_DIR/m7b" \
     --model-tag 7b --method lora --shape fixed --gpus 2 --mb 0 --cap-gib 12 --seq 2048 --steps 8 --warmup 2 \
     2>&1 | grep -E '^RESULT|Error|error:' | cut -c1-1500
+}
+heldout() { # planner held-out check (issue 12 item 5): geometries the constants were NOT fitted on,
+  # LoRA/QLoRA r 64 at seq 1024 (micro-batch 4) and 4096 (micro-batch 1), 4 processes at a time
+  # (per-process peaks are exact when runs share a GPU); estimate/measured printed, no refit
+  model qwen3b; model gemma2b
+  { for g in qwen3b gemma2b; do for m in lora qlora; do echo "$g $m 1024 4"; echo "$g $m 4096 1"; done; done; } |
+  xargs -P "${HELDOUT_PAR:-4}" -L 1 bash -c 'BENCH_VARIANT=heldout timeout 300 '"$PY"' bench/gpu/ours.py --model $BENCH_DIR/m$0 \
+    --model-tag $0 --method $1 --seq $2 --mb $3 --lora-r 64 --steps 4 --warmup 1 --gpus 1 2>&1 | grep -E "^RESULT" | cut -c1-400'
+  $PY bench/gpu/heldout.py "$BENCH_RESULTS"
+}
+startup() { # process start -> first step, 7B QLoRA, cold page cache for the model AND the installed
+  # libraries (evicted with posix_fadvise, no root), without and with the weight prefetch
+  # (STARTUP_RUNS, default "0 1"; "0 1 0 1" for a repeat); the train logs are kept under $OUT
+  model 7b
+  local pf
+  for pf in ${STARTUP_RUNS:-0 1}; do
+    $B evict "$BENCH_DIR/m7b" "$ROOT/.site" "$(dirname "$($PY -c 'import torch; print(torch.__file__)')")/.."
+    FTO_PREFETCH=$pf BENCH_VARIANT=prefetch-$pf${STARTUP_TAG:-} FTO_T0=$(date +%s.%N) timeout 300 $PY bench/gpu/ours.py \
+      --model "$BENCH_DIR/m7b" --model-tag 7b --method qlora --shape fixed --gpus 1 --mb 4 --steps 4 --warmup 1 \
+      --keep-log 2>&1 | grep -E '^RESULT|Error' | cut -c1-400
+    [[ -n ${OUT:-} ]] && for f in "$OUT"/ours-7b-qlora-fixed-1-4-*.log; do [[ -f $f ]] && mv "$f" "$OUT/startup-$pf-$(date +%s).log"; done
+  done
+  $PY - "$BENCH_RESULTS" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"prefetch-' in l]
+for r in rows:
+    print(r.get("variant"), "first step", r.get("first_step_seconds"), "s; prepare", r.get("prepare_seconds"), "s")
+PYEOF
+}
+prep12() { # a 2-GPU machine: heldout on GPU 1 beside startup on GPU 0. The two share disk and CPU,
+  # so start-up numbers from here are contended; the clean ones come from `run.sh heldout startup`
+  local o=${OUT:-/tmp}
+  model qwen3b; model gemma2b; model 7b
+  (CUDA_VISIBLE_DEVICES=1 heldout) >"$o/prep12-heldout.txt" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 STARTUP_TAG=-contended startup
+  wait
+  cat "$o/prep12-heldout.txt"
 }
 
 setup

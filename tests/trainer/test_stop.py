@@ -96,3 +96,29 @@ def test_retention_prunes_what_can_never_be_resumed(tmp_path: Path) -> None:
     retention.after_success(work)
     assert not (work / "downloads").exists() and (work / "output").is_dir()
     assert retention.earlier_runs(root) == []  # run 0: nothing before it
+
+
+def test_a_signal_before_the_entrys_try_is_held_then_ends_as_suspended(tmp_path: Path) -> None:
+    """install(hold=True) then a SIGTERM at once (the entry module's first lines): nothing is
+    raised outside a try; release() inside it raises Interrupted, which the entry turns into 10."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from finetune_trainer import stop\n"
+        "stop.install(hold=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('held', flush=True)\n"
+        "try:\n"
+        "    stop.release()\n"
+        "except stop.Interrupted as exc:\n"
+        "    print('interrupted:', exc, flush=True)\n"
+        "    sys.exit(10)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == EXIT_SUSPENDED, done.stderr
+    assert done.stdout.splitlines()[0] == "held" and "interrupted:" in done.stdout

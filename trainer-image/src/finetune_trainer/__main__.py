@@ -6,7 +6,7 @@ torch and transformers) is imported: measured ~20 ms after exec instead of ~8 s.
 
 from finetune_trainer import stop
 
-stop.install()
+stop.install(hold=True)  # signals wait (pending) until main()'s try releases them
 
 import os  # noqa: E402 - after the handlers, on purpose
 import sys  # noqa: E402
@@ -14,6 +14,12 @@ import sys  # noqa: E402
 
 def main() -> int:
     try:
+        stop.release()  # a signal that came during the lines above is raised here, and caught
+        # train: read the model's weights into the page cache while torch/Unsloth import
+        # (stdlib only; imported here so a signal during its import is handled below too)
+        from finetune_trainer import prefetch
+
+        prefetch.start(sys.argv[1:])
         from finetune_trainer.main import main as run
     except stop.Interrupted as exc:  # during the imports themselves: main's handling not there yet
         from finetune_trainer.errors import EXIT_SUSPENDED, write_termination_log

@@ -97,8 +97,9 @@ def _run(args: argparse.Namespace) -> int:
 
         stop.stage("export")
         return run.main(config)
-    from finetune_trainer import train
+    from finetune_trainer import prefetch, train
 
+    log.info("%s", prefetch.summary())  # after the heavy imports: how far the prefetch got
     return train.main(config, args.config)
 
 

@@ -80,13 +80,29 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum, _state.stage)
 
 
-def install() -> None:
-    """Install the handlers (idempotent); call as the first thing the process does."""
+def install(*, hold: bool = False) -> None:
+    """Install the handlers (idempotent); call as the first thing the process does.
+
+    The signals are blocked while the handlers go in, so one arriving between the two is not
+    lost. With ``hold`` they stay blocked (pending, never lost) until ``release()``, which the
+    entry module calls inside its ``try``: a signal in the first statements then ends the
+    process as Suspended (exit 10), not with an uncaught Interrupted (exit 1)."""
     if _state.installed:
+        if not hold:
+            release()
         return
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     for s in SIGNALS:
         signal.signal(s, _handler)
     _state.installed = True
+    if not hold:
+        release()
+
+
+def release() -> None:
+    """Deliver the signals held since ``install(hold=True)`` (children inherit the mask: call
+    before starting any)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def stage(name: str) -> None:
