@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LEASE_SECONDS, NAMESPACES, SYSTEM_NS, install_operator
-from tests.e2e.test_lifecycle import apply_job, pods, status, step, wait_phase
+from tests.e2e.test_lifecycle import apply_job, pods, step, wait_phase
 from tests.e2e.test_storm import operator_pods
 from tests.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
 LEASE = ("finetune-operator", NAMESPACES[0])  # the first watched namespace (settings.py)
+STEPS = 150  # ~20 s of training on a quiet machine: the takeover (<= 8 s) happens mid-run
 
 
 def holder(cluster: Cluster) -> str | None:
@@ -62,7 +63,7 @@ def test_standby_takes_over_when_the_leader_dies_mid_run(
                             message="one of the two replicas to hold the Lease"))  # fmt: skip
     (standby,) = names - {leader}
 
-    apply_job(cluster, ns, "bot", steps=300, every=50)
+    apply_job(cluster, ns, "bot", steps=STEPS, every=25)
     before = wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) >= 5, timeout=300)
     killed = time.monotonic()
     cluster.kubectl("delete", "pod", leader, "-n", SYSTEM_NS, "--grace-period=0", "--force")
@@ -75,17 +76,16 @@ def test_standby_takes_over_when_the_leader_dies_mid_run(
     assert new == standby, (new, standby)
     # the old lease runs out LEASE_SECONDS after its last renewal; the standby looks every third
     assert took <= LEASE_SECONDS + LEASE_SECONDS / 3 + 2, took
-    at = step(status(cluster, ns, "bot"))
-    wait_phase(cluster, ns, "bot", "Running", extra=lambda s: step(s) > at + 5, timeout=120)
-    moved = time.monotonic() - killed
-    done = wait_phase(cluster, ns, "bot", "Succeeded", timeout=400)
-    print(f"\nHA: {standby} took over {took:.1f} s after {leader} was killed; status moved again "
-          f"after {moved:.1f} s")  # fmt: skip
+    # every status write from here on is the new leader's: the old one is gone
+    done = wait_phase(cluster, ns, "bot", "Succeeded", timeout=600)
+    after = time.monotonic() - killed
+    print(f"\nHA: {standby} took over {took:.1f} s after {leader} was killed at step "
+          f"{step(before)}; Succeeded {after:.1f} s after the kill")  # fmt: skip
 
     assert pods(cluster, ns) == ["bot-1", "bot-prepare"]  # nothing made twice
     assert [a["reason"] for a in done["attempts"]] == ["Completed"]
     assert done["startTime"] == before["startTime"]
     assert done["attempt"] == 1
-    assert done["progress"]["step"] == 300
+    assert done["progress"]["step"] == STEPS
     conds = {c["type"]: c["status"] for c in done["conditions"]}
     assert conds.get("Succeeded") == "True" and conds.get("Ready") == "True", conds
