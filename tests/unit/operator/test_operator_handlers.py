@@ -195,6 +195,20 @@ def test_children_are_checked_once_then_again_only_after_a_deletion_event(
     assert asked == []  # only a deletion matters
 
 
+def test_a_running_pods_deleted_config_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its kubelet re-mounts the volume: a missing ConfigMap would make FailedMount warnings."""
+    fake = FakeApi(job_body(status=PREPARED), ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert fake.created == []
+    fake.existing.discard("ConfigMap bot-config")
+    handlers.reconcile("ml", "bot")  # a progress report: no read of it
+    assert fake.created == []
+    handlers.child_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    assert fake.created == ["ConfigMap bot-config"]
+
+
 def test_a_deleted_job_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeApi(job_body(status=PREPARED), ALL)
     fake.install(monkeypatch)
