@@ -25,7 +25,7 @@ OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "localhost/finetune-operator:d
 # one namespace per test (the operator's watch list is fixed at install time)
 TIERS = (
     "train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject",
-    "chaos",
+    "chaos", "storm", "ha",
 )  # fmt: skip
 NAMESPACES = [f"fto-e2e-{n}" for n in TIERS]
 VOLUMES = Path("/var/lib/fto-volumes")
@@ -73,15 +73,31 @@ def operator_release(cluster: Cluster, e2e_images: None) -> Iterator[str]:
         "apply", "--server-side", "--force-conflicts", "-f",
         str(REPO_ROOT / "crds" / "finetune.dev_finetunejobs.yaml"),
     )  # fmt: skip
+    install_operator(cluster)
+    yield RELEASE
+    if os.environ.get("FTO_E2E_KEEP") != "1":
+        env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
+        subprocess.run([helm_path(), "uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"],
+                       env=env, capture_output=True, timeout=300, check=False)  # fmt: skip
+
+
+LEASE_SECONDS = 6  # a killed leader is replaced within this (the chart's default is 15)
+
+
+def install_operator(cluster: Cluster, replicas: int = 1) -> None:
+    """``helm upgrade --install`` of the chart with the e2e values and ``replicas`` operator pods;
+    returns when every replica is Ready."""
     repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
     values = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+        "replicaCount": replicas,
         "operator": {
             "watchNamespaces": NAMESPACES,
             "trainerImage": TRAINER_IMAGE,
             "trainerImagePullPolicy": "Never",
             "terminationGraceSeconds": 60,
             "progressIntervalSeconds": 0.5,
+            "leaseDurationSeconds": LEASE_SECONDS,
         },
         "extraEnv": [
             {"name": "FTO_RESYNC_SECONDS", "value": "1"},
@@ -91,20 +107,16 @@ def operator_release(cluster: Cluster, e2e_images: None) -> Iterator[str]:
         # a rebuilt image under the same tag rolls the operator pod
         "podAnnotations": {"finetune.dev/image-id": image_id(OPERATOR_IMAGE)},
     }
-    helm = helm_path()
     env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
+    chart = str(REPO_ROOT / "charts" / "finetune-operator")
     proc = subprocess.run(
-        [helm, "upgrade", "--install", RELEASE, str(REPO_ROOT / "charts" / "finetune-operator"),
+        [helm_path(), "upgrade", "--install", RELEASE, chart,
          "-n", SYSTEM_NS, "--create-namespace", "-f", "-", "--wait", "--timeout", "5m"],
         check=False, input=json.dumps(values), capture_output=True, text=True, env=env, timeout=400,
     )  # fmt: skip
     assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}\n{proc.stderr}"
     cluster.kubectl("rollout", "status", f"deployment/{RELEASE}-finetune-operator", "-n",
                     SYSTEM_NS, "--timeout=180s")  # fmt: skip
-    yield RELEASE
-    if os.environ.get("FTO_E2E_KEEP") != "1":
-        subprocess.run([helm, "uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"],
-                       env=env, capture_output=True, timeout=300, check=False)  # fmt: skip
 
 
 def _clean(cluster: Cluster, ns: str) -> None:

@@ -250,8 +250,17 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         # list/watch: the progress ConfigMaps' events trigger the reconcile (handlers.py)
         "verbs": ["get", "list", "watch", "create", "patch", "update"],
     },
-    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
+    # list/watch on the children: a deleted one is created again at once (handlers.child_event)
+    {
+        "apiGroups": [""],
+        "resources": ["serviceaccounts"],
+        "verbs": ["get", "list", "watch", "create"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["persistentvolumeclaims"],
+        "verbs": ["get", "list", "watch", "create"],
+    },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
@@ -259,7 +268,7 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
-        "verbs": ["get", "create"],
+        "verbs": ["get", "list", "watch", "create"],
     },
     # leader election (leader.py): one Lease, read, created, renewed
     {

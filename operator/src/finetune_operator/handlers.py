@@ -256,8 +256,37 @@ def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> Non
         reconcile(namespace or "default", labels[m.LABEL_JOB])
 
 
+# A child deleted by hand is created again at once, and the memo of checked children forgets it.
+def _is_config(name: str, labels: Mapping[str, str], **_: Any) -> bool:
+    return name == f"{labels.get(m.LABEL_JOB)}-config"
+
+
+@kopf.on.event("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
+               when=_is_config)  # fmt: skip
+@kopf.on.event("", "v1", "serviceaccounts", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
+@kopf.on.event("", "v1", "persistentvolumeclaims",
+               labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})  # fmt: skip
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles",
+               labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})  # fmt: skip
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings",
+               labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})  # fmt: skip
+def child_event(
+    type: str | None,  # kopf passes the watch event type by this name
+    namespace: str | None,
+    labels: Mapping[str, str],
+    **_: Any,
+) -> None:
+    if type != "DELETED":
+        return
+    _forget_children(namespace or "default", labels[m.LABEL_JOB])
+    with _as_kopf():
+        reconcile(namespace or "default", labels[m.LABEL_JOB])
+
+
+# async: the liveness answer must not wait for a free worker thread (all of them may be busy with
+# slow reconciles on a loaded apiserver; the kubelet then killed a working operator)
 @kopf.on.probe(id="jobs")
-def probe(**_: Any) -> str:
+async def probe(**_: Any) -> str:
     return "ok"
 
 
@@ -279,27 +308,48 @@ def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
     return None
 
 
+# Jobs (namespace, name, uid) whose ServiceAccount, Role, RoleBinding and output claim this
+# process has made or found: checked on a job's first reconcile here (a POST, and a GET on 409,
+# each), then again only after a watch event says one of them was deleted (``child_event``), so a
+# progress report or a resync costs no request for them. The progress ConfigMap is read by every
+# reconcile anyway; the trainer config is checked while a pod waits for it.
+_children_ok: set[tuple[str, str, str]] = set()
+
+
+def _forget_children(namespace: str, name: str) -> None:
+    for key in [k for k in _children_ok if k[:2] == (namespace, name)]:
+        _children_ok.discard(key)
+
+
 def _ensure_children(
     job: m.FineTuneJob, pods: list[dict[str, Any]], progress_exists: bool
 ) -> list[str]:
     """Create whatever of the job's children is missing (deleted by hand, or never made); the
-    names of those created now. The trainer config matters only to a pod that has not started."""
-    bodies = [b.service_account(job), b.role(job), b.role_binding(job)]
+    names of those created now."""
+    key = (job.namespace, job.name, job.uid)
+    checked = key in _children_ok
+    bodies = [] if checked else [b.service_account(job), b.role(job), b.role_binding(job)]
     if not progress_exists:
         bodies.append(b.progress_config_map(job))
     pvc = b.output_pvc(job)
-    if pvc is not None:
+    if pvc is not None and not checked:
         bodies.append(pvc)
     created = [f"{x['kind']} {x['metadata']['name']}" for x in bodies if kube.create_or_get(x)]
-    waiting = [
+    # the trainer config: read while a pod waits to start with it, and on the first check of a
+    # running pod's children (its kubelet keeps re-mounting the volume: a missing ConfigMap makes
+    # FailedMount warnings, though the files it read at start stay)
+    live = [
         s
         for s in map(lc.pod_state, pods)
-        if s.kind in ("pending", "unschedulable") and not s.deleting
+        if s.kind in ("pending", "unschedulable", "running") and not s.deleting
     ]
-    if waiting and not kube.exists("ConfigMap", job.namespace, b.config_map_name(job)):
-        attempt = waiting[0].attempt
+    waiting = [s for s in live if s.kind != "running"]
+    check_config = bool(waiting) or (bool(live) and not checked)
+    if check_config and not kube.exists("ConfigMap", job.namespace, b.config_map_name(job)):
+        attempt = (waiting or live)[0].attempt
         kube.create_or_get(_config_map(job, attempt or job.status.attempt + 1, attempt > 0))
         created.append(f"ConfigMap {b.config_map_name(job)}")
+    _children_ok.add(key)
     return created
 
 
@@ -384,9 +434,11 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         body = kube.get_job(namespace, name)
     except kube.NotFoundError:
         _wakeups.cancel((namespace, name))
+        _forget_children(namespace, name)
         return False
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         _wakeups.cancel((namespace, name))
+        _forget_children(namespace, name)
         return False
     now = datetime.now(UTC)
     old_raw: dict[str, Any] = dict(body.get("status") or {})

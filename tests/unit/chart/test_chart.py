@@ -157,6 +157,21 @@ def test_deployment_runs_one_locked_down_replica(render: Render) -> None:
     assert env["FTO_METRICS_PORT"] == "9090"
     assert env["FTO_NAMESPACES"] == "finetune-system"  # the release namespace only by default
     assert env["FTO_TRAINER_IMAGE"] == "localhost/finetune-trainer:dev"
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_two_replicas_roll_one_at_a_time_and_share_the_lease_duration(render: Render) -> None:
+    dep = _one(
+        render("--set", "replicaCount=2", "--set", "operator.leaseDurationSeconds=6"), "Deployment"
+    )
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["FTO_LEASE_DURATION_SECONDS"] == "6"
+    assert Settings(lease_duration_seconds=6).leader_election  # the replicas elect a leader
 
 
 def test_settings_env_names_exist() -> None:
@@ -278,6 +293,8 @@ def test_resource_quantities_accepted(render: Render) -> None:
         ("--set", "resources.requests.cpu=1 core"),
         ("--set", "resources.bogus.cpu=1"),
         ("--set", "argocd.resourceCustomizations.enabled=true"),
+        ("--set", "replicaCount=0"),
+        ("--set", "operator.leaseDurationSeconds=1"),
     ],
     ids=lambda a: a[1],
 )

@@ -15,6 +15,12 @@ from tests.unit.operator.conftest import job_body, pod
 R = m.Reason
 
 
+@pytest.fixture(autouse=True)
+def _fresh_memo() -> None:
+    """Each test starts as a freshly started operator: no child checked yet."""
+    handlers._children_ok.clear()
+
+
 def owned(p: dict[str, Any]) -> dict[str, Any]:
     """A pod of the job (uid-1), as the operator makes them."""
     p["metadata"]["ownerReferences"] = [{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}]
@@ -156,6 +162,65 @@ def test_deleted_children_are_created_again_with_an_event(monkeypatch: pytest.Mo
         ("Warning", R.CHILD_RECREATED, f"ConfigMap bot-progress {again}"),
         ("Warning", R.CHILD_RECREATED, f"RoleBinding bot-trainer {again}"),
     ]
+
+
+def test_children_are_checked_once_then_again_only_after_a_deletion_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = job_body(status=PREPARED)
+    fake = FakeApi(body, ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    asked: list[str] = []
+    create = fake.create_or_get
+
+    def counting(child: dict[str, Any]) -> bool:
+        asked.append(f"{child['kind']} {child['metadata']['name']}")
+        return create(child)
+
+    monkeypatch.setattr(kube, "create_or_get", counting)
+    handlers.reconcile("ml", "bot")
+    assert sorted(asked) == ["Role bot-trainer", "RoleBinding bot-trainer",
+                             "ServiceAccount bot-trainer"]  # fmt: skip
+    asked.clear()
+    handlers.reconcile("ml", "bot")  # a progress report, a resync: nothing asked again
+    assert asked == []
+
+    fake.existing.discard("RoleBinding bot-trainer")  # deleted by hand; the watch says so
+    handlers.child_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    assert "RoleBinding bot-trainer" in asked and fake.created == ["RoleBinding bot-trainer"]
+    assert R.CHILD_RECREATED in {e[1] for e in fake.events}
+    asked.clear()
+    handlers.child_event(type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    assert asked == []  # only a deletion matters
+
+
+def test_a_running_pods_deleted_config_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its kubelet re-mounts the volume: a missing ConfigMap would make FailedMount warnings."""
+    fake = FakeApi(job_body(status=PREPARED), ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert fake.created == []
+    fake.existing.discard("ConfigMap bot-config")
+    handlers.reconcile("ml", "bot")  # a progress report: no read of it
+    assert fake.created == []
+    handlers.child_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    assert fake.created == ["ConfigMap bot-config"]
+
+
+def test_a_deleted_job_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(job_body(status=PREPARED), ALL)
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")
+    assert handlers._children_ok
+
+    def gone(namespace: str, name: str) -> dict[str, Any]:
+        raise kube.NotFoundError("GET bot", 404, "not found")
+
+    monkeypatch.setattr(kube, "get_job", gone)
+    handlers.reconcile("ml", "bot")
+    assert handlers._children_ok == set()
 
 
 def test_the_config_of_a_pod_not_started_yet_is_created_again(
