@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from finetune_trainer import netfaults
+from finetune_trainer import hubcache, netfaults
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigError, ModelNotFoundError
 from finetune_trainer.planner import DEFAULT_TARGET_MODULES
@@ -150,7 +150,7 @@ def _hub_kwargs(config: TrainerConfig, token: str | None) -> dict[str, Any]:
     return {
         "revision": config.model.revision,
         "token": token,
-        "cache_dir": str(Path(config.paths.model_cache) / "hub"),
+        "cache_dir": hubcache.for_model(config),
         "trust_remote_code": config.model.trust_remote_code,
     }
 

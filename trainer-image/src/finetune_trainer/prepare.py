@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import data as datamod
-from finetune_trainer import diskfull, netfaults, planner, stop, workdir
+from finetune_trainer import diskfull, hubcache, netfaults, planner, stop, workdir
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     ConfigError,
@@ -70,10 +70,6 @@ def hub_token(config: TrainerConfig) -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def hub_cache(config: TrainerConfig) -> str:
-    return str(Path(config.paths.model_cache) / "hub")
-
-
 def load_tokenizer(config: TrainerConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -85,7 +81,7 @@ def load_tokenizer(config: TrainerConfig) -> Any:
             m.source,
             revision=m.revision,
             token=hub_token(config),
-            cache_dir=hub_cache(config),
+            cache_dir=hubcache.for_model(config),
             trust_remote_code=m.trust_remote_code,
         )
     except (OSError, ValueError) as exc:
@@ -110,7 +106,7 @@ def load_model_config(config: TrainerConfig) -> dict[str, Any]:
                     "config.json",
                     revision=m.revision,
                     token=hub_token(config),
-                    cache_dir=hub_cache(config),
+                    cache_dir=hubcache.for_model(config),
                 )
             )
         except Exception as exc:
