@@ -350,6 +350,8 @@ def test_a_job_beyond_the_allowlists_fails_not_allowed_without_a_pod(
     assert st["phase"] == "Failed" and st["reason"] == m.Reason.NOT_ALLOWED, st
     assert "volume type hostPath is not allowed" in st["message"]
     assert "tolerations" in st["message"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json")
+    assert m.Reason.NOT_ALLOWED in events
     assert cluster.kubectl("get", "pods,roles,cm", "-n", namespace, "-o", "name").strip() in (
         "",
         "configmap/kube-root-ca.crt",
