@@ -51,6 +51,9 @@ def test_shared_cache_is_used_only_when_it_has_the_snapshot(
     config = _config(tmp_path, shared, **model)
     own = str(tmp_path / "work" / "cache" / "hub")
     assert hubcache.for_model(config) == (str(shared / "hub") if uses_shared else own)
+    # from the shared cache, pinned to the snapshot's commit: nothing to record in it
+    revision = COMMIT if uses_shared else config.model.revision
+    assert hubcache.hub_source(config) == (hubcache.for_model(config), revision)
     if os.geteuid() != 0:  # root ignores the mode; the point is that nothing was written
         assert not os.access(shared / "hub", os.W_OK)
 
@@ -71,3 +74,27 @@ def test_a_ref_that_is_not_a_commit_is_ignored(tmp_path: Path) -> None:
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text("../../../etc")
     assert hubcache.snapshot(shared / "hub", "org/m", None) is None
+
+
+def test_the_tokenizer_and_config_load_from_the_shared_cache_without_writing_to_it(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real huggingface_hub / transformers loaders, no network: everything comes from the
+    shared cache's snapshot and nothing in it changes (root ignores the read-only mode, so
+    the tree is compared instead)."""
+    import shutil
+
+    from finetune_trainer import prepare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a network call would fail the test, not hang
+    shared = tmp_path / "shared"
+    snap = shared / "hub" / "models--org--m" / "snapshots" / COMMIT
+    shutil.copytree(tiny_model, snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(COMMIT)
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in shared.rglob("*"))
+    config = _config(tmp_path, shared)
+    assert prepare.load_model_config(config)["model_type"] == "llama"
+    assert prepare.load_tokenizer(config).pad_token is not None
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in shared.rglob("*")) == before
+    assert not (tmp_path / "work" / "cache" / "hub").exists()  # nothing downloaded

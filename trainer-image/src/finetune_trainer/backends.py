@@ -147,10 +147,11 @@ class Loaded:
 
 
 def _hub_kwargs(config: TrainerConfig, token: str | None) -> dict[str, Any]:
+    cache_dir, revision = hubcache.hub_source(config)
     return {
-        "revision": config.model.revision,
+        "revision": revision,
         "token": token,
-        "cache_dir": hubcache.for_model(config),
+        "cache_dir": cache_dir,
         "trust_remote_code": config.model.trust_remote_code,
     }
 

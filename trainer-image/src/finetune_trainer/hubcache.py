@@ -42,12 +42,27 @@ def snapshot(cache: Path, repo_id: str, revision: str | None) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+def _shared_snapshot(config: TrainerConfig) -> tuple[Path, Path] | None:
+    shared, name = config.paths.shared_model_cache, config.model.name
+    if not (shared and name and config.model.path is None):
+        return None
+    cache = Path(shared) / "hub"
+    found = snapshot(cache, name, config.model.revision)
+    return (cache, found) if found is not None else None
+
+
 def for_model(config: TrainerConfig) -> str:
     """The hub cache to load ``config.model`` from: the shared one when it has the model's
     snapshot, else the job's own."""
-    shared, name = config.paths.shared_model_cache, config.model.name
-    if shared and name and config.model.path is None:
-        cache = Path(shared) / "hub"
-        if snapshot(cache, name, config.model.revision) is not None:
-            return str(cache)
-    return own(config)
+    found = _shared_snapshot(config)
+    return str(found[0]) if found is not None else own(config)
+
+
+def hub_source(config: TrainerConfig) -> tuple[str, str | None]:
+    """(``cache_dir``, ``revision``) for huggingface_hub / ``from_pretrained``. From the shared
+    cache the revision is its snapshot's commit: with a branch name and the hub reachable,
+    huggingface_hub would try to record the branch's newer commit in the read-only cache."""
+    found = _shared_snapshot(config)
+    if found is None:
+        return own(config), config.model.revision
+    return str(found[0]), found[1].name

@@ -76,12 +76,13 @@ def load_tokenizer(config: TrainerConfig) -> Any:
     m = config.model
     if m.path is not None and not Path(m.path).is_dir():
         raise ModelNotFoundError(f"model directory {m.path} does not exist")
+    cache_dir, revision = hubcache.hub_source(config)
     try:
         tok = AutoTokenizer.from_pretrained(
             m.source,
-            revision=m.revision,
+            revision=revision,
             token=hub_token(config),
-            cache_dir=hubcache.for_model(config),
+            cache_dir=cache_dir,
             trust_remote_code=m.trust_remote_code,
         )
     except (OSError, ValueError) as exc:
@@ -99,14 +100,15 @@ def load_model_config(config: TrainerConfig) -> dict[str, Any]:
     else:
         from huggingface_hub import hf_hub_download
 
+        cache_dir, revision = hubcache.hub_source(config)
         try:
             path = Path(
                 hf_hub_download(
                     str(m.name),
                     "config.json",
-                    revision=m.revision,
+                    revision=revision,
                     token=hub_token(config),
-                    cache_dir=hubcache.for_model(config),
+                    cache_dir=cache_dir,
                 )
             )
         except Exception as exc:
