@@ -136,6 +136,8 @@ def start_operator(namespace: str, log: Path, kubeconfig: Path) -> subprocess.Po
         "FTO_PREPARE_CPU": "10m",
         # the KWOK nodes' taint (docs/security.md: tolerations are an admin allowlist)
         "FTO_ALLOWED_TOLERATION_KEYS": "nvidia.com/gpu,finetune.dev/simulated",
+        # and their label `type: kwok` (node labels are an admin allowlist too)
+        "FTO_ALLOWED_NODE_LABEL_KEYS": "type",
     }
     out = log.open("ab")
     return subprocess.Popen(

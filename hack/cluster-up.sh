@@ -33,6 +33,7 @@ healthy() {
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner; do
     pid_alive "$c" || return 1
   done
+  config_current kube-apiserver "$APISERVER_HASH" || return 1
   kc get --raw /readyz >/dev/null 2>&1 && node_ok
 }
 
@@ -45,6 +46,40 @@ start() {
   setsid "$@" >>"$FTO_STATE/logs/$name.log" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
   echo $! >"$FTO_STATE/$name.pid"
 }
+
+# --- kube-apiserver's flags and audit policy ----------------------------------------------------
+# The audit log records, at Metadata level, every request of the identity the integration tier
+# runs the operator as (tests/integration/test_rbac_audit.py compares the (verb, resource) pairs it
+# used with what the generated RBAC grants); nothing else is logged.
+P="$FTO_STATE/pki"
+AUDIT_DIR="$FTO_STATE/audit"
+AUDIT_USER=system:serviceaccount:fto-audit:finetune-operator
+AUDIT_POLICY="apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    users: [\"$AUDIT_USER\"]
+  - level: None
+"
+APISERVER_FLAGS=(
+  --etcd-servers=http://127.0.0.1:2379 --bind-address="$NODE_IP" --secure-port=6443
+  --advertise-address="$NODE_IP" --service-cluster-ip-range="$SERVICE_CIDR"
+  --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key"
+  --client-ca-file="$P/ca.crt"
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local
+  --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key"
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true
+  --kubelet-client-certificate="$P/apiserver-kubelet-client.crt"
+  --kubelet-client-key="$P/apiserver-kubelet-client.key"
+  --kubelet-preferred-address-types=InternalIP --profiling=false
+  --max-requests-inflight=800 --max-mutating-requests-inflight=400
+  --audit-policy-file="$FTO_STATE/audit-policy.yaml" --audit-log-path="$AUDIT_DIR/audit.log"
+  --audit-log-format=json --audit-log-maxsize=50 --audit-log-maxbackup=2
+)
+# A running apiserver started with other flags or another policy is restarted (once, under the
+# cluster lock) so a changed flag takes effect; one started with these is left alone.
+APISERVER_HASH=$(printf '%s\n' "${APISERVER_FLAGS[@]}" "$AUDIT_POLICY" | sha256sum | cut -d' ' -f1)
 
 t0=$SECONDS
 if [[ -f $KUBECONFIG_ADMIN ]] && healthy; then
@@ -72,7 +107,6 @@ for chain in PREROUTING OUTPUT; do
 done
 
 pki_ensure
-P="$FTO_STATE/pki"
 
 # --- control plane ------------------------------------------------------------------------------
 mkdir -p "$ETCD_DATA"
@@ -83,18 +117,12 @@ start etcd etcd --name fto --data-dir "$ETCD_DATA" \
   --unsafe-no-fsync --quota-backend-bytes 2147483648 || true
 wait_for 30 "etcd" curl -fsS http://127.0.0.1:2379/health
 
-start kube-apiserver kube-apiserver \
-  --etcd-servers=http://127.0.0.1:2379 --bind-address="$NODE_IP" --secure-port=6443 \
-  --advertise-address="$NODE_IP" --service-cluster-ip-range="$SERVICE_CIDR" \
-  --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
-  --client-ca-file="$P/ca.crt" \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
-  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
-  --kubelet-client-certificate="$P/apiserver-kubelet-client.crt" \
-  --kubelet-client-key="$P/apiserver-kubelet-client.key" \
-  --kubelet-preferred-address-types=InternalIP --profiling=false \
-  --max-requests-inflight=800 --max-mutating-requests-inflight=400 || true
+stop_if_changed kube-apiserver "$APISERVER_HASH"
+printf '%s' "$AUDIT_POLICY" >"$FTO_STATE/audit-policy.yaml"
+mkdir -p "$AUDIT_DIR"
+if start kube-apiserver kube-apiserver "${APISERVER_FLAGS[@]}"; then
+  echo "$APISERVER_HASH" >"$FTO_STATE/kube-apiserver.hash"
+fi
 wait_for 90 "kube-apiserver /readyz" kc get --raw /readyz
 
 start kube-controller-manager kube-controller-manager --kubeconfig="$FTO_STATE/kcm.kubeconfig" \

@@ -27,7 +27,29 @@ ctr_k8s() { ctr -a "$CTRD_SOCK" -n k8s.io "$@"; }
 # pid_alive NAME: the process recorded in $FTO_STATE/NAME.pid runs.
 pid_alive() {
   local f="$FTO_STATE/$1.pid"
-  [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+  [[ -f $f ]] && ! pid_gone "$(cat "$f")"
+}
+
+# config_current NAME HASH: NAME was started with the flags whose hash is HASH ($FTO_STATE/NAME.hash).
+config_current() {
+  [[ -f $FTO_STATE/$1.hash && $(cat "$FTO_STATE/$1.hash") == "$2" ]]
+}
+
+# pid_gone PID: the process has exited (a zombie not yet reaped counts as gone).
+pid_gone() { ! kill -0 "$1" 2>/dev/null || [[ $(ps -o stat= -p "$1" 2>/dev/null) == Z* ]]; }
+
+# stop_if_changed NAME HASH: stop the recorded NAME when it runs with other flags than HASH (or
+# was started before hashes were recorded), so that the caller starts it again with the new ones.
+stop_if_changed() {
+  local name=$1 hash=$2 pid
+  pid_alive "$name" || return 0
+  config_current "$name" "$hash" && return 0
+  pid=$(cat "$FTO_STATE/$name.pid")
+  log "$name runs with other flags: restarting it (pid $pid)"
+  kill "$pid"
+  # kube-apiserver drains open requests for up to a minute after SIGTERM (seen: 60 s); its state
+  # is in etcd, so after a short grace period it is killed
+  wait_for 15 "$name to stop" pid_gone "$pid" || { kill -9 "$pid"; wait_for 10 "$name to die" pid_gone "$pid"; }
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND until it succeeds or the deadline passes.

@@ -60,6 +60,7 @@ SECRET_VOL = {"name": "s", "secret": {"secretName": "db"}}
 PROJECTED = {"name": "p", "projected": {"sources": [{"secret": {"name": "db"}}]}}
 ENV_SECRET = {"name": "X", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}
 APPARMOR = "container.apparmor.security.beta.kubernetes.io/trainer"
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 ATTEMPTS: list[Attempt] = [
     Attempt("custom image", {"image": "busybox:1.36"}, f"spec.image: {A} may not create pods"),
     Attempt("image outside the allowlist", {"image": "evil.example/miner:1"},
@@ -109,6 +110,20 @@ ATTEMPTS: list[Attempt] = [
             "tolerations: key (any) is not in the allowed toleration keys", right=False),
     Attempt("system priority", {TPL: {"priorityClassName": "system-node-critical"}},
             "system-node-critical is not in the allowed priority classes", right=False),
+    Attempt("node selector on a reserved pool", {TPL: {"nodeSelector": {"pool": "payments"}}},
+            "nodeSelector: node label pool is not in the allowed node labels", right=False),
+    Attempt("node affinity to one named node",
+            {TPL: {"affinity": {"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": ["gpu-7"]}]}]}}}}},
+            "spec.podTemplate.affinity: only nodeAffinity on the allowed node labels", right=False),
+    Attempt("pod affinity next to another team's pods",
+            {TPL: {"affinity": {"podAffinity": {REQUIRED: [{"topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app": "payments"}}}]}}}},
+            "spec.podTemplate.affinity: only nodeAffinity", right=False),
+    Attempt("the shared model cache mounted again, writable",
+            {TPL: {"volumeMounts": [{"name": "shared-cache", "mountPath": "/w"}]}},
+            "volumeMounts: shared-cache is not a volume of spec.podTemplate.volumes",
+            bob_accepted=False, right=False),
     Attempt("trustRemoteCode", {"model": {"name": "org/model", "trustRemoteCode": True}},
             "spec.model.trustRemoteCode: running the model's own Python code", right=False),
     Attempt("configMap key escaping",
@@ -188,7 +203,7 @@ def guarded(cluster: Cluster) -> Iterator[tuple[str, str]]:
         "strict": security.Allowlists(images=(trainer, "busybox*")),
         "loose": security.Allowlists(
             images=("*",), volume_types=("*",), priority_classes=("*",), toleration_keys=("*",),
-            trust_remote_code=True,
+            node_label_keys=("*",), trust_remote_code=True,
         ),
     }  # fmt: skip
     docs: list[dict[str, Any]] = []
@@ -347,6 +362,8 @@ def test_a_job_beyond_the_allowlists_fails_not_allowed_without_a_pod(
     assert st["phase"] == "Failed" and st["reason"] == m.Reason.NOT_ALLOWED, st
     assert "volume type hostPath is not allowed" in st["message"]
     assert "tolerations" in st["message"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json")
+    assert m.Reason.NOT_ALLOWED in events
     assert cluster.kubectl("get", "pods,roles,cm", "-n", namespace, "-o", "name").strip() in (
         "",
         "configmap/kube-root-ca.crt",

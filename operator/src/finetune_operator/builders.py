@@ -20,6 +20,7 @@ CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 WORK_DIR = "/workspace"
 CACHE_DIR = "/cache"
+SHARED_CACHE_DIR = "/shared-cache"  # spec.cache.pvc, read-only (the trainer's hubcache.py)
 MODELS_DIR = "/models"
 DATA_DIR = "/data"
 HUB_TOKEN_DIR = "/var/run/secrets/finetune.dev/hub"
@@ -191,6 +192,7 @@ def trainer_config(
         "paths": {
             "work": work_dir(job.status.run),
             "model_cache": CACHE_DIR,
+            "shared_model_cache": SHARED_CACHE_DIR if spec.cache.pvc else None,
             "claim": output_pvc_name(job),
         },
         "progress": {
@@ -343,11 +345,18 @@ def _volumes(job: m.FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, A
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "workspace", "mountPath": WORK_DIR, "subPath": job.name},
     ]
-    if spec.cache.pvc:
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache.pvc}})
-    else:
-        volumes.append({"name": "cache", "emptyDir": {}})
+    # the job's own download cache; a shared cache claim is read-only to every job (the claim's
+    # readOnly holds for every mount of it), so one job cannot poison what another loads
+    volumes.append({"name": "cache", "emptyDir": {}})
     mounts.append({"name": "cache", "mountPath": CACHE_DIR})
+    if spec.cache.pvc:
+        volumes.append(
+            {
+                "name": "shared-cache",
+                "persistentVolumeClaim": {"claimName": spec.cache.pvc, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "shared-cache", "mountPath": SHARED_CACHE_DIR, "readOnly": True})
     if spec.model.pvc:
         volumes.append(
             {

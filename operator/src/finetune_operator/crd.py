@@ -220,23 +220,22 @@ def build_crd() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ RBAC
 
-# The one list of what the operator may do. Namespaced objects are the job's children; nodes are
-# read for their GPU memory labels; CRDs and namespaces are what kopf needs to discover and watch.
+# The one list of what the operator may do, verb for verb what it uses: the integration tier
+# runs a job's lifecycle as a ServiceAccount bound to these rules and compares them with the
+# apiserver's audit log (tests/integration/test_rbac_audit.py, which lists the two exceptions).
+# Namespaced objects are the job's children; nodes are listed for their GPU memory labels; CRDs
+# and namespaces are what kopf lists and watches to discover and follow its resources.
 # Roles/RoleBindings: the apiserver lets the operator grant only what it holds itself, so it
-# holds get/patch/update on configmaps (the trainer's Role grants those on one configmap).
-# ``get`` on every child kind: a name already taken is read to check who owns it
-# (security.adoption). No patch on roles/rolebindings: unused.
+# holds update on configmaps too (the trainer's Role grants get/patch/update on one configmap).
+# ``get`` on every child kind: a name already taken (409) is read to check who owns it
+# (security.adoption).
 OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": [m.GROUP],
         "resources": [m.PLURAL],
-        "verbs": ["get", "list", "watch", "patch", "update", "delete"],
+        "verbs": ["get", "list", "watch", "patch", "delete"],
     },
-    {
-        "apiGroups": [m.GROUP],
-        "resources": [f"{m.PLURAL}/status"],
-        "verbs": ["get", "patch", "update"],
-    },
+    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/status"], "verbs": ["patch"]},
     # children carry blockOwnerDeletion; OwnerReferencesPermissionEnforcement wants this
     {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/finalizers"], "verbs": ["update"]},
     {
@@ -261,10 +260,9 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "resources": ["persistentvolumeclaims"],
         "verbs": ["get", "list", "watch", "create"],
     },
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
@@ -279,7 +277,7 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
-        "verbs": ["get", "list", "watch"],
+        "verbs": ["list", "watch"],
     },
 ]
 

@@ -743,8 +743,10 @@ class CacheSettings(_Base):
         default=None,
         max_length=253,
         pattern=_NAME,
-        description="PersistentVolumeClaim used as the model cache at /cache; unset = an "
-        "emptyDir (downloads again on every attempt).",
+        description="A shared model cache claim, mounted read-only at /shared-cache: the model is "
+        "loaded from it when it holds the model's snapshot (a Hugging Face hub cache under hub/, "
+        "filled by the admin), else downloaded into the pod's own emptyDir (again on every "
+        "attempt). No job can write to it.",
     )
 
 

@@ -28,6 +28,7 @@ PARAM_IMAGES = "allowedImages"
 PARAM_VOLUME_TYPES = "allowedVolumeTypes"
 PARAM_PRIORITY_CLASSES = "allowedPriorityClasses"
 PARAM_TOLERATION_KEYS = "allowedTolerationKeys"
+PARAM_NODE_LABEL_KEYS = "allowedNodeLabelKeys"
 PARAM_TRUST_REMOTE_CODE = "allowTrustRemoteCode"
 
 _TPL = "{o}.spec.?podTemplate"
@@ -53,8 +54,8 @@ class Check:
 
     def validation(self) -> dict[str, str]:
         new, old = self.field.replace("{o}", "object"), self.field.replace("{o}", "oldObject")
-        rule = self.rule.replace("variables.v", f"({new})")
-        message = self.message.replace("variables.v", f"({new})")
+        rule = self.rule.replace("variables.v", f"({new})").replace("{o}", "object")
+        message = self.message.replace("variables.v", f"({new})").replace("{o}", "object")
         return {
             "expression": (f"(request.operation == 'UPDATE' && ({old}) == ({new})) || ({rule})"),
             "messageExpression": message,
@@ -175,6 +176,20 @@ def _key_ok(key_expr: str) -> str:
     )
 
 
+_OWN_VOLUME = _TPL + ".?volumes.orValue([]).exists(v, v.name == m.name)"
+_NODE_KEYS = _list_param(PARAM_NODE_LABEL_KEYS)
+_TERM_OK = (
+    f"{{t}}.?matchExpressions.orValue([]).all(e, e.key in {_NODE_KEYS}) && "
+    f"{{t}}.?matchFields.orValue([]).all(e, e.key in {_NODE_KEYS})"
+)
+_AFFINITY_OK = (
+    "variables.v.?nodeAffinity.?requiredDuringSchedulingIgnoredDuringExecution"
+    ".?nodeSelectorTerms.orValue([]).all(t, " + _TERM_OK.format(t="t") + ") && "
+    "variables.v.?nodeAffinity.?preferredDuringSchedulingIgnoredDuringExecution.orValue([])"
+    ".all(p, " + _TERM_OK.format(t="p.?preference.orValue({})") + ")"
+)
+
+
 def checks() -> list[Check]:
     """Every validation of the policy, in order: the apiserver reports the first that fails
     (an allowlist before a right: no right helps against the former)."""
@@ -259,6 +274,37 @@ def checks() -> list[Check]:
             forbidden=False,
         ),
         Check(
+            "volume-mounts",
+            _TPL + ".?volumeMounts.orValue([])",
+            f"variables.v.all(m, {_OWN_VOLUME})",
+            "'spec.podTemplate.volumeMounts: ' + variables.v.filter(m, !("
+            + _OWN_VOLUME
+            + ")).map(m, m.name).join(', ') + ' is not a volume of spec.podTemplate.volumes; "
+            "only those may be mounted (the operator\\'s own volumes, e.g. the shared model "
+            "cache, keep their read-only mounts)'",
+            forbidden=False,
+        ),
+        Check(
+            "node-selector",
+            _TPL + ".?nodeSelector.orValue({})",
+            f"'*' in {_NODE_KEYS} || variables.v.all(k, k in {_NODE_KEYS})",
+            "'spec.podTemplate.nodeSelector: node label ' + variables.v.filter(k, !(k in "
+            f"{_NODE_KEYS})).join(', ') + ' is not in the allowed node labels (' + "
+            f"{_NODE_KEYS}.join(', ') + '); a label can steer pods onto nodes kept for others: "
+            f"{admin} policy.allowedNodeLabelKeys'",
+            forbidden=False,
+        ),
+        Check(
+            "affinity",
+            _TPL + ".?affinity.orValue({})",
+            f"'*' in {_NODE_KEYS} || (variables.v.all(k, k == 'nodeAffinity') && {_AFFINITY_OK})",
+            "'spec.podTemplate.affinity: only nodeAffinity on the allowed node labels (' + "
+            f"{_NODE_KEYS}.join(', ') + ') may be set; pod (anti-)affinity and other node "
+            "labels or fields place pods on nodes or next to pods kept for others: "
+            f"{admin} policy.allowedNodeLabelKeys'",
+            forbidden=False,
+        ),
+        Check(
             "trust-remote-code",
             "{o}.spec.model.?trustRemoteCode.orValue(false)",
             f"!variables.v || variables.{PARAM_TRUST_REMOTE_CODE}",
@@ -273,12 +319,13 @@ def checks() -> list[Check]:
 
 def allowlist_variables(allow: security.Allowlists) -> list[dict[str, str]]:
     """The admin's allowlists as the policy's CEL variables (JSON lists are CEL list literals).
-    The chart renders the same five from its ``policy`` values."""
+    The chart renders the same six from its ``policy`` values."""
     lists = {
         PARAM_IMAGES: allow.images,
         PARAM_VOLUME_TYPES: allow.volume_types,
         PARAM_PRIORITY_CLASSES: allow.priority_classes,
         PARAM_TOLERATION_KEYS: allow.toleration_keys,
+        PARAM_NODE_LABEL_KEYS: allow.node_label_keys,
     }
     out = [
         {"name": k, "expression": json.dumps(list(v), separators=(",", ":"))}

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from finetune_operator import models as m
-from finetune_operator.settings import DEFAULT_VOLUME_TYPES, Settings
+from finetune_operator.settings import DEFAULT_NODE_LABEL_KEYS, DEFAULT_VOLUME_TYPES, Settings
 
-__all__ = ["DEFAULT_VOLUME_TYPES", "Allowlists", "allowlists", "violations"]
+__all__ = [
+    "DEFAULT_NODE_LABEL_KEYS",
+    "DEFAULT_VOLUME_TYPES",
+    "Allowlists",
+    "allowlists",
+    "violations",
+]
 # A label or annotation key whose prefix is (a subdomain of) one of these is refused: the
 # platform, the operator and Kueue (kueue.x-k8s.io) read them (AppArmor / seccomp annotations
 # live there too).
@@ -36,6 +42,7 @@ class Allowlists:
     volume_types: tuple[str, ...] = DEFAULT_VOLUME_TYPES
     priority_classes: tuple[str, ...] = ()
     toleration_keys: tuple[str, ...] = ()
+    node_label_keys: tuple[str, ...] = DEFAULT_NODE_LABEL_KEYS
     trust_remote_code: bool = False
 
 
@@ -46,6 +53,7 @@ def allowlists(settings: Settings) -> Allowlists:
         volume_types=tuple(settings.allowed_volume_types),
         priority_classes=tuple(settings.allowed_priority_classes),
         toleration_keys=tuple(settings.allowed_toleration_keys),
+        node_label_keys=tuple(settings.allowed_node_label_keys),
         trust_remote_code=settings.allow_trust_remote_code,
     )
 
@@ -116,10 +124,53 @@ def _template_violations(tpl: m.PodTemplate, allow: Allowlists) -> list[str]:
                 f"spec.podTemplate.tolerations: key {key or '(any)'!r} is not in the admin's "
                 "allowlist"
             )
+    own = {v.get("name") for v in tpl.volumes}
     for mount in tpl.volume_mounts:
         sub = mount.get("subPath")
         if isinstance(sub, str) and unsafe_path(sub):
             out.append(f"spec.podTemplate.volumeMounts[{mount.get('name', '?')}].subPath {sub!r}")
+        if mount.get("name") not in own:
+            out.append(
+                f"spec.podTemplate.volumeMounts[{mount.get('name', '?')}]: only volumes of "
+                "spec.podTemplate.volumes may be mounted (the operator's own, e.g. the shared "
+                "cache, keep their read-only mounts)"
+            )
+    return out + _placement_violations(tpl, allow)
+
+
+def node_affinity_keys(affinity: dict[str, Any]) -> list[str]:
+    """Every node label key (and node field) a nodeAffinity names."""
+    node = affinity.get("nodeAffinity") or {}
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = list(required.get("nodeSelectorTerms") or [])
+    terms += [
+        p.get("preference") or {}
+        for p in node.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    ]
+    return [
+        str(e.get("key"))
+        for t in terms
+        for e in [*(t.get("matchExpressions") or []), *(t.get("matchFields") or [])]
+    ]
+
+
+def _placement_violations(tpl: m.PodTemplate, allow: Allowlists) -> list[str]:
+    """nodeSelector and affinity: a node label outside the admin's list could steer the pod
+    onto nodes kept for others (or one named node); pod (anti-)affinity places it next to
+    other teams' pods. Both need the admin."""
+    if ANY in allow.node_label_keys:
+        return []
+    keys = [*tpl.node_selector, *node_affinity_keys(tpl.affinity or {})]
+    out = [
+        f"spec.podTemplate: node label {k!r} is not in the admin's allowlist"
+        for k in dict.fromkeys(keys)
+        if k not in allow.node_label_keys
+    ]
+    out += [
+        f"spec.podTemplate.affinity.{k} is not allowed (only nodeAffinity)"
+        for k in (tpl.affinity or {})
+        if k != "nodeAffinity"
+    ]
     return out
 
 

@@ -17,6 +17,18 @@ DEFAULT_VOLUME_TYPES = (
     "projected",
     "downwardAPI",
 )
+# the default node label allowlist: what GPU Feature Discovery and the cloud put on nodes to pick
+# a GPU, an architecture, an instance type or a zone (security.py, the chart's policy values)
+DEFAULT_NODE_LABEL_KEYS = (
+    "nvidia.com/gpu.product",
+    "nvidia.com/gpu.memory",
+    "nvidia.com/gpu.count",
+    "nvidia.com/gpu.family",
+    "kubernetes.io/arch",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+)
 
 
 class Settings(BaseSettings):
@@ -114,6 +126,11 @@ class Settings(BaseSettings):
         description="Taint keys spec.podTemplate.tolerations may tolerate (* = any, including "
         "a toleration without key).",
     )
+    allowed_node_label_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_NODE_LABEL_KEYS),
+        description="Node label keys spec.podTemplate.nodeSelector and nodeAffinity may name "
+        "(* = any, and pod (anti-)affinity too).",
+    )
     allow_trust_remote_code: bool = Field(
         default=False, description="Whether spec.model.trustRemoteCode may be true."
     )
@@ -124,6 +141,7 @@ class Settings(BaseSettings):
         "allowed_volume_types",
         "allowed_priority_classes",
         "allowed_toleration_keys",
+        "allowed_node_label_keys",
         mode="before",
     )
     @classmethod

@@ -219,6 +219,19 @@ def test_watched_namespaces_get_rolebindings(render: Render) -> None:
     assert env["FTO_NAMESPACES"] == "ml,research"
 
 
+def test_created_namespaces_enforce_pod_security_restricted(render: Render) -> None:
+    assert not [d for d in render() if d["kind"] == "Namespace"]
+    ns = "operator.watchNamespaces={ml,finetune-system}"
+    made = [d for d in render("--set", ns, "--set", "namespaces.create=true")
+            if d["kind"] == "Namespace"]  # fmt: skip
+    assert [d["metadata"]["name"] for d in made] == ["ml"]  # the release namespace is helm's
+    assert made[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    off = render("--set", ns, "--set", "namespaces.create=true",
+                 "--set", "namespaces.podSecurityRestricted=false")  # fmt: skip
+    labels = _one(off, "Namespace", "ml")["metadata"]["labels"]
+    assert "pod-security.kubernetes.io/enforce" not in labels
+
+
 def test_service_monitor_and_extra_env(render: Render) -> None:
     docs = render(
         "--set",

@@ -184,7 +184,8 @@ def test_trainer_config(make_job: JobF) -> None:
         "backend": "auto",
         "gpus": 2,
         "gpu_memory_mib": 12288,
-        "paths": {"work": "/workspace", "model_cache": "/cache", "claim": "out"},
+        "paths": {"work": "/workspace", "model_cache": "/cache", "shared_model_cache": None,
+                      "claim": "out"},
         "progress": {"config_map": "bot-progress", "namespace": "ml", "interval_seconds": 5.0,
                      "api_server": None},
         "hub_token_file": "/var/run/secrets/finetune.dev/hub/token",
@@ -366,3 +367,22 @@ def test_step_seconds_from_progress() -> None:
     assert planner.step_seconds(100, 400, 600) == 2.0
     assert planner.step_seconds(None, 400, 600) is None
     assert planner.step_seconds(400, 400, 0) is None  # nothing left to divide by
+
+
+def test_a_shared_cache_claim_is_read_only_to_the_job(make_job: JobF) -> None:
+    """One job must not poison what another loads: the claim is mounted read-only (the claim's
+    readOnly holds for any mount of it) and downloads go to the pod's own emptyDir."""
+    job = make_job(spec={"cache": {"pvc": "models"}})
+    spec = b.train_pod(job, 1, SETTINGS)["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {v["name"]: v for v in spec["containers"][0]["volumeMounts"]}
+    assert volumes["shared-cache"] == {
+        "name": "shared-cache",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    }
+    assert mounts["shared-cache"] == {
+        "name": "shared-cache", "mountPath": "/shared-cache", "readOnly": True,
+    }  # fmt: skip
+    assert volumes["cache"] == {"name": "cache", "emptyDir": {}}
+    paths = b.trainer_config(job, 1, None, None, SETTINGS)["paths"]
+    assert paths["shared_model_cache"] == "/shared-cache" and paths["model_cache"] == "/cache"

@@ -6,12 +6,8 @@ from __future__ import annotations
 from finetune_operator import models as m
 from finetune_operator import policy, security
 
-# podTemplate fields the policy does not check, and why (docs/security.md says the same)
-UNCHECKED = {
-    "nodeSelector": "only narrows where a pod may run",
-    "affinity": "only narrows where a pod may run",
-    "volumeMounts": "mount only the volumes already checked (subPath: the operator refuses '..')",
-}
+# podTemplate fields the policy does not check, and why (docs/security.md says the same): none
+UNCHECKED: dict[str, str] = {}
 
 
 def _text() -> str:
@@ -48,6 +44,9 @@ def test_binding_and_variables() -> None:
         "allowedVolumeTypes": "[" + ",".join(f'"{t}"' for t in security.DEFAULT_VOLUME_TYPES) + "]",
         "allowedPriorityClasses": "[]",
         "allowedTolerationKeys": '["nvidia.com/gpu"]',
+        "allowedNodeLabelKeys": "["
+        + ",".join(f'"{k}"' for k in security.DEFAULT_NODE_LABEL_KEYS)
+        + "]",
         "allowTrustRemoteCode": "false",
     }
     assert "paramKind" not in policy.build_policy(allow)["spec"]

@@ -11,6 +11,10 @@ from finetune_operator import security as sec
 from finetune_operator.settings import Settings
 from tests.unit.operator.conftest import build_job
 
+REQ, PREF = (
+    "requiredDuringSchedulingIgnoredDuringExecution",
+    "preferredDuringSchedulingIgnoredDuringExecution",
+)
 ALLOW = sec.allowlists(Settings(trainer_image="reg/trainer:1", allowed_images=["reg/extra/*"]))
 
 # (case, spec overrides, a fragment of the one violation expected)
@@ -49,8 +53,26 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("model name escaping", {"model": {"pvc": None, "path": None, "name": "../../x"}},
      "spec.model.name"),
     ("subPath escaping",
-     {"podTemplate": {"volumeMounts": [{"name": "v", "mountPath": "/x", "subPath": "../.."}]}},
+     {"podTemplate": {"volumes": [{"name": "v", "emptyDir": {}}],
+                      "volumeMounts": [{"name": "v", "mountPath": "/x", "subPath": "../.."}]}},
      "subPath '../..'"),
+    ("the shared cache mounted again, writable",
+     {"cache": {"pvc": "models"},
+      "podTemplate": {"volumeMounts": [{"name": "shared-cache", "mountPath": "/w"}]}},
+     "volumeMounts[shared-cache]: only volumes of spec.podTemplate.volumes may be mounted"),
+    ("node selector on a reserved pool", {"podTemplate": {"nodeSelector": {"pool": "payments"}}},
+     "node label 'pool' is not in the admin's allowlist"),
+    ("node affinity to one named node",
+     {"podTemplate": {"affinity": {"nodeAffinity": {REQ:
+         {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                  "values": ["gpu-7"]}]}]}}}}},
+     "node label 'metadata.name'"),
+    ("preferred node affinity",
+     {"podTemplate": {"affinity": {"nodeAffinity": {PREF: [{"weight": 1, "preference":
+         {"matchExpressions": [{"key": "team", "operator": "Exists"}]}}]}}}},
+     "node label 'team'"),
+    ("pod affinity", {"podTemplate": {"affinity": {"podAffinity": {}}}},
+     "affinity.podAffinity is not allowed"),
 ]  # fmt: skip
 
 
@@ -69,6 +91,11 @@ ALLOWED: list[dict[str, Any]] = [
     {"podTemplate": {"volumes": [{"name": "s", "secret": {"secretName": "x"}},
                                  {"name": "e", "emptyDir": {}}]}},
     {"hubTokenSecretRef": {"name": "hf", "key": "token"}},
+    {"podTemplate": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+                     "affinity": {"nodeAffinity": {REQ:
+                         {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "topology.kubernetes.io/zone", "operator": "In",
+                              "values": ["a"]}]}]}}}}},
 ]  # fmt: skip
 
 
@@ -84,6 +111,7 @@ def test_admin_loosens_each_list() -> None:
             allowed_volume_types="hostPath,nfs",  # type: ignore[arg-type]
             allowed_priority_classes="high",  # type: ignore[arg-type]
             allowed_toleration_keys="*",  # type: ignore[arg-type]
+            allowed_node_label_keys="*",  # type: ignore[arg-type]
             allow_trust_remote_code=True,
         )
     )
@@ -94,6 +122,8 @@ def test_admin_loosens_each_list() -> None:
             "volumes": [{"name": "h", "hostPath": {"path": "/data"}}],
             "priorityClassName": "high",
             "tolerations": [{"operator": "Exists"}],
+            "nodeSelector": {"pool": "payments"},
+            "affinity": {"podAffinity": {}},
         },
     }
     assert sec.violations(build_job(spec=spec), loose) == []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from finetune_trainer import netfaults
+from finetune_trainer import hubcache, netfaults
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import ConfigError, ModelNotFoundError
 from finetune_trainer.planner import DEFAULT_TARGET_MODULES
@@ -147,10 +147,11 @@ class Loaded:
 
 
 def hub_kwargs(config: TrainerConfig, token: str | None) -> dict[str, Any]:
+    cache_dir, revision = hubcache.hub_source(config)
     return {
-        "revision": config.model.revision,
+        "revision": revision,
         "token": token,
-        "cache_dir": str(Path(config.paths.model_cache) / "hub"),
+        "cache_dir": cache_dir,
         "trust_remote_code": config.model.trust_remote_code,
     }
 

@@ -219,7 +219,14 @@ class PathsSpec(_Strict):
     """Directories inside the pod."""
 
     work: str = Field(default="/workspace", description="The job's volume.")
-    model_cache: str = Field(default="/cache", description="Shared model cache volume.")
+    model_cache: str = Field(
+        default="/cache", description="The job's own, writable model cache (hub downloads)."
+    )
+    shared_model_cache: str | None = Field(
+        default=None,
+        description="A shared model cache mounted read-only (spec.cache.pvc); the model is read "
+        "from it when it holds the model's snapshot (hubcache.py).",
+    )
     claim: str | None = Field(
         default=None, description="PersistentVolumeClaim holding `work` (named in DiskFull)."
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import chat_templates, diskfull, netfaults, planner, stop, workdir
+from finetune_trainer import chat_templates, diskfull, hubcache, netfaults, planner, stop, workdir
 from finetune_trainer import data as datamod
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
@@ -70,22 +70,19 @@ def hub_token(config: TrainerConfig) -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def hub_cache(config: TrainerConfig) -> str:
-    return str(Path(config.paths.model_cache) / "hub")
-
-
 def load_tokenizer(config: TrainerConfig) -> Any:
     from transformers import AutoTokenizer
 
     m = config.model
     if m.path is not None and not Path(m.path).is_dir():
         raise ModelNotFoundError(f"model directory {m.path} does not exist")
+    cache_dir, revision = hubcache.hub_source(config)
     try:
         tok = AutoTokenizer.from_pretrained(
             m.source,
-            revision=m.revision,
+            revision=revision,
             token=hub_token(config),
-            cache_dir=hub_cache(config),
+            cache_dir=cache_dir,
             trust_remote_code=m.trust_remote_code,
         )
     except (OSError, ValueError) as exc:
@@ -104,14 +101,15 @@ def load_model_config(config: TrainerConfig) -> dict[str, Any]:
     else:
         from huggingface_hub import hf_hub_download
 
+        cache_dir, revision = hubcache.hub_source(config)
         try:
             path = Path(
                 hf_hub_download(
                     str(m.name),
                     "config.json",
-                    revision=m.revision,
+                    revision=revision,
                     token=hub_token(config),
-                    cache_dir=hub_cache(config),
+                    cache_dir=cache_dir,
                 )
             )
         except Exception as exc:

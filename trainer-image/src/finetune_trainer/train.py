@@ -29,6 +29,7 @@ from finetune_trainer import (
     diskfull,
     edits,
     files,
+    hubcache,
     isolation,
     launch,
     planner,
@@ -114,8 +115,7 @@ def allocator_defaults() -> None:
 def main(config: TrainerConfig, config_path: str) -> int:
     """Entry of ``finetune-trainer train``; returns the exit code."""
     allocator_defaults()
-    cache = Path(config.paths.model_cache) / "hub"
-    os.environ.setdefault("HF_HUB_CACHE", str(cache))
+    os.environ.setdefault("HF_HUB_CACHE", hubcache.for_model(config))
     stop.stage("start-up")
     if not launch.is_child():
         with stop.critical("claiming the work directory"):
