@@ -167,6 +167,7 @@ def test_exit_code_table() -> None:
         5: False,
         6: False,
         7: True,
+        8: True,
         10: True,
         11: True,
     }

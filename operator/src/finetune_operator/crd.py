@@ -251,6 +251,8 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "verbs": ["get", "list", "watch", "create", "patch", "update"],
     },
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+    # the headless Service <job>-nodes of a multi-node job (builders.nodes_service)
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -290,6 +290,9 @@ def _ensure_children(
     pvc = b.output_pvc(job)
     if pvc is not None:
         bodies.append(pvc)
+    service = b.nodes_service(job)
+    if service is not None:
+        bodies.append(service)
     created = [f"{x['kind']} {x['metadata']['name']}" for x in bodies if kube.create_or_get(x)]
     waiting = [
         s
@@ -322,7 +325,8 @@ def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
         kube.create_or_get(b.prepare_pod(job, operator_settings()))
     elif acts.create_train is not None:
         kube.apply_config_map(_config_map(job, acts.create_train, True))
-        kube.create_or_get(b.train_pod(job, acts.create_train, operator_settings()))
+        for pod in b.train_pods(job, acts.create_train, operator_settings()):
+            kube.create_or_get(pod)  # every node of the attempt (those there already: 409)
 
 
 def _act(

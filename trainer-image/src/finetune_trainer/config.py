@@ -185,6 +185,9 @@ class TrainerConfig(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     backend: Backend = "auto"
     gpus: int = Field(default=0, ge=0, description="Processes to launch; 0 = CPU, one process.")
+    nodes: int = Field(
+        default=1, ge=1, description="Pods training together (PET_NNODES); gpus is per node."
+    )
     gpu_memory_mib: int | None = Field(default=None, ge=1, description="Memory of one GPU.")
     paths: PathsSpec = Field(default_factory=PathsSpec)
     progress: ProgressSpec = Field(default_factory=ProgressSpec)

@@ -63,6 +63,14 @@ class SourceUnavailableError(TrainerError):
     reason = "SourceUnavailable"
 
 
+class RendezvousError(TrainerError):
+    """Several nodes could not meet within the bounded wait (the master's DNS name, or every
+    rank joining node 0's store); the operator restarts all the attempt's pods."""
+
+    exit_code = 8
+    reason = "RendezvousFailed"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 
