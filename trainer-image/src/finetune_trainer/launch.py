@@ -109,7 +109,7 @@ def launch(args: list[str], topo: Topology, *, cuda: bool) -> tuple[int, str]:
         env = dict(os.environ)
         env.update(rank_env(topo, rank))
         env["FTO_TERMINATION_LOG"] = str(tmp / f"rank-{rank}")
-        if not cuda:
+        if not cuda and "OMP_NUM_THREADS" not in os.environ:  # the pod's own choice wins
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "finetune_trainer", *args]  # the entry: handlers first
         procs.append(subprocess.Popen(cmd, env=env))
