@@ -78,6 +78,13 @@ def test_one_node_failing_stops_all_and_retries_once(make_job: JobF, make_pod: P
     assert (new.phase, new.reason, new.attempt) == (P.PENDING, R.BACKOFF, 1)
     # the surviving node is stopped at once, not left running through the backoff
     assert st.next_actions(job, new, pods, now) == st.Actions(delete_pods=(N0,))
+    # the backoff over but node 0 still stopping: attempt 2 waits (its pods would otherwise
+    # be missing at the next pass and counted as deleted)
+    waiting = job.model_copy(update={"status": new})
+    late = FINISHED + timedelta(seconds=100)
+    held = derive(waiting, pods, None, OK_PREPARE, late)
+    assert (held.phase, held.attempt, len(held.attempts)) == (P.PENDING, 1, 1)
+    assert st.next_actions(waiting, held, pods, late) == st.Actions(delete_pods=(N0,))
     # once backoff is over and node 0 is gone: attempt 2 creates every node again
     later = job.model_copy(update={"status": new})
     after = FINISHED + timedelta(seconds=100)

@@ -554,6 +554,12 @@ def _derive_training(
         )
     ):
         return
+    if active and job.spec.resources.nodes > 1:
+        # a gang: the failed attempt's other nodes are stopped first (next_actions); bumping the
+        # attempt now would find its pods missing at the next pass and count them as deleted
+        w.phase, w.reason = P.PENDING, R.BACKOFF
+        w.message = f"attempt {n} failed: stopping its other nodes before attempt {n + 1}"
+        return
     w.attempt = n + 1
     w.retry_after = None
     w.phase, w.reason = P.STARTING, P.STARTING
