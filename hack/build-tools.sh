@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned Kubernetes, etcd, KWOK and Helm binaries from the Go module proxy into a cache
 # outside the repo, keyed by version. A warm cache builds nothing.
-#   hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [kstatus]   (default: all)
+#   hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [kstatus] [coredns]   (default: all)
 set -euo pipefail
 source "$(dirname "$0")/versions.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -82,6 +82,15 @@ build_helm() {
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 }
 
+# Cluster DNS for the local cluster (Services and headless pod names, multi-node jobs).
+build_coredns() {
+  local out="$BIN/coredns-v$COREDNS_VERSION"
+  if [[ -x $out/coredns ]]; then log "coredns v$COREDNS_VERSION cached"; return; fi
+  log "building coredns v$COREDNS_VERSION (cold: ~15 min on 2 cores)"
+  mkdir -p "$out"
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@v$COREDNS_VERSION"
+}
+
 # The cached binary is keyed by its sources too, so an edit of tools/kstatus rebuilds it
 # (tests/unit/gitops/test_kstatus.py computes the same key).
 kstatus_key() {
@@ -99,5 +108,5 @@ build_kstatus() {
   (cd "$ROOT/tools/kstatus" && CGO_ENABLED=0 go build -trimpath -o "$out/kstatus-check" .)
 }
 
-targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(etcd k8s kwok helm)
+targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(etcd k8s kwok helm coredns)
 for t in "${targets[@]}"; do "build_$t"; done

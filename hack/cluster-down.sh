@@ -24,6 +24,7 @@ stop() {
 }
 
 stop kwok
+stop coredns
 stop provisioner
 stop kubelet
 if pid_alive containerd; then
@@ -52,6 +53,7 @@ done
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
 ip link delete fto-cni0 2>/dev/null || true
 ip route del local "$SERVICE_IP/32" dev lo table local 2>/dev/null || true
+ip route del local "$DNS_IP/32" dev lo table local 2>/dev/null || true
 ip route del unreachable 198.18.0.0/15 2>/dev/null || true
 ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
 for chain in PREROUTING OUTPUT; do

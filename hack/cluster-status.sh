@@ -5,7 +5,7 @@ set -uo pipefail
 FTO_LOG_TAG=cluster-status
 source "$(dirname "$0")/lib/common.sh"
 rc=0
-for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner kwok; do
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner coredns kwok; do
   if pid_alive "$c"; then printf '  %-24s running (pid %s)\n' "$c" "$(cat "$FTO_STATE/$c.pid")"
   elif [[ $c == kwok ]]; then printf '  %-24s not running (optional: hack/kwok-nodes.sh N)\n' "$c"
   else printf '  %-24s NOT RUNNING (log: %s)\n' "$c" "$FTO_STATE/logs/$c.log"; rc=1; fi

@@ -2,7 +2,8 @@
 # Start the local Kubernetes on this machine (root): etcd (tmpfs), kube-apiserver,
 # kube-controller-manager, kube-scheduler, a standalone containerd with a CNI bridge, and a kubelet
 # registering node kt-node-1 that advertises nvidia.com/gpu: 2 with the labels of a 2x RTX 3060
-# node; plus a default StorageClass `local-path` with a hostPath provisioner.
+# node; plus a default StorageClass `local-path` with a hostPath provisioner and cluster DNS
+# (CoreDNS on the host at the `kube-dns` Service IP 198.18.128.10).
 # Idempotent: only what is not running is started; on a healthy cluster this is a fast no-op.
 # Addresses: apiserver https://198.18.1.1:6443 (node IP on lo), pods 198.18.0.0/24,
 # services 198.18.128.0/24 (kubernetes = 198.18.128.1:443, DNAT to the apiserver), etcd 127.0.0.1.
@@ -30,10 +31,12 @@ node_ok() {
 
 healthy() {
   local c
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner coredns; do
     pid_alive "$c" || return 1
   done
   config_current kube-apiserver "$APISERVER_HASH" || return 1
+  # a kubelet started by an older cluster-up (before cluster DNS) is restarted with it
+  grep -q "clusterDNS: \[$DNS_IP\]" "$FTO_STATE/kubelet.yaml" 2>/dev/null || return 1
   kc get --raw /readyz >/dev/null 2>&1 && node_ok
 }
 
@@ -89,7 +92,7 @@ if [[ -f $KUBECONFIG_ADMIN ]] && healthy; then
 fi
 
 "$FTO_ROOT/hack/setup-host.sh"
-"$FTO_ROOT/hack/build-tools.sh" etcd k8s
+"$FTO_ROOT/hack/build-tools.sh" etcd k8s coredns
 mkdir -p "$FTO_STATE/logs" "$FTO_STATE/cni" "$FTO_STATE/containerd" "$VOLUMES"
 [[ -e /usr/local/bin/kubectl ]] || ln -s "$K8S_BIN/kubectl" /usr/local/bin/kubectl
 
@@ -99,6 +102,7 @@ ip route show type unreachable | grep -q '^unreachable 198.18.0.0/15' || ip rout
 # Hosts (and hostNetwork pods) reach the service IP as a local address; pods on the bridge get
 # there through their CNI route via 198.18.0.1. Either way the nat rule sends it to the apiserver.
 ip route show table local | grep -q "^local $SERVICE_IP " || ip route add local "$SERVICE_IP/32" dev lo table local
+ip route show table local | grep -q "^local $DNS_IP " || ip route add local "$DNS_IP/32" dev lo table local
 iptables -t nat -N FTO-SERVICES 2>/dev/null || true
 iptables -t nat -C FTO-SERVICES -d "$SERVICE_IP/32" -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443" 2>/dev/null ||
   iptables -t nat -A FTO-SERVICES -d "$SERVICE_IP/32" -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443"
@@ -185,6 +189,12 @@ start containerd containerd --config "$FTO_STATE/containerd/config.toml" || true
 wait_for 30 "containerd" ctr_k8s version
 "$FTO_ROOT/hack/images.sh" pause base
 
+# A kubelet running with an older config (no clusterDNS) is restarted; its pods keep running.
+if pid_alive kubelet && ! grep -q "clusterDNS: \[$DNS_IP\]" "$FTO_STATE/kubelet.yaml" 2>/dev/null; then
+  log "restarting the kubelet for cluster DNS"
+  kill "$(cat "$FTO_STATE/kubelet.pid")"
+  wait_for 30 "the old kubelet to exit" bash -c "! kill -0 $(cat "$FTO_STATE/kubelet.pid") 2>/dev/null"
+fi
 cat >"$FTO_STATE/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -210,6 +220,7 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 serializeImagePulls: false
 clusterDomain: cluster.local
+clusterDNS: [$DNS_IP]
 resolvConf: ""
 maxPods: 110
 YAML
@@ -245,6 +256,38 @@ volumeBindingMode: Immediate
 YAML
 start provisioner python3 "$FTO_ROOT/hack/lib/hostpath-provisioner.py" \
   --server "$API_SERVER" --pki "$P" --root "$VOLUMES" --node "$NODE_NAME" || true
+
+# --- cluster DNS: CoreDNS on the host, bound to the kube-dns Service IP (pods route the service
+# range via the bridge gateway to the host). The Service reserves the IP in the allocator, as on a
+# real cluster; it has no endpoints (no kube-proxy here). Only cluster.local is served: nothing
+# is forwarded off the machine, other names are refused at once.
+kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  clusterIP: $DNS_IP
+  ports:
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: dns-tcp, port: 53, protocol: TCP}
+YAML
+cat >"$FTO_STATE/Corefile" <<COREFILE
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind $DNS_IP
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $KUBECONFIG_ADMIN
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    cache 5
+}
+COREFILE
+start coredns "$COREDNS_BIN/coredns" -conf "$FTO_STATE/Corefile" || true
+wait_for 30 "cluster DNS on $DNS_IP" python3 "$FTO_ROOT/hack/lib/dnsprobe.py" "$DNS_IP" kubernetes.default.svc.cluster.local
 
 wait_for 30 "the default ServiceAccount" kc -n default get serviceaccount default
 healthy || die "cluster did not become healthy; see $FTO_ROOT/hack/cluster-status.sh and $FTO_STATE/logs"

@@ -3,6 +3,7 @@
 export K8S_VERSION=1.35.4
 export ETCD_VERSION=3.6.16
 export KWOK_VERSION=0.8.0
+export COREDNS_VERSION=1.14.7
 export HELM_VERSION=3.22.0
 export CLI_UTILS_VERSION=v0.37.2
 export DEBIAN_SUITE=bookworm

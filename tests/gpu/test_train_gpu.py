@@ -198,3 +198,12 @@ def test_sigterm_mid_run_resumes_with_the_losses_of_an_uninterrupted_run(
     assert [x["step"] for x in b["losses"]] == list(range(1, 41))
     for x, y in zip(a["losses"], b["losses"], strict=True):
         assert abs(x["loss"] - y["loss"]) <= RESUME_LOSS_TOLERANCE * abs(x["loss"]), (x, y)
+
+
+def test_the_installed_unsloth_keeps_distributed_on_with_one_gpu_per_node() -> None:
+    """Multi-node with one GPU per node: the image's Unsloth must not force DistributedType.NO
+    (unslothai/unsloth#4142, fixed before 2026.10.9), else backends.resolve falls back."""
+    from finetune_trainer import backends
+
+    assert backends.unsloth_available(), "the GPU tier runs with unsloth installed"
+    assert backends._installed_unsloth_runs_distributed()

@@ -45,6 +45,9 @@ NOT_EXERCISED: dict[Pair, str] = {
     ("", "pods", "get"): "read only when a pod's name is already taken (409), to check who owns "
     "it (an operator restart between creating a pod and recording it: "
     "test_operator_restart_mid_job_makes_no_duplicate_pod)",
+    ("", "services", "create"): "only a multi-node job (spec.resources.nodes > 1) has its "
+    "headless Service <job>-nodes; this lifecycle is one node (tests/e2e/test_multinode.py)",
+    ("", "services", "get"): "read only when the Service's name is already taken (409)",
     ("", "configmaps", "update"): "the trainer's Role grants get/patch/update on its progress "
     "ConfigMap, and RBAC lets the operator grant only what it holds (escalation check)",
 }

@@ -126,3 +126,27 @@ def test_block_compile_is_off_unless_the_pod_asks(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")  # spec.podTemplate.env
     backends.early_import("unsloth")
     assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "1"
+
+
+OLD_UNSLOTH = (
+    "x = 1\nif DEVICE_COUNT == 1:\n    from accelerate.utils.dataclasses import DistributedType\n"
+)
+NEW_UNSLOTH = 'if DEVICE_COUNT == 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:\n    pass\n'
+
+
+def test_unsloth_without_the_world_size_guard_falls_back_when_distributed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """unslothai/unsloth#4142: before the fix one visible GPU turned torch.distributed off even
+    under WORLD_SIZE > 1 (multi-node, one GPU per node); 2026.10.9 has the guard."""
+    assert not backends.unsloth_runs_distributed(OLD_UNSLOTH)
+    assert backends.unsloth_runs_distributed(NEW_UNSLOTH)
+    two = backends.Device(cuda=True, bf16=True, local_rank=0, world_size=2)
+    monkeypatch.setattr(backends, "unsloth_available", lambda: True)
+    monkeypatch.setattr(backends, "_installed_unsloth_runs_distributed", lambda: False)
+    assert backends.resolve(cfg(), GPU) == "unsloth"  # type: ignore[arg-type]  # one process
+    assert backends.resolve(cfg(), two) == "transformers"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unslothai/unsloth#4142"):
+        backends.resolve(cfg(backend="unsloth"), two)  # type: ignore[arg-type]
+    monkeypatch.setattr(backends, "_installed_unsloth_runs_distributed", lambda: True)
+    assert backends.resolve(cfg(), two) == "unsloth"  # type: ignore[arg-type]

@@ -169,6 +169,7 @@ def test_exit_code_table() -> None:
         7: True,
         8: False,
         9: False,  # ExportFailed: not retried; the trained adapter is kept
+        12: True,
         10: True,
         11: True,
     }

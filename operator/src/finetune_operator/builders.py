@@ -33,6 +33,12 @@ CONTAINER = "trainer"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
 GPU = "nvidia.com/gpu"
 CONTRACT_VERSION = 1
+LABEL_NODE_RANK = f"{m.GROUP}/node-rank"
+MASTER_PORT = 29500  # PET_MASTER_PORT: torch.distributed's usual rendezvous port on node 0
+# NCCL's own choice of interface may pick a bridge or a secondary network; a pod's network is
+# eth0 on nearly every CNI. A spec.podTemplate.env entry of the same name replaces a default
+# (docs/multi-node.md: NCCL_IB_DISABLE, NCCL_P2P_DISABLE for consumer cards on PCIe).
+NCCL_DEFAULTS = {"NCCL_SOCKET_IFNAME": "eth0"}
 
 
 # ------------------------------------------------------------------------------------ names
@@ -61,8 +67,25 @@ def prepare_pod_name(job: m.FineTuneJob) -> str:
     return f"{job.name}-prepare"
 
 
-def train_pod_name(job: m.FineTuneJob, attempt: int) -> str:
-    return f"{job.name}-{attempt}"
+def train_pod_name(job: m.FineTuneJob, attempt: int, node: int = 0) -> str:
+    """``<job>-<attempt>`` for one node; ``<job>-<attempt>-node-<i>`` when several train."""
+    if job.spec.resources.nodes == 1:
+        return f"{job.name}-{attempt}"
+    return f"{job.name}-{attempt}-node-{node}"
+
+
+def train_pod_names(job: m.FineTuneJob, attempt: int) -> list[str]:
+    """Every pod of a training attempt, in node-rank order."""
+    return [train_pod_name(job, attempt, i) for i in range(m.training_pod_count(job.spec))]
+
+
+def nodes_service_name(job: m.FineTuneJob) -> str:
+    return f"{job.name}-nodes"
+
+
+def master_address(job: m.FineTuneJob, attempt: int) -> str:
+    """Node 0's DNS name under the headless Service (resolved through the pod's search path)."""
+    return f"{train_pod_name(job, attempt, 0)}.{nodes_service_name(job)}"
 
 
 def export_pod_name(job: m.FineTuneJob) -> str:
@@ -188,6 +211,7 @@ def trainer_config(
         "tracking": integrations.tracking_config(spec),
         "backend": spec.backend,
         "gpus": spec.resources.gpus,
+        "nodes": spec.resources.nodes,
         "gpu_memory_mib": gpu_memory_mib,
         "paths": {
             "work": work_dir(job.status.run),
@@ -395,13 +419,17 @@ def _volumes(job: m.FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, A
     return volumes, mounts
 
 
-def _env(job: m.FineTuneJob) -> list[dict[str, Any]]:
+def _env(job: m.FineTuneJob, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The trainer's environment: ours, then ``extra`` (defaults an entry of the same name in
+    spec.podTemplate.env replaces), then the template's."""
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "FINETUNE_JOB", "value": job.name},
         *integrations.env(job.spec),
     ]
     tpl = job.spec.pod_template
+    own = {e.name for e in tpl.env} if tpl is not None else set()
+    env.extend({"name": k, "value": v} for k, v in (extra or {}).items() if k not in own)
     if tpl is not None:
         env.extend(m.dump(e) for e in tpl.env)
     return env
@@ -418,10 +446,14 @@ def _pod(
     settings: Settings,
     priority: bool,
     grace: int,
+    env: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     tpl = job.spec.pod_template or m.PodTemplate()
     volumes, mounts = _volumes(job)
-    meta = _meta(job, name, **{m.LABEL_ROLE: role_label, m.LABEL_ATTEMPT: str(attempt)})
+    meta = _meta(
+        job, name, **{m.LABEL_ROLE: role_label, m.LABEL_ATTEMPT: str(attempt)}, **(labels or {})
+    )
     meta["labels"] = {**tpl.labels, **meta["labels"]}
     if tpl.annotations:
         meta["annotations"] = dict(tpl.annotations)
@@ -449,7 +481,7 @@ def _pod(
                 "image": job.spec.image or settings.trainer_image,
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": command,
-                "env": _env(job),
+                "env": _env(job, env),
                 "resources": resources,
                 "volumeMounts": mounts,
                 "terminationMessagePath": "/dev/termination-log",
@@ -562,12 +594,30 @@ def train_grace_seconds(job: m.FineTuneJob, settings: Settings) -> int:
     )
 
 
-def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str, Any]:
-    """``<job>-<attempt>``: the training pod requesting ``nvidia.com/gpu: N``."""
+def distributed_env(job: m.FineTuneJob, attempt: int, node: int) -> dict[str, str]:
+    """torchrun's variables for node ``node``, as Kubeflow Trainer v2 sets them (static
+    rendezvous: the node count is fixed, node 0 is the master), and the NCCL defaults."""
+    return {
+        "PET_NNODES": str(job.spec.resources.nodes),
+        "PET_NPROC_PER_NODE": str(m.processes_per_node(job.spec)),
+        "PET_NODE_RANK": str(node),
+        "PET_MASTER_ADDR": master_address(job, attempt),
+        "PET_MASTER_PORT": str(MASTER_PORT),
+        **NCCL_DEFAULTS,
+    }
+
+
+def train_pod(
+    job: m.FineTuneJob, attempt: int, settings: Settings, node: int = 0
+) -> dict[str, Any]:
+    """The training pod of node ``node`` requesting ``nvidia.com/gpu: N``: ``<job>-<attempt>``
+    alone, or ``<job>-<attempt>-node-<i>`` with hostname/subdomain under the headless Service
+    and the torchrun variables when ``resources.nodes`` > 1."""
     command = ["finetune-trainer", "train", "--config", CONFIG_PATH]
+    several = job.spec.resources.nodes > 1
     pod = _pod(
         job,
-        train_pod_name(job, attempt),
+        train_pod_name(job, attempt, node),
         role_label="train",
         attempt=attempt,
         command=command,
@@ -575,11 +625,41 @@ def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str,
         settings=settings,
         priority=True,
         grace=train_grace_seconds(job, settings),
+        env=distributed_env(job, attempt, node) if several else None,
+        labels={LABEL_NODE_RANK: str(node)} if several else None,
     )
-    if job.spec.resources.gpus > 1:
-        # torch.distributed / NCCL need more shared memory than the runtime's 64 MiB default.
-        pod["spec"]["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-        pod["spec"]["containers"][0]["volumeMounts"].append(
-            {"name": "dshm", "mountPath": "/dev/shm"}
-        )
+    spec = pod["spec"]
+    if several:
+        spec["hostname"] = train_pod_name(job, attempt, node)
+        spec["subdomain"] = nodes_service_name(job)
+        spec["containers"][0]["ports"] = [
+            {"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"}
+        ]
+    # torch.distributed (NCCL, gloo) and dataloaders need more shared memory than the
+    # runtime's 64 MiB default (it counts against the memory limit)
+    spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    spec["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     return pod
+
+
+def train_pods(job: m.FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+    """Every pod of a training attempt, node 0 first."""
+    return [train_pod(job, attempt, settings, i) for i in range(m.training_pod_count(job.spec))]
+
+
+def nodes_service(job: m.FineTuneJob) -> dict[str, Any] | None:
+    """The headless Service ``<job>-nodes`` giving every training pod a DNS name
+    (``<pod>.<job>-nodes``) before it is ready; None for a one-node job."""
+    if job.spec.resources.nodes == 1:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, nodes_service_name(job)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {m.LABEL_JOB: job.name, m.LABEL_ROLE: "train"},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "protocol": "TCP"}],
+        },
+    }

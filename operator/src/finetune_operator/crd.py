@@ -260,6 +260,8 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "resources": ["persistentvolumeclaims"],
         "verbs": ["get", "list", "watch", "create"],
     },
+    # the headless Service <job>-nodes of a multi-node job (builders.nodes_service)
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},

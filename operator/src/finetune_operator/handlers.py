@@ -334,6 +334,9 @@ def _ensure_children(
     pvc = b.output_pvc(job)
     if pvc is not None and not checked:
         bodies.append(pvc)
+    service = b.nodes_service(job)
+    if service is not None:
+        bodies.append(service)
     created = [f"{x['kind']} {x['metadata']['name']}" for x in bodies if kube.create_or_get(x)]
     # the trainer config: read while a pod waits to start with it, and on the first check of a
     # running pod's children (its kubelet keeps re-mounting the volume: a missing ConfigMap makes
@@ -374,7 +377,8 @@ def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
         kube.create_or_get(b.export_pod(job, operator_settings()))
     elif acts.create_train is not None:
         kube.apply_config_map(_config_map(job, acts.create_train, True))
-        kube.create_or_get(b.train_pod(job, acts.create_train, operator_settings()))
+        for pod in b.train_pods(job, acts.create_train, operator_settings()):
+            kube.create_or_get(pod)  # every node of the attempt (those there already: 409)
 
 
 def _act(

@@ -149,6 +149,7 @@ _PLURALS = {
     "Pod": "pods",
     "ConfigMap": "configmaps",
     "ServiceAccount": "serviceaccounts",
+    "Service": "services",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Role": "roles",
     "RoleBinding": "rolebindings",

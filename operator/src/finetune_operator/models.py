@@ -126,6 +126,7 @@ class Reason(StrEnum):
     DISK_FULL = "DiskFull"  # ENOSPC on the work volume: not retried, the claim must grow first
     SOURCE_UNAVAILABLE = "SourceUnavailable"  # network fault fetching data/model: retried
     DIVERGED = "Diverged"  # the loss became NaN/inf: not retried, the settings must change
+    RENDEZVOUS_FAILED = "RendezvousFailed"  # the nodes of an attempt did not meet: retried
     ERROR = "Error"
     EXPORT_FAILED = "ExportFailed"  # the export pod failed; the trained adapter is kept
     # failures found by the operator before any pod runs
@@ -152,6 +153,7 @@ class Reason(StrEnum):
                 PREEMPTED,
                 POD_DELETED,
                 SOURCE_UNAVAILABLE,
+                RENDEZVOUS_FAILED,
                 STALLED,
             }
         )
@@ -188,6 +190,7 @@ EXIT_CODE_REASONS: dict[int, str] = {
     7: Reason.SOURCE_UNAVAILABLE,
     8: Reason.DIVERGED,
     9: Reason.EXPORT_FAILED,  # finetune-trainer export: the report names which export failed
+    12: Reason.RENDEZVOUS_FAILED,
     10: Reason.PREEMPTED,  # SIGTERM + complete checkpoint; Suspended when we asked for it
     11: Reason.CUDA_OOM,
 }
@@ -516,22 +519,35 @@ class TrainingSettings(_Base):
     )
 
 
+MAX_NODES = 64
+"""The most training pods (``resources.nodes``) one job may run at once."""
+
+
 class Resources(_Base):
-    """What one training pod gets."""
+    """What each training pod gets, and how many of them run together."""
 
     model_config = ConfigDict(
         json_schema_extra=_rules(
             (
                 "self.gpus >= 0 && self.gpus <= 8",
-                "resources.gpus must be between 0 (CPU-only) and 8 (one node)",
+                "resources.gpus must be between 0 (CPU-only) and 8 (per node)",
             ),
         )
     )
 
     gpus: int = Field(
         default=1,
-        description="nvidia.com/gpu requested by the training pod, 0..8. 0 = CPU-only training "
-        "(tiny models, CI); N > 1 = one process per GPU.",
+        description="nvidia.com/gpu requested by each training pod (one per node), 0..8. 0 = "
+        "CPU-only training (tiny models, CI); N > 1 = one process per GPU.",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Training pods (nodes) that train together, data parallel: pods "
+        "<job>-<attempt>-node-<i> under the headless Service <job>-nodes, torch.distributed "
+        "across them (docs/multi-node.md). 1 = one pod <job>-<attempt>. The work volume must be "
+        "mountable by every node (ReadWriteMany) when they land on different machines.",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request, e.g. 4 or 3500m.")
     memory: Quantity | None = Field(
@@ -1076,6 +1092,18 @@ class Attempt(_Base):
     finish_time: datetime | None = Field(default=None, description="When it ended.")
 
 
+class NodeStatus(_Base):
+    """One training pod of the current attempt (``resources.nodes`` > 1)."""
+
+    rank: int = Field(ge=0, description="Node rank (PET_NODE_RANK); node 0 is the master.")
+    pod: str = Field(description="Pod name.")
+    state: str = Field(
+        description="pending, unschedulable, waiting-error, running, succeeded, failed or missing."
+    )
+    reason: str | None = Field(default=None, description="Why it failed or waits, if it does.")
+    exit_code: int | None = Field(default=None, description="Trainer exit code, if it ended.")
+
+
 class FineTuneJobStatus(_Base):
     """Observed state, written only by the operator."""
 
@@ -1099,6 +1127,10 @@ class FineTuneJobStatus(_Base):
         default=None, description="The next attempt starts not before this time (backoff)."
     )
     progress: Progress | None = Field(default=None, description="Training progress.")
+    nodes: list[NodeStatus] | None = Field(
+        default=None,
+        description="Per-node state of the current attempt's pods (resources.nodes > 1 only).",
+    )
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
     data: DataStatus | None = Field(default=None, description="Dataset statistics.")
     plan: PlanStatus | None = Field(default=None, description="Memory plan.")
@@ -1146,6 +1178,21 @@ class FineTuneJob(_Base):
     @property
     def generation(self) -> int:
         return int(self.metadata.get("generation", 1))
+
+
+def training_pod_count(spec: FineTuneJobSpec) -> int:
+    """Pods one training attempt runs at once (a Kueue pod group's total count)."""
+    return spec.resources.nodes
+
+
+def processes_per_node(spec: FineTuneJobSpec) -> int:
+    """Trainer processes in each training pod: one per GPU, one on CPU."""
+    return max(spec.resources.gpus, 1)
+
+
+def world_size(spec: FineTuneJobSpec) -> int:
+    """Trainer processes of an attempt on all its nodes (the batch is divided over them)."""
+    return processes_per_node(spec) * spec.resources.nodes
 
 
 def parse_job(body: dict[str, Any]) -> FineTuneJob:

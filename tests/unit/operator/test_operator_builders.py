@@ -157,7 +157,83 @@ def test_cpu_job_requests_no_gpu(make_job: JobF) -> None:
     container = pod["spec"]["containers"][0]
     assert container["resources"] == {}
     assert container["image"] == "my/trainer:1"
-    assert all(v["name"] != "dshm" for v in pod["spec"]["volumes"])
+    # shared memory for torch.distributed and dataloaders on every training pod, CPU too
+    assert pod["spec"]["volumes"][-1] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+    assert container["volumeMounts"][-1] == {"name": "dshm", "mountPath": "/dev/shm"}
+    # one node: today's pod, no rendezvous, no Service
+    assert pod["metadata"]["name"] == "bot-1" and "hostname" not in pod["spec"]
+    assert not any(e["name"].startswith(("PET_", "NCCL_")) for e in container["env"])
+    assert b.nodes_service(job) is None and b.train_pod_names(job, 1) == ["bot-1"]
+
+
+TWO_NODES: dict[str, Any] = {
+    **RICH,
+    "resources": {"gpus": 2, "nodes": 2, "cpu": 4, "memory": "24Gi"},
+    # the user's choice replaces the default of the same name; others are added
+    "podTemplate": {**RICH["podTemplate"], "env": [{"name": "NCCL_SOCKET_IFNAME", "value": "ib0"},
+                                                   {"name": "NCCL_P2P_DISABLE", "value": "1"}]},
+}  # fmt: skip
+
+
+def test_multi_node_pods_are_one_gang_under_a_headless_service(make_job: JobF) -> None:
+    job = make_job(spec=TWO_NODES)
+    single = b.train_pod(make_job(spec=RICH), 3, SETTINGS)
+    pods = b.train_pods(job, 3, SETTINGS)
+    assert [p["metadata"]["name"] for p in pods] == ["bot-3-node-0", "bot-3-node-1"]
+    assert b.train_pod_names(job, 3) == ["bot-3-node-0", "bot-3-node-1"]
+    for rank, pod in enumerate(pods):
+        name = f"bot-3-node-{rank}"
+        expected = json.loads(json.dumps(single))  # the one-node pod, plus only these
+        expected["metadata"]["name"] = name
+        expected["metadata"]["labels"]["finetune.dev/node-rank"] = str(rank)
+        expected["spec"]["hostname"] = name
+        expected["spec"]["subdomain"] = "bot-nodes"
+        c = expected["spec"]["containers"][0]
+        c["ports"] = [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}]
+        c["env"] = [
+            {"name": "HF_HOME", "value": "/cache/huggingface"},
+            {"name": "FINETUNE_JOB", "value": "bot"},
+            {"name": "PET_NNODES", "value": "2"},
+            {"name": "PET_NPROC_PER_NODE", "value": "2"},
+            {"name": "PET_NODE_RANK", "value": str(rank)},
+            {"name": "PET_MASTER_ADDR", "value": "bot-3-node-0.bot-nodes"},
+            {"name": "PET_MASTER_PORT", "value": "29500"},
+            {"name": "NCCL_SOCKET_IFNAME", "value": "ib0"},
+            {"name": "NCCL_P2P_DISABLE", "value": "1"},
+        ]
+        assert pod == expected
+    assert b.nodes_service(job) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "bot-nodes",
+            "namespace": "ml",
+            "labels": {
+                "app.kubernetes.io/managed-by": "finetune-operator",
+                "finetune.dev/job": "bot",
+            },
+            "ownerReferences": [OWNER],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"finetune.dev/job": "bot", "finetune.dev/role": "train"},
+            "ports": [{"name": "rendezvous", "port": 29500, "protocol": "TCP"}],
+        },
+    }
+    assert m.training_pod_count(job.spec) == 2 and m.world_size(job.spec) == 4
+
+
+def test_multi_node_cpu_job_gets_the_nccl_default_and_one_process_per_node(
+    make_job: JobF,
+) -> None:
+    job = make_job(spec={"resources": {"gpus": 0, "nodes": 3}})
+    pods = b.train_pods(job, 1, SETTINGS)
+    env = [{e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]} for p in pods]
+    assert [e["PET_NODE_RANK"] for e in env] == ["0", "1", "2"]
+    assert {e["PET_NPROC_PER_NODE"] for e in env} == {"1"} and m.world_size(job.spec) == 3
+    assert {e["NCCL_SOCKET_IFNAME"] for e in env} == {"eth0"}
+    assert b.trainer_config(job, 1, None, None, SETTINGS)["nodes"] == 3
 
 
 def test_trainer_config(make_job: JobF) -> None:
@@ -183,6 +259,7 @@ def test_trainer_config(make_job: JobF) -> None:
         "tracking": {"tensorboard": True, "mlflow": None, "wandb": None},
         "backend": "auto",
         "gpus": 2,
+        "nodes": 1,
         "gpu_memory_mib": 12288,
         "paths": {"work": "/workspace", "model_cache": "/cache", "shared_model_cache": None,
                       "claim": "out"},

@@ -81,7 +81,10 @@ def test_crd_shape() -> None:
     assert columns == ["Phase", "Progress", "Step", "Loss", "ETA", "Age"]
     conds = SCHEMA["properties"]["status"]["properties"]["conditions"]
     assert conds["x-kubernetes-list-type"] == "map"
-    assert SCHEMA["properties"]["spec"]["properties"]["resources"]["default"] == {"gpus": 1}
+    assert SCHEMA["properties"]["spec"]["properties"]["resources"]["default"] == {
+        "gpus": 1,
+        "nodes": 1,
+    }
 
 
 def test_files_on_disk_are_current(tmp_path: Path) -> None:
@@ -255,7 +258,7 @@ def test_what_the_apiserver_admits_the_operator_and_trainer_accept(spec: dict[st
     sources = sum(k in spec["model"] for k in ("name", "pvc"))
     assert ("model: set exactly one of name (hub id) or pvc (+ path)" in errors) == (sources != 1)
     gpus = spec["resources"]["gpus"]
-    assert ("resources.gpus must be between 0 (CPU-only) and 8 (one node)" in errors) == (
+    assert ("resources.gpus must be between 0 (CPU-only) and 8 (per node)" in errors) == (
         not 0 <= gpus <= 8
     )
     if errors:

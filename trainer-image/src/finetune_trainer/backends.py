@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,8 +83,32 @@ def unsloth_available() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
+# Unsloth before unslothai/unsloth#4143 (March 2026) patched accelerate to DistributedType.NO
+# whenever one GPU was visible, ignoring WORLD_SIZE: multi-node with one GPU per node then
+# trained each node alone. 2026.10.9 (requirements/trainer.txt) guards it with WORLD_SIZE <= 1.
+_UNGUARDED_SINGLE_GPU_PATCH = re.compile(r"^if DEVICE_COUNT == 1:\s*$", re.MULTILINE)
+
+
+def unsloth_runs_distributed(utils_source: str) -> bool:
+    """Whether an Unsloth (its ``unsloth/models/_utils.py`` text) keeps torch.distributed on
+    when a rank sees one GPU and WORLD_SIZE > 1."""
+    return _UNGUARDED_SINGLE_GPU_PATCH.search(utils_source) is None
+
+
+def _installed_unsloth_runs_distributed() -> bool:
+    spec = importlib.util.find_spec("unsloth")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "_utils.py"
+    try:
+        return unsloth_runs_distributed(path.read_text(encoding="utf-8"))
+    except OSError:
+        return False
+
+
 def resolve(config: TrainerConfig, device: Device) -> BackendName:
     """The backend to use, or a ``ConfigError`` (exit 2) for an impossible combination."""
+    distributed = device.world_size > 1
     if config.backend == "unsloth":
         if not device.cuda:
             raise ConfigError("backend unsloth needs an NVIDIA GPU (CUDA), and none is visible")
@@ -91,9 +116,20 @@ def resolve(config: TrainerConfig, device: Device) -> BackendName:
             raise ConfigError(
                 "backend unsloth was asked for but unsloth is not installed in the image"
             )
+        if distributed and not _installed_unsloth_runs_distributed():
+            raise ConfigError(
+                "backend unsloth: the installed Unsloth turns torch.distributed off when a rank "
+                "sees one GPU (unslothai/unsloth#4142); use backend transformers or a newer image"
+            )
         return "unsloth"
     if config.backend == "auto" and device.cuda and unsloth_available():
-        return "unsloth"
+        if not distributed or _installed_unsloth_runs_distributed():
+            return "unsloth"
+        log.warning(
+            "backend auto: transformers instead of unsloth, whose installed version turns "
+            "torch.distributed off when a rank sees one GPU (unslothai/unsloth#4142)"
+        )
+        return "transformers"
     if config.method == "qlora" and not device.cuda:
         raise ConfigError(
             "method qlora needs an NVIDIA GPU (bitsandbytes 4-bit); use lora or full on CPU"

@@ -258,6 +258,9 @@ class TrainerConfig(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     backend: Backend = "auto"
     gpus: int = Field(default=0, ge=0, description="Processes to launch; 0 = CPU, one process.")
+    nodes: int = Field(
+        default=1, ge=1, description="Pods training together (PET_NNODES); gpus is per node."
+    )
     gpu_memory_mib: int | None = Field(default=None, ge=1, description="Memory of one GPU.")
     paths: PathsSpec = Field(default_factory=PathsSpec)
     progress: ProgressSpec = Field(default_factory=ProgressSpec)

@@ -81,6 +81,14 @@ class ExportFailedError(TrainerError):
     reason = "ExportFailed"
 
 
+class RendezvousError(TrainerError):
+    """Several nodes could not meet within the bounded wait (the master's DNS name, or every
+    rank joining node 0's store); the operator restarts all the attempt's pods."""
+
+    exit_code = 12
+    reason = "RendezvousFailed"
+
+
 class SuspendedError(TrainerError):
     """Stopped on SIGTERM after writing a complete checkpoint."""
 

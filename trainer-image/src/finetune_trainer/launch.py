@@ -1,11 +1,16 @@
-"""One process per GPU (or N CPU processes with gloo) for data-parallel training.
+"""One process per GPU (or N CPU processes with gloo) for data-parallel training, on one node or
+on each of several.
 
-A small launcher instead of torchrun's elastic agent: it starts ``WORLD_SIZE`` copies of
+A small launcher instead of torchrun's elastic agent: it starts this node's copies of
 ``finetune-trainer train`` with the torch.distributed environment (RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR/PORT), forwards SIGTERM/SIGINT to every rank at once so all of them finish the same
-step and write one consistent checkpoint, and waits as long as the ranks need (torchrun's agent
-escalates to SIGKILL after a fixed 30 s, which can cut a checkpoint of a large model in half). If
-one rank dies, the others are stopped so nothing hangs in a collective.
+MASTER_ADDR/PORT; across nodes from the operator's PET_* variables, rendezvous.py), forwards
+SIGTERM/SIGINT to every rank at once so all of them finish the same step and write one
+consistent checkpoint, and waits as long as the ranks need (torchrun's agent escalates to SIGKILL
+after a fixed 30 s, which can cut a checkpoint of a large model in half). Across nodes a signal
+reaching one pod stops every rank of every node on the same step (the ranks agree through an
+all-reduce, callbacks.SignalCallback), and every rank leaves only after rank 0 marked the
+checkpoint complete. If one rank dies, the others on this node are stopped so nothing hangs in a
+collective.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, EXIT_SUSPENDED
+from finetune_trainer.rendezvous import Topology
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +64,29 @@ def combine(codes: list[int], terminated: bool) -> int:
     if terminated and all(c in (0, EXIT_SUSPENDED) for c in codes):
         return EXIT_SUSPENDED
     failed = [c for c in codes if c not in (0, EXIT_SUSPENDED)]
-    return failed[0] if failed else EXIT_SUSPENDED
+    # an explained failure (exit 2..9, 11, 12) over the generic error or signal of the ranks that
+    # were stopped because of it
+    explained = [c for c in failed if c > EXIT_ERROR]
+    return (explained or failed)[0] if failed else EXIT_SUSPENDED
 
 
-def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
-    """Run ``finetune-trainer <args>`` on ``nprocs`` ranks; return (exit code, reason line)."""
-    port = free_port()
+def rank_env(topo: Topology, local_rank: int) -> dict[str, str]:
+    """The torch.distributed variables of one rank of this node."""
+    return {
+        CHILD_ENV: "1",
+        "RANK": str(topo.rank(local_rank)),
+        "LOCAL_RANK": str(local_rank),
+        "WORLD_SIZE": str(topo.world_size),
+        "LOCAL_WORLD_SIZE": str(topo.nproc_per_node),
+        "GROUP_RANK": str(topo.node_rank),
+        "MASTER_ADDR": topo.master_addr,
+        "MASTER_PORT": str(topo.master_port),
+    }
+
+
+def launch(args: list[str], topo: Topology, *, cuda: bool) -> tuple[int, str]:
+    """Run ``finetune-trainer <args>`` on this node's ranks; return (exit code, reason line)."""
+    nprocs = topo.nproc_per_node
     tmp = Path(tempfile.mkdtemp(prefix="fto-ranks-"))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     procs: list[subprocess.Popen[bytes]] = []
@@ -84,26 +107,22 @@ def launch(args: list[str], nprocs: int, *, cuda: bool) -> tuple[int, str]:
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     for rank in range(nprocs):
         env = dict(os.environ)
-        env.update(
-            {
-                CHILD_ENV: "1",
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": str(nprocs),
-                "LOCAL_WORLD_SIZE": str(nprocs),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "FTO_TERMINATION_LOG": str(tmp / f"rank-{rank}"),
-            }
-        )
-        if not cuda:
+        env.update(rank_env(topo, rank))
+        env["FTO_TERMINATION_LOG"] = str(tmp / f"rank-{rank}")
+        if not cuda and "OMP_NUM_THREADS" not in os.environ:  # the pod's own choice wins
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "finetune_trainer", *args]  # the entry: handlers first
         procs.append(subprocess.Popen(cmd, env=env))
         if received:
             procs[-1].send_signal(received[0])
     log.info(
-        "launched %d ranks (%s), master port %d", nprocs, "cuda/nccl" if cuda else "cpu/gloo", port
+        "launched ranks %d..%d of %d (%s), master %s:%d",
+        topo.rank(0),
+        topo.rank(nprocs - 1),
+        topo.world_size,
+        "cuda/nccl" if cuda else "cpu/gloo",
+        topo.master_addr,
+        topo.master_port,
     )
     try:
         failed_at: float | None = None

@@ -196,6 +196,7 @@ class PlanRequest:
     gradient_accumulation: int | None = None
     gradient_checkpointing: bool = True
     backend: PlanBackend = "unsloth"
+    nodes: int = 1  # the plan is per node; the batch is divided over every node's processes
 
 
 @dataclass(frozen=True)
@@ -332,21 +333,23 @@ def _choose(req: PlanRequest, c: Constants) -> tuple[_Choice | None, _Choice, st
         layouts.append(("model-split", 1, gpus))
     smallest: _Choice | None = None
     for strategy, processes, split in layouts:
-        if req.batch_size % processes:
+        world = processes * req.nodes
+        if req.batch_size % world:
+            nodes = f" on each of {req.nodes} nodes" if req.nodes > 1 else ""
             shape_error = (
-                f"batchSize {req.batch_size} is not divisible by the {processes} processes"
+                f"batchSize {req.batch_size} is not divisible by the {processes} processes{nodes}"
             )
             if strategy == "ddp":
                 continue
             return None, _Choice(strategy, processes, 1, estimate(req, 1, split=split)), shape_error
-        per_process = req.batch_size // processes
+        per_process = req.batch_size // world
         if req.micro_batch_size is not None:
             if per_process % req.micro_batch_size:
                 return (
                     None,
                     _Choice(strategy, processes, req.micro_batch_size, estimate(req, 1)),
                     f"microBatchSize {req.micro_batch_size} does not divide the per-process "
-                    f"batch {per_process} (batchSize {req.batch_size} / {processes} processes)",
+                    f"batch {per_process} (batchSize {req.batch_size} / {world} processes)",
                 )
             candidates = [req.micro_batch_size]
         else:
@@ -413,7 +416,7 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
         "activations": est.activations,
         "ddp": est.ddp,
     }
-    per_process = req.batch_size // chosen.processes
+    per_process = req.batch_size // (chosen.processes * req.nodes)
     accumulation = max(per_process // chosen.micro, 1)
     what = (
         f"{_method_name(req.method)} of {params / 1e9:.2f}B parameters, "
@@ -423,12 +426,13 @@ def plan(req: PlanRequest, c: Constants = CONSTANTS) -> Plan:
         shape_error is None
         and req.gradient_accumulation is not None
         and fit is not None
-        and chosen.micro * req.gradient_accumulation * chosen.processes != req.batch_size
+        and chosen.micro * req.gradient_accumulation * chosen.processes * req.nodes
+        != req.batch_size
     ):
         shape_error = (
             f"microBatchSize {chosen.micro} x gradientAccumulation "
-            f"{req.gradient_accumulation} x {chosen.processes} processes != batchSize "
-            f"{req.batch_size}"
+            f"{req.gradient_accumulation} x {chosen.processes * req.nodes} processes != "
+            f"batchSize {req.batch_size}"
         )
 
     def result(fits: bool, message: str, suggestion: str | None) -> Plan:

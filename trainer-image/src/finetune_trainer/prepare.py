@@ -380,6 +380,7 @@ def make_plan(config: TrainerConfig, model_config: dict[str, Any]) -> planner.Pl
         gradient_accumulation=t.gradient_accumulation,
         gradient_checkpointing=t.gradient_checkpointing,
         backend=plan_backend(config),
+        nodes=config.nodes,
     )
     return planner.plan(request)
 
@@ -427,7 +428,7 @@ def run(config: TrainerConfig, report: Any = None) -> dict[str, Any]:
             rows,
             micro_batch_size=plan.micro_batch_size,
             gradient_accumulation=plan.gradient_accumulation,
-            processes=plan.processes,
+            processes=plan.processes * config.nodes,
             epochs=config.training.epochs,
             max_steps=config.training.max_steps,
         )

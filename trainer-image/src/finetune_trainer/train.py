@@ -34,6 +34,7 @@ from finetune_trainer import (
     launch,
     planner,
     prepare,
+    rendezvous,
     retention,
     stop,
     tracking,
@@ -42,6 +43,7 @@ from finetune_trainer import (
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import (
     EXIT_SUSPENDED,
+    ConfigError,
     CudaOOMError,
     PlanRefusedError,
     write_termination_log,
@@ -85,16 +87,18 @@ def resolve_plan(config: TrainerConfig) -> RunPlan:
         micro, accum = plan.micro_batch_size, plan.gradient_accumulation
     if config.gpus > 1 and strategy == "single":
         strategy, processes = "ddp", config.gpus
+    world = processes * config.nodes  # processes is per node
     if t.micro_batch_size is not None:
         micro = t.micro_batch_size
-        accum = t.gradient_accumulation or max(t.batch_size // (micro * processes), 1)
+        accum = t.gradient_accumulation or max(t.batch_size // (micro * world), 1)
     elif t.gradient_accumulation is not None:
         accum = t.gradient_accumulation
-        micro = max(t.batch_size // (accum * processes), 1)
-    if micro * accum * processes != t.batch_size:
+        micro = max(t.batch_size // (accum * world), 1)
+    if micro * accum * world != t.batch_size:
+        nodes = f" x {config.nodes} nodes" if config.nodes > 1 else ""
         raise PlanRefusedError(
-            f"microBatchSize {micro} x gradientAccumulation {accum} x {processes} processes "
-            f"!= batchSize {t.batch_size}"
+            f"microBatchSize {micro} x gradientAccumulation {accum} x {processes} processes"
+            f"{nodes} != batchSize {t.batch_size}"
         )
     return RunPlan(strategy, processes, micro, accum, None, source)
 
@@ -117,13 +121,23 @@ def main(config: TrainerConfig, config_path: str) -> int:
     allocator_defaults()
     os.environ.setdefault("HF_HUB_CACHE", hubcache.for_model(config))
     stop.stage("start-up")
-    if not launch.is_child():
+    plan = resolve_plan(config)
+    if launch.is_child():
+        return run(config, plan)
+    topo = rendezvous.topology(os.environ, plan.processes, launch.free_port)
+    if topo.nnodes != config.nodes:
+        raise ConfigError(
+            f"PET_NNODES {topo.nnodes} differs from the config's {config.nodes} nodes"
+        )
+    if topo.node_rank == 0:  # one node owns the shared work directory's start-up
         with stop.critical("claiming the work directory"):
             workdir.claim(config.work, config.job.uid)  # before any rank looks for checkpoints
             resume = retention.at_start(config.work, config.checkpoint.keep)
         os.environ[SKIPPED_ENV] = json.dumps(resume.skipped)
-    plan = resolve_plan(config)
-    if plan.processes > 1 and not launch.is_child():
+    if topo.multi_node:
+        stop.stage("waiting for the master's name")
+        rendezvous.wait_for_name(topo.master_addr, rendezvous.timeout_s(os.environ))
+    if topo.world_size > 1:
         import torch
 
         args = [
@@ -133,7 +147,7 @@ def main(config: TrainerConfig, config_path: str) -> int:
             "--config",
             config_path,
         ]
-        code, reason = launch.launch(args, plan.processes, cuda=torch.cuda.is_available())
+        code, reason = launch.launch(args, topo, cuda=torch.cuda.is_available())
         stop.ending()  # the ranks decided; a late signal must not turn their result into 10
         if code != 0 and reason:
             write_termination_log(reason)
@@ -207,7 +221,8 @@ def _init_distributed(device: backends.Device) -> None:
     if not dist.is_initialized():
         if device.cuda:
             torch.cuda.set_device(device.local_rank)
-        dist.init_process_group("nccl" if device.cuda else "gloo")
+        stop.stage("the rendezvous")
+        rendezvous.init_process_group("nccl" if device.cuda else "gloo")
 
 
 def run(config: TrainerConfig, plan: RunPlan) -> int:

@@ -133,16 +133,23 @@ def _next_actions(
     phase = new.phase
     if phase == P.PREPARING and new.reason == R.PREPARED:
         return Actions(publish_first=True)
-    # a training pod of an earlier attempt still running (stalled, or stopped for a suspend and
-    # resumed since) is stopped first; the next pod starts only once it is gone
-    older = [s for s in states.values() if 0 < s.attempt < new.attempt and not s.terminated]
+    # a training pod of an earlier or finished attempt still running (stalled, stopped for a
+    # suspend and resumed since, or a node of a gang whose other node failed) is stopped first;
+    # the next attempt's pods start only once every one of them is gone
+    over = {a.attempt for a in new.attempts if a.attempt > 0}
+    older = [
+        s
+        for s in states.values()
+        if s.attempt > 0 and (s.attempt < new.attempt or s.attempt in over) and not s.terminated
+    ]
     if older and phase not in P.TERMINAL:
         return Actions(delete_pods=tuple(sorted(s.name for s in older if not s.deleting)))
     if phase == P.PREPARING and prep not in states:
         return Actions(create_prepare=True)
     if phase == P.EXPORTING and b.export_pod_name(job) not in states:
         return Actions(create_export=True)
-    if phase == P.STARTING and new.attempt and b.train_pod_name(job, new.attempt) not in states:
+    wanted = b.train_pod_names(job, new.attempt) if new.attempt else []
+    if phase == P.STARTING and any(n not in states for n in wanted):
         return Actions(create_train=new.attempt)
     if phase in (P.SUSPENDING, P.FAILED) and active:
         return Actions(delete_pods=active)

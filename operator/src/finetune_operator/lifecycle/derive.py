@@ -17,6 +17,7 @@ from finetune_operator import models as m
 from finetune_operator import planner
 from finetune_operator.lifecycle import export
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
+from finetune_operator.lifecycle.gang import attempt_state
 from finetune_operator.lifecycle.pods import (
     MISSING_PVC,
     UNBOUND,
@@ -92,7 +93,7 @@ def _batch(spec: m.FineTuneJobSpec, plan: m.PlanStatus | None) -> planner.BatchP
         micro = spec_micro
     if micro is None:
         return None
-    acc = planner.accumulation_for(spec.training.batch_size, micro, spec.resources.gpus)
+    acc = planner.accumulation_for(spec.training.batch_size, micro, m.world_size(spec))
     return planner.BatchPlan(micro, acc)
 
 
@@ -112,6 +113,7 @@ class _Work:
     progress: m.Progress | None
     checkpoint: m.CheckpointStatus | None
     notes: list[str] = field(default_factory=list)
+    nodes: list[m.NodeStatus] | None = None
 
 
 def backoff_seconds(job: m.FineTuneJob, failures: int, cap: int | None = None) -> int:
@@ -240,9 +242,7 @@ def _retry_or_fail(
     if last.reason == R.CUDA_OOM and not prepare and just_recorded:
         current = _batch(job.spec, w.plan)
         micro = current.micro_batch_size if current else job.spec.training.batch_size
-        halved = planner.after_cuda_oom(
-            job.spec.training.batch_size, micro, job.spec.resources.gpus
-        )
+        halved = planner.after_cuda_oom(job.spec.training.batch_size, micro, m.world_size(job.spec))
         if halved is None:
             _fail(w, R.CUDA_OOM, f"CUDA out of memory with micro-batch 1: {last.message}", now)
             return False
@@ -391,6 +391,7 @@ def derive_status(
         attempts=w.attempts,
         retry_after=w.retry_after,
         progress=w.progress,
+        nodes=w.nodes if w.phase not in P.TERMINAL else None,
         checkpoint=w.checkpoint,
         data=data,
         plan=w.plan,
@@ -498,8 +499,10 @@ def _derive_training(
     n = w.attempt
     w.progress = merge_progress(w.progress, progress, n, total_steps, now)
     step = w.progress.step if (w.progress and w.progress.attempt == n) else None
-    pod = by_name.get(b.train_pod_name(job, n)) if n else None
-    state = pod_state(pod) if pod is not None else None
+    gang = attempt_state(job, by_name, n) if n else None
+    state = gang.state if gang is not None else None
+    active = gang is not None and gang.active  # some node still runs: a stop is not over
+    w.nodes = list(gang.nodes) if gang is not None and gang.nodes else None
     recorded = any(a.attempt == n for a in w.attempts) if n else True
 
     if state is not None and not recorded and state.kind == K.SUCCEEDED:
@@ -514,7 +517,7 @@ def _derive_training(
     # resume before the pod is gone waits for it, and however the pod ends it is no failure
     user_stop = job.spec.suspend or (bool(n) and not recorded and w.phase == P.SUSPENDING)
     if user_stop:
-        if state is not None and not state.terminated:
+        if state is not None and (active or not state.terminated):
             w.phase, w.reason = P.SUSPENDING, P.SUSPENDING
             w.message = (
                 f"stopping {state.name}: checkpoint, then exit"
@@ -580,6 +583,12 @@ def _derive_training(
             w, job, last, prepare=False, now=now, cap=cap, just_recorded=just_recorded
         )
     ):
+        return
+    if active and job.spec.resources.nodes > 1:
+        # a gang: the failed attempt's other nodes are stopped first (next_actions); bumping the
+        # attempt now would find its pods missing at the next pass and count them as deleted
+        w.phase, w.reason = P.PENDING, R.BACKOFF
+        w.message = f"attempt {n} failed: stopping its other nodes before attempt {n + 1}"
         return
     w.attempt = n + 1
     w.retry_after = None
