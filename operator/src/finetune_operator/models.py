@@ -33,6 +33,11 @@ RESTART_ANNOTATION = f"{GROUP}/restart-requested-at"
 """Set (to an RFC 3339 time) by the Argo CD restart action and ``kubectl finetune restart``."""
 RESTART_STATUS_FIELD = "lastRestartRequestedAt"
 """``status`` field where the operator records the annotation value it has acted on."""
+RETRY_ANNOTATION = f"{GROUP}/retry-requested-at"
+"""Set (to an RFC 3339 time) by the Argo CD retry action and ``kubectl finetune retry``: a Failed
+job tries again in the same run, from its newest complete checkpoint, with a fresh retry budget."""
+RETRY_STATUS_FIELD = "lastRetryRequestedAt"
+"""``status`` field where the operator records the retry annotation value it has acted on."""
 
 Quantity = int | str
 """A Kubernetes resource quantity (``2``, ``500m``, ``16Gi``): x-kubernetes-int-or-string."""
@@ -110,6 +115,8 @@ class Reason(StrEnum):
     POD_DELETED = "PodDeleted"
     RETRYING = "Retrying"
     RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
+    RETRY_REQUESTED = "RetryRequested"  # finetune.dev/retry-requested-at on a Failed job
+    RETRY_IGNORED = "RetryIgnored"  # the same annotation on a job that has not failed (an Event)
     PREPARED = "Prepared"  # status.data and status.plan written; the training pod comes next
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     SPEC_EDIT_APPLIED = "SpecEditApplied"  # an edit made while suspended took effect on resume
@@ -856,6 +863,18 @@ class FineTuneJobStatus(_Base):
         default=None,
         description="Value of the finetune.dev/restart-requested-at annotation the operator "
         "last acted on; a different value asks for a restart.",
+    )
+    last_retry_requested_at: str | None = Field(
+        default=None,
+        description="Value of the finetune.dev/retry-requested-at annotation the operator last "
+        "acted on; a different value asks a Failed job to try again.",
+    )
+    retry_budget_from: int = Field(
+        default=0,
+        ge=0,
+        description="Failures in status.attempts before this index do not count against "
+        "spec.retry.limit: set to the number of attempts by each retry of a Failed job "
+        "(annotation finetune.dev/retry-requested-at).",
     )
 
 

@@ -26,6 +26,11 @@ VERBS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "suspend": ("Suspend the job (spec.suspend=true): checkpoint, free the GPUs.", True, ()),
     "resume": ("Resume the job from its newest checkpoint (spec.suspend=false).", True, ()),
     "restart": ("Start the job over from step 0 (the restart annotation).", True, ()),
+    "retry": (
+        "Try a Failed job again from its newest checkpoint (the retry annotation).",
+        True,
+        (),
+    ),
     "events": ("Events of the job and its pods.", True, ()),
     "report": ("Write a tarball for bug reports (no Secrets).", True, ("-o", "--output")),
 }
@@ -176,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
         from finetune_operator.cli import control
 
         return control.set_suspend(api, args.name, verb == "suspend", out)
-    if verb == "restart":
+    if verb in ("restart", "retry"):
         from finetune_operator.cli import control
 
-        return control.restart(api, args.name, out)
+        request = control.restart if verb == "restart" else control.retry
+        return request(api, args.name, out)
     from finetune_operator.cli import diagnose
 
     if verb == "logs":

@@ -20,6 +20,7 @@ from finetune_operator.lifecycle.pods import (
     sentence,
 )
 from finetune_operator.lifecycle.restart import restarting
+from finetune_operator.lifecycle.retry import in_prepare, retrying
 
 P = m.Phase
 R = m.Reason
@@ -109,6 +110,7 @@ class Actions:
     create_train: int | None = None
     delete_pods: tuple[str, ...] = ()
     reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
+    reset_prepare: bool = False  # wipe the failed prepare stage's report (a retry)
     publish_first: bool = False  # publish this status, then reconcile again at once
 
 
@@ -118,10 +120,27 @@ def next_actions(
     states = {s.name: s for s in (pod_state(p) for p in pods)}
     if restarting(new):  # every pod of the previous run goes, finished ones too (names reused)
         return Actions(delete_pods=tuple(sorted(n for n, s in states.items() if not s.deleting)))
+    if retrying(new):
+        return _retry_actions(job, new, states)
     acts = _next_actions(job, new, states, now)
     if restarting(job.status):
         return replace(acts, reset_progress=True)
     return acts
+
+
+def _retry_actions(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, states: dict[str, PodState]
+) -> Actions:
+    """A retry of a Failed job: the failed prepare pod goes (its name is reused) and its report
+    is wiped; a training stage needs nothing gone (the next attempt has a new pod name)."""
+    if not in_prepare(new):
+        return Actions(publish_first=True)
+    prep = b.prepare_pod_name(job)
+    reset = not retrying(job.status)
+    if prep not in states:
+        return Actions(reset_prepare=reset, publish_first=True)
+    gone = () if states[prep].deleting else (prep,)
+    return Actions(delete_pods=gone, reset_prepare=reset)
 
 
 def _next_actions(
@@ -155,6 +174,15 @@ def transition_events(
     transition, a halved micro-batch."""
     if new.last_restart_requested_at != old.last_restart_requested_at and restarting(new):
         return [("Normal", R.RESTARTING, new.message or "restart requested")]
+    if new.last_retry_requested_at != old.last_retry_requested_at:
+        if retrying(new):
+            return [("Normal", R.RETRY_REQUESTED, new.message or "retry requested")]
+        ignored = (
+            f"retry requested at {new.last_retry_requested_at} ignored: only a Failed job is "
+            f"retried (phase {old.phase or 'none yet'}); `kubectl finetune restart` trains "
+            "again from step 0"
+        )
+        return [("Warning", R.RETRY_IGNORED, ignored[:MAX_MESSAGE])]
     events: list[tuple[str, str, str]] = []
     for rec in new.attempts[len(old.attempts) :]:
         if rec.reason in (R.COMPLETED, R.SUSPENDED):
