@@ -120,6 +120,7 @@ class Reason(StrEnum):
     PREPARED = "Prepared"  # status.data and status.plan written; the training pod comes next
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     SPEC_EDIT_APPLIED = "SpecEditApplied"  # an edit made while suspended took effect on resume
+    CHECKPOINT_SKIPPED = "CheckpointSkipped"  # a damaged checkpoint set aside on resume (Event)
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"
     CUDA_OOM = "CudaOOM"
@@ -741,6 +742,13 @@ class Condition(_Base):
     )
 
 
+class SkippedCheckpoint(_Base):
+    """A damaged checkpoint the trainer set aside (renamed ``<path>.corrupt``) on resume."""
+
+    path: str = Field(max_length=1024, description="Path relative to the job's volume.")
+    error: str | None = Field(default=None, max_length=300, description="Why it could not be used.")
+
+
 class Progress(_Base):
     """Validated copy of what the trainer reports."""
 
@@ -774,6 +782,19 @@ class Progress(_Base):
             "Spec edits made while suspended that this attempt applied on resume, e.g. "
             "`learningRate 0.003 -> 0.0001 from step 14` (also an Event, reason SpecEditApplied)."
         ),
+    )
+    resumed_from: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Checkpoint this attempt resumed from (path relative to the job's volume); "
+        "null when it started from step 0.",
+    )
+    skipped_checkpoints: list[SkippedCheckpoint] | None = Field(
+        default=None,
+        max_length=10,
+        description="Newer checkpoints this attempt found damaged and set aside (renamed "
+        "`.corrupt`) before resuming from an older one (also an Event, reason "
+        "CheckpointSkipped).",
     )
     updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
 

@@ -198,10 +198,31 @@ def transition_events(
     for text in (new.progress.edits or []) if new.progress is not None else []:
         if text not in seen:
             events.append(("Normal", R.SPEC_EDIT_APPLIED, text[:MAX_MESSAGE]))
+    events += _skipped_events(old.progress, new.progress)
     if new.phase != old.phase or (new.phase == P.STARTING and new.attempt != old.attempt):
         kind = "Warning" if new.phase in (P.FAILED,) else "Normal"
         reason = new.reason if new.phase == P.FAILED and new.reason else str(new.phase)
         events.append((kind, reason, (new.message or str(new.phase))[:MAX_MESSAGE]))
+    return events
+
+
+def _skipped_events(old: m.Progress | None, new: m.Progress | None) -> list[tuple[str, str, str]]:
+    """A Warning per damaged checkpoint the trainer newly set aside on resume."""
+    if new is None:
+        return []
+    same = old is not None and old.attempt == new.attempt
+    seen = {s.path for s in (old.skipped_checkpoints or [])} if same and old else set()
+    events: list[tuple[str, str, str]] = []
+    for skipped in new.skipped_checkpoints or []:
+        if skipped.path in seen:
+            continue
+        why = f" ({skipped.error})" if skipped.error else ""
+        instead = new.resumed_from or "step 0"
+        message = (
+            f"checkpoint {skipped.path} is damaged{why}: set aside as {skipped.path}.corrupt; "
+            f"attempt {new.attempt} resumed from {instead}"
+        )
+        events.append(("Warning", R.CHECKPOINT_SKIPPED, message[:MAX_MESSAGE]))
     return events
 
 
