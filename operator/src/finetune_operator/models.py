@@ -121,6 +121,7 @@ class Reason(StrEnum):
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     SPEC_EDIT_APPLIED = "SpecEditApplied"  # an edit made while suspended took effect on resume
     CHECKPOINT_SKIPPED = "CheckpointSkipped"  # a damaged checkpoint set aside on resume (Event)
+    SPEC_CHANGED = "SpecChangedAfterCompletion"  # a finished job's spec edited (an Event)
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"
     CUDA_OOM = "CudaOOM"
@@ -873,6 +874,13 @@ class FineTuneJobStatus(_Base):
     plan: PlanStatus | None = Field(default=None, description="Memory plan.")
     start_time: datetime | None = Field(default=None, description="First training pod start.")
     completion_time: datetime | None = Field(default=None, description="When it ended.")
+    completed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="metadata.generation the job finished (Succeeded or Failed) with. A larger "
+        "metadata.generation means the spec was edited after completion and never trained: "
+        "the conditions say so, with a Warning Event SpecChangedAfterCompletion.",
+    )
     run: int = Field(
         default=0,
         ge=0,

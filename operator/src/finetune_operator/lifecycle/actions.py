@@ -11,7 +11,7 @@ from typing import Any
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
-from finetune_operator.lifecycle.derive import active_since
+from finetune_operator.lifecycle.derive import active_since, spec_changed_after_completion
 from finetune_operator.lifecycle.pods import (
     PodKind,
     PodState,
@@ -38,6 +38,7 @@ def failed_status(
             "observed_generation": generation,
             "retry_after": None,
             "completion_time": old.completion_time or now,
+            "completed_generation": generation,
             "conditions": conditions_for(
                 P.FAILED,
                 reason=reason,
@@ -199,6 +200,12 @@ def transition_events(
         if text not in seen:
             events.append(("Normal", R.SPEC_EDIT_APPLIED, text[:MAX_MESSAGE]))
     events += _skipped_events(old.progress, new.progress)
+    edited = new.observed_generation or 0
+    done = new.completed_generation
+    if new.phase in P.TERMINAL and done is not None and edited > (old.observed_generation or 0):
+        note = spec_changed_after_completion(edited, done)
+        if note is not None:
+            events.append(("Warning", R.SPEC_CHANGED, note[:MAX_MESSAGE]))
     if new.phase != old.phase or (new.phase == P.STARTING and new.attempt != old.attempt):
         kind = "Warning" if new.phase in (P.FAILED,) else "Normal"
         reason = new.reason if new.phase == P.FAILED and new.reason else str(new.phase)

@@ -309,13 +309,15 @@ def derive_status(
     old = job.status
     gen = job.generation
     if old.phase in P.TERMINAL:
+        done = old.completed_generation or old.observed_generation or gen
         return old.model_copy(
             update={
                 "observed_generation": gen,
+                "completed_generation": done,
                 "conditions": conditions_for(
                     old.phase or P.FAILED,
                     reason=old.reason,
-                    message=old.message,
+                    message=_after_completion(old.message, gen, done),
                     generation=gen,
                     old=old.conditions,
                     now=now,
@@ -409,11 +411,29 @@ def derive_status(
         plan=w.plan,
         start_time=w.start_time,
         completion_time=w.completion_time if w.phase in P.TERMINAL else None,
+        completed_generation=gen if w.phase in P.TERMINAL else None,
         run=old.run,
         last_restart_requested_at=old.last_restart_requested_at,
         last_retry_requested_at=old.last_retry_requested_at,
         retry_budget_from=old.retry_budget_from,
     )
+
+
+def spec_changed_after_completion(generation: int, done: int) -> str | None:
+    """What a finished job's conditions add when its spec was edited after it ended."""
+    if generation <= done:
+        return None
+    return (
+        f"spec changed after completion (generation {generation}; it finished with "
+        f"generation {done}) and was not trained: `kubectl finetune restart` to retrain"
+    )
+
+
+def _after_completion(message: str | None, generation: int, done: int) -> str | None:
+    note = spec_changed_after_completion(generation, done)
+    if note is None:
+        return message
+    return f"{note}. {message}" if message else note
 
 
 def _derive_prepare(

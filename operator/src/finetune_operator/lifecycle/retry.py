@@ -69,6 +69,7 @@ def retry_status(job: m.FineTuneJob, value: str, now: datetime) -> m.FineTuneJob
             "attempts": attempts,
             "retry_after": None,
             "completion_time": None,
+            "completed_generation": None,
             "last_retry_requested_at": value,
             "retry_budget_from": len(attempts),
         }
