@@ -41,10 +41,11 @@ def helm(cluster: Cluster, *args: str) -> str:
 
 
 def upgrade(cluster: Cluster, value: str) -> None:
-    """``helm upgrade`` of the e2e release with one changed value; the install's others kept."""
+    """``helm upgrade`` of the e2e release with one changed value; the install's others kept.
+    ``--set-json``: ``--set`` turns 0.5 into the string "0.5", which the schema refuses."""
     chart = str(REPO_ROOT / "charts" / "finetune-operator")
-    helm(cluster, "upgrade", RELEASE, chart, "-n", SYSTEM_NS, "--reuse-values", "--set", value,
-         "--wait", "--timeout", "5m")  # fmt: skip
+    helm(cluster, "upgrade", RELEASE, chart, "-n", SYSTEM_NS, "--reuse-values",
+         "--set-json", value, "--wait", "--timeout", "5m")  # fmt: skip
 
 
 def operator_env(cluster: Cluster, name: str) -> str | None:
