@@ -559,3 +559,30 @@ def test_restart_annotation_mid_run_starts_over_from_step_0(
     events = cluster.kubectl("get", "events", "-n", namespace,
                              "--field-selector", "reason=Restarting", "-o", "name")  # fmt: skip
     assert events.split(), "no Restarting event"
+
+
+def test_retry_annotation_resumes_a_failed_job_from_its_checkpoint(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    pvc(cluster, namespace)
+    data_config_map(cluster, namespace)
+    # attempt 1 fills the volume at step 5 (DiskFull, exit 6: never retried by itself)
+    job(cluster, namespace, steps=10, pace=0.2,
+        env={"STANDIN_FAIL_AT_STEP": "5", "STANDIN_FAIL_EXIT": "6", "STANDIN_FAIL_ATTEMPTS": "1"},
+        retry={"limit": 0, "backoffSeconds": 1})  # fmt: skip
+    failed = wait_phase(cluster, namespace, "Failed", timeout=240)
+    assert failed["reason"] == "DiskFull" and failed["checkpoint"]["step"] == 3
+    value = "2026-11-26T12:00:00Z"
+    # what `kubectl finetune retry` and the Argo CD retry action do (after the claim grew)
+    cluster.kubectl("annotate", "ftj", "bot", "-n", namespace,
+                    f"finetune.dev/retry-requested-at={value}")  # fmt: skip
+    done = wait_phase(cluster, namespace, "Succeeded", timeout=240,
+                      extra=lambda s: s.get("lastRetryRequestedAt") == value)  # fmt: skip
+    # same run, the next attempt, from the checkpoint; retry.limit 0 did not stop it
+    assert (done["run"], done["attempt"], done["retryBudgetFrom"]) == (0, 2, 1)
+    assert [a["reason"] for a in done["attempts"]] == ["DiskFull", "Completed"]
+    assert done["progress"]["step"] == 10
+    assert "resuming from step 3" in logs(cluster, namespace, "bot-2")
+    events = cluster.kubectl("get", "events", "-n", namespace,
+                             "--field-selector", "reason=RetryRequested", "-o", "name")  # fmt: skip
+    assert events.split(), "no RetryRequested event"

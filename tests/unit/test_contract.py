@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -98,17 +99,48 @@ def test_report_keys_match() -> None:
     )
 
 
-def test_the_trainers_progress_report_parses_into_the_typed_report() -> None:
-    """Every field of ProgressReport is one the trainer writes, and a real report parses whole."""
+def test_the_trainers_progress_report_parses_into_the_typed_report(tmp_path: Path) -> None:
+    """Every field of ProgressReport is one the trainer writes, and a real report parses whole,
+    with the resume details (a damaged newest checkpoint set aside) mirrored into the status."""
     callbacks = pytest.importorskip("finetune_trainer.callbacks")
     progress = pytest.importorskip("finetune_trainer.progress")
+    checkpoints = pytest.importorskip("finetune_trainer.checkpoints")
+    root = tmp_path / "checkpoints"
+    for step, state_json in ((2, "{}"), (4, "{truncated")):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}/trainer_state.json").write_text(state_json)
+        (root / f"checkpoint-{step}" / checkpoints.MARKER).write_text("{}")
+    resume = checkpoints.usable(root)  # what train.run reports when it resumes
     cb = callbacks.ProgressCallback(None, 2, cuda=False)
     cb.loss, cb.learning_rate = 1.25, 1e-4
     cb.checkpoint = {"step": 4, "path": "checkpoints/checkpoint-4", "time": progress.now_iso()}
+    cb.extra.update(
+        resumed_from=f"checkpoints/{resume.path.name}" if resume.path else None,
+        skipped_checkpoints=resume.skipped,
+        checkpoint_save_seconds=1.8,
+        checkpoint_bytes=4096,
+    )
     cb._t0 = time.monotonic() - 10
     state = SimpleNamespace(global_step=5, max_steps=10, epoch=0.5, num_input_tokens_seen=4096)
     written = {**cb.snapshot(state, "running"), "time": progress.now_iso()}  # what put() adds
-    assert set(lc.ProgressReport.model_fields) == set(written)  # the operator reads every key
+    # the operator reads every key but the trainer's own timing
+    assert set(lc.ProgressReport.model_fields) == set(written) - lc.reports.IGNORED_PROGRESS_KEYS
+    report = lc.parse_progress(json.dumps(written))
+    assert report is not None and report.resumed_from == "checkpoints/checkpoint-2"
+    mirrored = lc.merge_progress(None, report, 2, 10, datetime.now(UTC))
+    assert mirrored is not None and mirrored.resumed_from == "checkpoints/checkpoint-2"
+    assert [s.path for s in mirrored.skipped_checkpoints or []] == ["checkpoints/checkpoint-4"]
+    # status.checkpoint never keeps pointing at the damaged one
+    old = m.CheckpointStatus(step=4, path="checkpoints/checkpoint-4")
+    kept = lc.merge_checkpoint(old, report.model_copy(update={"checkpoint": None}))
+    assert kept == m.CheckpointStatus(step=2, path="checkpoints/checkpoint-2")
+    [(kind, reason, message)] = lc.transition_events(
+        m.FineTuneJobStatus(), m.FineTuneJobStatus(progress=mirrored)
+    )
+    assert (kind, reason) == ("Warning", m.Reason.CHECKPOINT_SKIPPED)
+    assert (
+        "checkpoint-4 is damaged" in message and "resumed from checkpoints/checkpoint-2" in message
+    )
     report = lc.parse_progress(json.dumps(written))
     assert report is not None
     assert (report.attempt, report.step, report.total_steps, report.state) == (2, 5, 10, "running")
@@ -155,6 +187,12 @@ def test_absurd_fields_are_dropped_one_by_one() -> None:
     report = lc.parse_progress(text)
     assert report is not None and (report.attempt, report.step) == (1, 3)
     assert (report.loss, report.eta_seconds, report.epoch, report.checkpoint) == (None,) * 4
+    listed = lc.parse_progress(
+        '{"attempt": 1, "step": 3, "resumed_from": "", '
+        '"skipped_checkpoints": [7, {"error": "no path"}, {"path": "c/checkpoint-2", "error": 5}]}'
+    )
+    assert listed is not None and listed.resumed_from is None
+    assert listed.skipped_checkpoints == [m.SkippedCheckpoint(path="c/checkpoint-2", error="5")]
 
 
 def test_exit_code_table() -> None:

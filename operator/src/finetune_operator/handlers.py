@@ -34,6 +34,7 @@ from finetune_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 RESTART_FIELD = ("metadata", "annotations", m.RESTART_ANNOTATION)
+RETRY_FIELD = ("metadata", "annotations", m.RETRY_ANNOTATION)
 
 
 @functools.cache
@@ -113,7 +114,8 @@ def job_changed(name: str, namespace: str | None, **_: Any) -> None:
 
 
 # An annotation does not bump metadata.generation and is no part of ``spec``: watch the restart
-# annotation on its own (a tuple path, since the key holds dots and a slash).
+# and retry annotations on their own (a tuple path, since the key holds dots and a slash).
+@kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RETRY_FIELD)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RESTART_FIELD)
 def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
     with _as_kopf():
@@ -229,11 +231,12 @@ def resync_once() -> None:
     for item in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
         status = item.get("status") or {}
-        restart = (meta.get("annotations") or {}).get(m.RESTART_ANNOTATION)
+        annotations = meta.get("annotations") or {}
         if (
             status.get("phase") in m.Phase.TERMINAL
             and spec.get("ttlSecondsAfterFinished") is None
-            and restart == status.get(m.RESTART_STATUS_FIELD)
+            and annotations.get(m.RESTART_ANNOTATION) == status.get(m.RESTART_STATUS_FIELD)
+            and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
         ):
             continue
         futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
@@ -470,6 +473,8 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     acts = lc.next_actions(job, new, pods, now)
     if acts.reset_progress:  # a restart: the previous run's reports must not count
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
+    elif acts.reset_prepare:  # a retry of the prepare stage: its failure must not count again
+        kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PREPARE_KEY,))
     new = _act(body, job, new, acts, pods=pods, progress_exists=cm is not None, now=now)
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)

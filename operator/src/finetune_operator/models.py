@@ -33,6 +33,11 @@ RESTART_ANNOTATION = f"{GROUP}/restart-requested-at"
 """Set (to an RFC 3339 time) by the Argo CD restart action and ``kubectl finetune restart``."""
 RESTART_STATUS_FIELD = "lastRestartRequestedAt"
 """``status`` field where the operator records the annotation value it has acted on."""
+RETRY_ANNOTATION = f"{GROUP}/retry-requested-at"
+"""Set (to an RFC 3339 time) by the Argo CD retry action and ``kubectl finetune retry``: a Failed
+job tries again in the same run, from its newest complete checkpoint, with a fresh retry budget."""
+RETRY_STATUS_FIELD = "lastRetryRequestedAt"
+"""``status`` field where the operator records the retry annotation value it has acted on."""
 
 Quantity = int | str
 """A Kubernetes resource quantity (``2``, ``500m``, ``16Gi``): x-kubernetes-int-or-string."""
@@ -111,9 +116,13 @@ class Reason(StrEnum):
     POD_DELETED = "PodDeleted"
     RETRYING = "Retrying"
     RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
+    RETRY_REQUESTED = "RetryRequested"  # finetune.dev/retry-requested-at on a Failed job
+    RETRY_IGNORED = "RetryIgnored"  # the same annotation on a job that has not failed (an Event)
     PREPARED = "Prepared"  # status.data and status.plan written; the training pod comes next
     MICRO_BATCH_HALVED = "MicroBatchHalved"
     SPEC_EDIT_APPLIED = "SpecEditApplied"  # an edit made while suspended took effect on resume
+    CHECKPOINT_SKIPPED = "CheckpointSkipped"  # a damaged checkpoint set aside on resume (Event)
+    SPEC_CHANGED = "SpecChangedAfterCompletion"  # a finished job's spec edited (an Event)
     # failures of a pod (docs/contract.md section 4)
     OOM_KILLED = "OOMKilled"
     CUDA_OOM = "CudaOOM"
@@ -1009,6 +1018,13 @@ class Condition(_Base):
     )
 
 
+class SkippedCheckpoint(_Base):
+    """A damaged checkpoint the trainer set aside (renamed ``<path>.corrupt``) on resume."""
+
+    path: str = Field(max_length=1024, description="Path relative to the job's volume.")
+    error: str | None = Field(default=None, max_length=300, description="Why it could not be used.")
+
+
 class Progress(_Base):
     """Validated copy of what the trainer reports."""
 
@@ -1042,6 +1058,19 @@ class Progress(_Base):
             "Spec edits made while suspended that this attempt applied on resume, e.g. "
             "`learningRate 0.003 -> 0.0001 from step 14` (also an Event, reason SpecEditApplied)."
         ),
+    )
+    resumed_from: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Checkpoint this attempt resumed from (path relative to the job's volume); "
+        "null when it started from step 0.",
+    )
+    skipped_checkpoints: list[SkippedCheckpoint] | None = Field(
+        default=None,
+        max_length=10,
+        description="Newer checkpoints this attempt found damaged and set aside (renamed "
+        "`.corrupt`) before resuming from an older one (also an Event, reason "
+        "CheckpointSkipped).",
     )
     updated_at: datetime | None = Field(default=None, description="When the trainer reported.")
 
@@ -1136,6 +1165,13 @@ class FineTuneJobStatus(_Base):
     plan: PlanStatus | None = Field(default=None, description="Memory plan.")
     start_time: datetime | None = Field(default=None, description="First training pod start.")
     completion_time: datetime | None = Field(default=None, description="When it ended.")
+    completed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="metadata.generation the job finished (Succeeded or Failed) with. A larger "
+        "metadata.generation means the spec was edited after completion and never trained: "
+        "the conditions say so, with a Warning Event SpecChangedAfterCompletion.",
+    )
     run: int = Field(
         default=0,
         ge=0,
@@ -1147,6 +1183,18 @@ class FineTuneJobStatus(_Base):
         default=None,
         description="Value of the finetune.dev/restart-requested-at annotation the operator "
         "last acted on; a different value asks for a restart.",
+    )
+    last_retry_requested_at: str | None = Field(
+        default=None,
+        description="Value of the finetune.dev/retry-requested-at annotation the operator last "
+        "acted on; a different value asks a Failed job to try again.",
+    )
+    retry_budget_from: int = Field(
+        default=0,
+        ge=0,
+        description="Failures in status.attempts before this index do not count against "
+        "spec.retry.limit: set to the number of attempts by each retry of a Failed job "
+        "(annotation finetune.dev/retry-requested-at).",
     )
 
 

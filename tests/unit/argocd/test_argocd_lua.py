@@ -143,7 +143,7 @@ def test_every_phase_and_testdata_is_covered() -> None:
     on_disk = {
         f"testdata/{p.name}"
         for p in (CUSTOM / "testdata").glob("*.yaml")
-        if not p.stem.endswith(("-suspended", "-resumed", "-restarted"))
+        if not p.stem.endswith(("-suspended", "-resumed", "-restarted", "-retried"))
         and p.stem != "restart-pending"
     }
     assert covered == on_disk
@@ -234,7 +234,7 @@ def test_argocd_cm_snippet_is_generated_from_the_scripts() -> None:
     assert cm["data"][gitops.HEALTH_KEY] == (CUSTOM / "health.lua").read_text()
     actions = yaml.safe_load(cm["data"][gitops.ACTIONS_KEY])
     assert actions["discovery.lua"] == (CUSTOM / "actions/discovery.lua").read_text()
-    assert [d["name"] for d in actions["definitions"]] == ["suspend", "resume", "restart"]
+    assert [d["name"] for d in actions["definitions"]] == ["suspend", "resume", "restart", "retry"]
 
 
 def test_argocd_cm_snippet_runs_like_the_files(sandbox: Sandbox, tmp_path: Path) -> None:

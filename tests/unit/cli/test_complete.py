@@ -19,7 +19,7 @@ def lister(what: str, flags: dict[str, str]) -> list[str]:
     [
         ([""], list(VERBS), 4),
         (["st"], ["status"], 4),
-        (["re"], ["resume", "restart", "report"], 4),
+        (["re"], ["resume", "restart", "retry", "report"], 4),
         (["watch", ""], ["bot-a", "bot-b", "other"], 4),
         (["logs", "bo"], ["bot-a", "bot-b"], 4),
         (["-n", "empty", "watch", ""], [], 4),

@@ -138,14 +138,18 @@ def test_status_field_names_match_gitops_constants() -> None:
     assert dumped[m.RESTART_STATUS_FIELD] == T1
 
 
-def test_an_update_handler_watches_the_restart_annotation() -> None:
+@pytest.mark.parametrize(
+    ("attr", "annotation"),
+    [("RESTART_FIELD", m.RESTART_ANNOTATION), ("RETRY_FIELD", m.RETRY_ANNOTATION)],
+)
+def test_an_update_handler_watches_the_annotation(attr: str, annotation: str) -> None:
     # annotations do not bump metadata.generation and are outside ``spec``: without this handler
-    # only the periodic resync would notice a restart request
+    # only the periodic resync would notice a restart or retry request
     import kopf
 
     from finetune_operator import handlers
 
     registry = kopf.get_default_registry()
     fields = {h.field for h in registry._changing.get_all_handlers()}
-    assert handlers.RESTART_FIELD == ("metadata", "annotations", m.RESTART_ANNOTATION)
-    assert handlers.RESTART_FIELD in fields
+    assert getattr(handlers, attr) == ("metadata", "annotations", annotation)
+    assert getattr(handlers, attr) in fields

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_trainer import (
+    agree,
     backends,
     chat_templates,
     checkpoints,
@@ -344,6 +345,16 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         ],
     )
     skipped = json.loads(os.environ.get(SKIPPED_ENV) or "[]")
+    if resume is not None and device.world_size > 1:  # every rank on the same checkpoint
+        coll = agree.TorchCollective(f"cuda:{device.local_rank}" if device.cuda else "cpu")
+        agreed = agree.agree(ckpt_root, resume, lambda p: probe_load(trainer, p), coll, _rank())
+        skipped += agreed.skipped
+        if agreed.path is None:
+            raise RuntimeError(
+                f"no complete checkpoint loads on every rank (set aside: "
+                f"{', '.join(s['path'] for s in agreed.skipped)})"
+            )
+        resume = agreed.path
     progress.extra["resumed_from"] = f"checkpoints/{resume.name}" if resume else None
     if skipped:
         progress.extra["skipped_checkpoints"] = skipped  # damaged, set aside (checkpoints.py)
@@ -451,11 +462,31 @@ def save_output(
     files.publish(staging, out)
 
 
+def probe_load(trainer: Any, path: Path) -> str | None:
+    """What stops this rank from resuming from ``path`` (loaded as HF Trainer will), or None."""
+    problem = checkpoints.verify(path)
+    if problem is not None:
+        return problem
+    try:
+        trainer._load_from_checkpoint(str(path))  # the weights (and adapter)
+        optimizer = path / "optimizer.pt"
+        if optimizer.is_file():  # mapped, not read: its structure, not gigabytes of state
+            import torch
+
+            state = torch.load(optimizer, map_location="cpu", mmap=True, weights_only=True)
+            if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+                return "optimizer.pt holds no optimizer state"
+    except Exception as exc:  # any load failure is the checkpoint's, for the agreement
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
 def fallback(exc: Exception, resume: Path | None, root: Path, world_size: int) -> Path | None:
     """The previous complete checkpoint when loading ``resume`` failed before training began
     (a damage the cheap verification cannot see, e.g. a state dict of the wrong shape); the
     damaged one is set aside as ``.corrupt``. None when there is nothing to fall back to: no
-    resume, training had begun, several ranks (they would have to agree), or no older one (the
+    resume, training had begun, several ranks (they agreed before training: ``agree``, and a
+    failure after that is not a fallback one rank may take alone), or no older one (the
     model may hold the damaged weights: starting from step 0 on them would be wrong)."""
     if resume is None or stop.training_started() or world_size > 1:
         return None

@@ -7,12 +7,14 @@ import re
 import sys
 import tarfile
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import yaml
 
+from finetune_operator import models as m
 from finetune_operator.cli import render as r
 from finetune_operator.cli.api import Api, CliError
 from finetune_operator.cli.jobs import clean, job_events
@@ -22,15 +24,24 @@ _SENSITIVE = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_?KEY", r
 REDACTED = "<redacted>"
 
 
-def logs(api: Api, name: str, follow: bool, tail: int | None, out: BinaryIO) -> int:
-    """``kubectl finetune logs NAME [-f]``: the current attempt's trainer pod, else the newest
-    pod of the job."""
+def logs(
+    api: Api, name: str, follow: bool, tail: int | None, out: BinaryIO, *, every: bool = False
+) -> int:
+    """``kubectl finetune logs NAME [-f] [--all]``: the current attempt's trainer pod, else the
+    newest pod of the job (saying so when the current attempt's pod is gone); with ``--all``
+    every pod of the job, oldest first, and the attempts whose pods are gone."""
     job = api.get_job(api.namespace, name)
     pods = api.list_pods(api.namespace, name)
-    pod = r.trainer_pod(pods, (job.get("status") or {}).get("attempt"))
+    if every:
+        return _all_logs(api, job, pods, tail, out)
+    attempt = (job.get("status") or {}).get("attempt")
+    pod = r.trainer_pod(pods, attempt)
     if pod is None:
         raise CliError(f'no pods of finetunejob "{name}" yet (phase {r.phase(job)})')
     pod_name = pod["metadata"]["name"]
+    if attempt and _attempt_of(pod) != str(attempt):
+        print(f"==> the pod of attempt {attempt} is gone (its log went with it); "
+              "`--all` lists every attempt", file=sys.stderr)  # fmt: skip
     print(f"==> pod {pod_name}", file=sys.stderr, flush=True)
     if follow:
         for chunk in api.stream_log(api.namespace, pod_name, tail=tail):
@@ -38,6 +49,45 @@ def logs(api: Api, name: str, follow: bool, tail: int | None, out: BinaryIO) -> 
             out.flush()
         return 0
     out.write(api.read_log(api.namespace, pod_name, tail=tail).encode())
+    out.flush()
+    return 0
+
+
+def _attempt_of(pod: Mapping[str, Any]) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get(m.LABEL_ATTEMPT) if labels.get(m.LABEL_ROLE) == "train" else None
+
+
+def _all_logs(
+    api: Api, job: dict[str, Any], pods: list[dict[str, Any]], tail: int | None, out: BinaryIO
+) -> int:
+    """Every pod's log under a header, prepare first, then the attempts in order; an attempt
+    recorded in the status whose pod is gone gets a header saying so."""
+    present = {p["metadata"]["name"]: p for p in pods}
+    gone = {
+        str(a.get("pod")): a
+        for a in (job.get("status") or {}).get("attempts") or []
+        if a.get("pod") and a.get("pod") not in present and a.get("attempt")
+    }
+
+    def order(pod_name: str) -> tuple[int, str]:
+        pod = present.get(pod_name)
+        number = _attempt_of(pod) if pod is not None else str(gone[pod_name].get("attempt"))
+        return (int(number) if number and number.isdigit() else 0, pod_name)
+
+    for pod_name in sorted([*present, *gone], key=order):
+        if pod_name in gone:
+            rec = gone[pod_name]
+            out.write(f"==> pod {pod_name} (attempt {rec.get('attempt')}, {rec.get('reason')}): "
+                      "gone, its log went with it <==\n".encode())  # fmt: skip
+            continue
+        number = _attempt_of(present[pod_name])
+        what = f"attempt {number}" if number else "prepare"
+        out.write(f"==> pod {pod_name} ({what}) <==\n".encode())
+        try:
+            out.write(api.read_log(api.namespace, pod_name, tail=tail).encode())
+        except CliError as exc:
+            out.write(f"(no log: {exc})\n".encode())
     out.flush()
     return 0
 

@@ -22,10 +22,19 @@ VERBS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
         ("-w", "--watch", "--timeout", "--interval"),
     ),
     "watch": ("Live view until the job succeeds or fails.", True, ("--interval",)),
-    "logs": ("Logs of the current trainer pod.", True, ("-f", "--follow", "--tail")),
+    "logs": (
+        "Logs of the current trainer pod (--all: every attempt's).",
+        True,
+        ("-f", "--follow", "--tail", "--all"),
+    ),
     "suspend": ("Suspend the job (spec.suspend=true): checkpoint, free the GPUs.", True, ()),
     "resume": ("Resume the job from its newest checkpoint (spec.suspend=false).", True, ()),
     "restart": ("Start the job over from step 0 (the restart annotation).", True, ()),
+    "retry": (
+        "Try a Failed job again from its newest checkpoint (the retry annotation).",
+        True,
+        (),
+    ),
     "events": ("Events of the job and its pods.", True, ()),
     "report": ("Write a tarball for bug reports (no Secrets).", True, ("-o", "--output")),
 }
@@ -125,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         elif verb == "logs":
             p.add_argument("-f", "--follow", action="store_true", help="Stream the log.")
             p.add_argument("--tail", type=int, help="Lines from the end (default: all).")
+            p.add_argument(
+                "--all",
+                dest="every",
+                action="store_true",
+                help="Every pod of the job in order, and the attempts whose pods are gone.",
+            )
         elif verb == "report":
             p.add_argument(
                 "-o", "--output", help="Tarball path (default finetune-report-NAME-TIME.tar.gz)."
@@ -176,14 +191,17 @@ def run(args: argparse.Namespace) -> int:
         from finetune_operator.cli import control
 
         return control.set_suspend(api, args.name, verb == "suspend", out)
-    if verb == "restart":
+    if verb in ("restart", "retry"):
         from finetune_operator.cli import control
 
-        return control.restart(api, args.name, out)
+        request = control.restart if verb == "restart" else control.retry
+        return request(api, args.name, out)
     from finetune_operator.cli import diagnose
 
     if verb == "logs":
-        return diagnose.logs(api, args.name, args.follow, args.tail, sys.stdout.buffer)
+        return diagnose.logs(
+            api, args.name, args.follow, args.tail, sys.stdout.buffer, every=args.every
+        )
     if verb == "events":
         return diagnose.events(api, args.name, out)
     return diagnose.report(api, args.name, args.output, out)

@@ -7,6 +7,7 @@ conditions, and the actions, Events and status patch a reconcile makes.
 ``conditions``  ``CONDITION_TABLE``: the kstatus conditions of each phase
 ``derive``      ``derive_status``: the phase machine (``TRANSITIONS``), retries, deadlines
 ``restart``     the restart annotation: a new run from step 0
+``retry``       the retry annotation: a Failed job tries again from its newest checkpoint
 ``actions``     ``next_actions``, ``transition_events``, ``merge_patch``, handler-side statuses
 =============== ===============================================================================
 
@@ -58,6 +59,7 @@ from finetune_operator.lifecycle.reports import (
     progress_from,
 )
 from finetune_operator.lifecycle.restart import restart_requested, restart_status, restarting
+from finetune_operator.lifecycle.retry import retry_requested, retry_status, retrying
 
 __all__ = [
     "CONDITION_TABLE",
@@ -92,6 +94,9 @@ __all__ = [
     "restart_requested",
     "restart_status",
     "restarting",
+    "retry_requested",
+    "retry_status",
+    "retrying",
     "sentence",
     "set_condition",
     "transition_events",

@@ -11,7 +11,7 @@ from typing import Any
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
-from finetune_operator.lifecycle.derive import active_since
+from finetune_operator.lifecycle.derive import active_since, spec_changed_after_completion
 from finetune_operator.lifecycle.pods import (
     PodKind,
     PodState,
@@ -20,6 +20,7 @@ from finetune_operator.lifecycle.pods import (
     sentence,
 )
 from finetune_operator.lifecycle.restart import restarting
+from finetune_operator.lifecycle.retry import in_prepare, retrying
 
 P = m.Phase
 R = m.Reason
@@ -37,6 +38,7 @@ def failed_status(
             "observed_generation": generation,
             "retry_after": None,
             "completion_time": old.completion_time or now,
+            "completed_generation": generation,
             "conditions": conditions_for(
                 P.FAILED,
                 reason=reason,
@@ -110,6 +112,7 @@ class Actions:
     create_export: bool = False  # the CPU export pod (phase Exporting)
     delete_pods: tuple[str, ...] = ()
     reset_progress: bool = False  # wipe the previous run's reports (before any new pod starts)
+    reset_prepare: bool = False  # wipe the failed prepare stage's report (a retry)
     publish_first: bool = False  # publish this status, then reconcile again at once
 
 
@@ -119,10 +122,27 @@ def next_actions(
     states = {s.name: s for s in (pod_state(p) for p in pods)}
     if restarting(new):  # every pod of the previous run goes, finished ones too (names reused)
         return Actions(delete_pods=tuple(sorted(n for n, s in states.items() if not s.deleting)))
+    if retrying(new):
+        return _retry_actions(job, new, states)
     acts = _next_actions(job, new, states, now)
     if restarting(job.status):
         return replace(acts, reset_progress=True)
     return acts
+
+
+def _retry_actions(
+    job: m.FineTuneJob, new: m.FineTuneJobStatus, states: dict[str, PodState]
+) -> Actions:
+    """A retry of a Failed job: the failed prepare pod goes (its name is reused) and its report
+    is wiped; a training stage needs nothing gone (the next attempt has a new pod name)."""
+    if not in_prepare(new):
+        return Actions(publish_first=True)
+    prep = b.prepare_pod_name(job)
+    reset = not retrying(job.status)
+    if prep not in states:
+        return Actions(reset_prepare=reset, publish_first=True)
+    gone = () if states[prep].deleting else (prep,)
+    return Actions(delete_pods=gone, reset_prepare=reset)
 
 
 def _next_actions(
@@ -165,6 +185,15 @@ def transition_events(
     transition, a halved micro-batch."""
     if new.last_restart_requested_at != old.last_restart_requested_at and restarting(new):
         return [("Normal", R.RESTARTING, new.message or "restart requested")]
+    if new.last_retry_requested_at != old.last_retry_requested_at:
+        if retrying(new):
+            return [("Normal", R.RETRY_REQUESTED, new.message or "retry requested")]
+        ignored = (
+            f"retry requested at {new.last_retry_requested_at} ignored: only a Failed job is "
+            f"retried (phase {old.phase or 'none yet'}); `kubectl finetune restart` trains "
+            "again from step 0"
+        )
+        return [("Warning", R.RETRY_IGNORED, ignored[:MAX_MESSAGE])]
     events: list[tuple[str, str, str]] = []
     for rec in new.attempts[len(old.attempts) :]:
         if rec.reason in (R.COMPLETED, R.SUSPENDED):
@@ -180,10 +209,37 @@ def transition_events(
     for text in (new.progress.edits or []) if new.progress is not None else []:
         if text not in seen:
             events.append(("Normal", R.SPEC_EDIT_APPLIED, text[:MAX_MESSAGE]))
+    events += _skipped_events(old.progress, new.progress)
+    edited = new.observed_generation or 0
+    done = new.completed_generation
+    if new.phase in P.TERMINAL and done is not None and edited > (old.observed_generation or 0):
+        note = spec_changed_after_completion(edited, done)
+        if note is not None:
+            events.append(("Warning", R.SPEC_CHANGED, note[:MAX_MESSAGE]))
     if new.phase != old.phase or (new.phase == P.STARTING and new.attempt != old.attempt):
         kind = "Warning" if new.phase in (P.FAILED,) else "Normal"
         reason = new.reason if new.phase == P.FAILED and new.reason else str(new.phase)
         events.append((kind, reason, (new.message or str(new.phase))[:MAX_MESSAGE]))
+    return events
+
+
+def _skipped_events(old: m.Progress | None, new: m.Progress | None) -> list[tuple[str, str, str]]:
+    """A Warning per damaged checkpoint the trainer newly set aside on resume."""
+    if new is None:
+        return []
+    same = old is not None and old.attempt == new.attempt
+    seen = {s.path for s in (old.skipped_checkpoints or [])} if same and old else set()
+    events: list[tuple[str, str, str]] = []
+    for skipped in new.skipped_checkpoints or []:
+        if skipped.path in seen:
+            continue
+        why = f" ({skipped.error})" if skipped.error else ""
+        instead = new.resumed_from or "step 0"
+        message = (
+            f"checkpoint {skipped.path} is damaged{why}: set aside as {skipped.path}.corrupt; "
+            f"attempt {new.attempt} resumed from {instead}"
+        )
+        events.append(("Warning", R.CHECKPOINT_SKIPPED, message[:MAX_MESSAGE]))
     return events
 
 

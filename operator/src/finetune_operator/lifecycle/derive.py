@@ -45,6 +45,15 @@ from finetune_operator.lifecycle.restart import (
     restarting,
     still_restarting,
 )
+from finetune_operator.lifecycle.retry import (
+    forgiven,
+    in_prepare,
+    prepare_pod_left,
+    retry_requested,
+    retry_status,
+    retrying,
+    still_retrying,
+)
 
 C = m.ConditionType
 P = m.Phase
@@ -60,7 +69,7 @@ def _to(*phases: P) -> frozenset[P]:
 # old phase -> the phases derive_status may move it to. The derivation is level-triggered (it
 # reads the pods and reports as they are now, not the events that led there), so a job can skip
 # phases it had no reconcile in: e.g. Starting -> Succeeded for a pod that ran between two
-# reconciles. A finished job only leaves its phase for a restart (Pending).
+# reconciles. A finished job only leaves its phase for a restart or a retry (Pending).
 _ACTIVE = (P.QUEUED, P.STARTING, P.RUNNING, P.EXPORTING, P.SUCCEEDED, P.FAILED, P.PENDING)
 TRANSITIONS: dict[P, frozenset[P]] = {
     P.PENDING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.PENDING},
@@ -230,8 +239,10 @@ def _retry_or_fail(
         return False
     failures = [
         a
-        for a in w.attempts
-        if a.reason in R.RETRIABLE and ((a.attempt == 0) if prepare else (a.attempt >= 1))
+        for i, a in enumerate(w.attempts)
+        if a.reason in R.RETRIABLE
+        and ((a.attempt == 0) if prepare else (a.attempt >= 1))
+        and not forgiven(job.status, i)  # a retry of the Failed job reset the budget
     ]
     limit = job.spec.retry.limit
     if len(failures) > limit:
@@ -283,7 +294,8 @@ def derive_status(
 
     A restart request (annotation) comes first, whatever the phase; the restart then waits until
     every pod of the previous run is gone (they may still report) before the new run prepares,
-    and ignores the reports left in the progress object (``next_actions`` wipes them)."""
+    and ignores the reports left in the progress object (``next_actions`` wipes them). A retry
+    request (the other annotation) moves a Failed job back to Pending in the same run."""
     requested = restart_requested(job)
     if requested is not None:
         return restart_status(job, requested, now)
@@ -291,16 +303,26 @@ def derive_status(
         if pods:
             return still_restarting(job, pods, now)
         progress, prepare_result = None, None
+    retry = retry_requested(job)
+    if retry is not None:
+        return retry_status(job, retry, now)
+    if retrying(job.status) and in_prepare(job.status):
+        left = prepare_pod_left(job, pods)
+        if left is not None:  # its name is reused by the prepare pod that runs again
+            return still_retrying(job, left, now)
+        prepare_result = None  # the failed stage's report (next_actions wipes it)
     old = job.status
     gen = job.generation
     if old.phase in P.TERMINAL:
+        done = old.completed_generation or old.observed_generation or gen
         return old.model_copy(
             update={
                 "observed_generation": gen,
+                "completed_generation": done,
                 "conditions": conditions_for(
                     old.phase or P.FAILED,
                     reason=old.reason,
-                    message=old.message,
+                    message=_after_completion(old.message, gen, done),
                     generation=gen,
                     old=old.conditions,
                     now=now,
@@ -397,8 +419,11 @@ def derive_status(
         plan=w.plan,
         start_time=w.start_time,
         completion_time=w.completion_time if w.phase in P.TERMINAL else None,
+        completed_generation=gen if w.phase in P.TERMINAL else None,
         run=old.run,
         last_restart_requested_at=old.last_restart_requested_at,
+        last_retry_requested_at=old.last_retry_requested_at,
+        retry_budget_from=old.retry_budget_from,
     )
 
 
@@ -423,6 +448,23 @@ def _exporting(
     )
 
 
+def spec_changed_after_completion(generation: int, done: int) -> str | None:
+    """What a finished job's conditions add when its spec was edited after it ended."""
+    if generation <= done:
+        return None
+    return (
+        f"spec changed after completion (generation {generation}; it finished with "
+        f"generation {done}) and was not trained: `kubectl finetune restart` to retrain"
+    )
+
+
+def _after_completion(message: str | None, generation: int, done: int) -> str | None:
+    note = spec_changed_after_completion(generation, done)
+    if note is None:
+        return message
+    return f"{note}. {message}" if message else note
+
+
 def _derive_prepare(
     w: _Work,
     job: m.FineTuneJob,
@@ -432,10 +474,12 @@ def _derive_prepare(
     now: datetime,
     cap: int | None,
 ) -> None:
-    if result is not None and result.ok is False:
-        error = result.error
-        reason = (error.reason if error else None) or R.ERROR
-        known = {R.BAD_DATA, R.BAD_CONFIG, R.MODEL_NOT_FOUND, R.PLAN_REFUSED}
+    error = result.error if result is not None and result.ok is False else None
+    reason = (error.reason if error else None) or R.ERROR
+    if result is not None and result.ok is False and reason not in R.RETRIABLE:
+        # a transient failure (SourceUnavailable) is retried as its pod's exit code says; a
+        # report naming it must not fail the job for good
+        known = {R.BAD_DATA, R.BAD_CONFIG, R.MODEL_NOT_FOUND, R.PLAN_REFUSED, R.DISK_FULL}
         _fail(w, reason if reason in known else R.ERROR, error.message if error else None, now)
         return
     state = pod_state(pod) if pod is not None else None
@@ -579,6 +623,7 @@ def _derive_training(
     if (
         last is not None
         and last.reason != R.SUSPENDED
+        and not forgiven(job.status, len(w.attempts) - 1)  # retried by the user: no budget spent
         and not _retry_or_fail(
             w, job, last, prepare=False, now=now, cap=cap, just_recorded=just_recorded
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -78,6 +79,20 @@ class CheckpointReport(_Report):
     time: Time = None
 
 
+def _skipped(value: Any) -> list[m.SkippedCheckpoint] | None:
+    """At most 10 ``{"path", "error"}`` objects with a path; anything else is dropped."""
+    if not isinstance(value, list):
+        return None
+    out = [
+        m.SkippedCheckpoint(
+            path=str(x["path"])[:1024], error=str(x.get("error") or "")[:300] or None
+        )
+        for x in value
+        if isinstance(x, dict) and isinstance(x.get("path"), str) and x["path"]
+    ]
+    return out[:10] or None
+
+
 class ProgressReport(_Report):
     """progress.json, written by the training pod every few seconds."""
 
@@ -94,7 +109,15 @@ class ProgressReport(_Report):
     checkpoint: Annotated[CheckpointReport | None, BeforeValidator(_object)] = None
     packing: Annotated[str | None, _text(200)] = None  # "isolated" or "off: <why>"
     edits: Annotated[list[str] | None, BeforeValidator(_edits)] = None  # applied on resume
+    resumed_from: Annotated[str | None, _text(1024)] = None
+    skipped_checkpoints: Annotated[list[m.SkippedCheckpoint] | None, BeforeValidator(_skipped)] = (
+        None  # damaged, set aside on resume
+    )
     time: Time = None
+
+
+IGNORED_PROGRESS_KEYS = frozenset({"checkpoint_save_seconds", "checkpoint_bytes"})
+"""Keys of progress.json the operator does not mirror (the trainer's own timing)."""
 
 
 class PrepareError(_Report):
@@ -228,6 +251,8 @@ def merge_progress(
         gpu_memory_mib=report.gpu_memory_mib,
         packing=report.packing,
         edits=report.edits,
+        resumed_from=report.resumed_from,
+        skipped_checkpoints=report.skipped_checkpoints,
         updated_at=report.time or (old.updated_at if same_step and old else None) or now,
     )
 
@@ -235,11 +260,26 @@ def merge_progress(
 def merge_checkpoint(
     old: m.CheckpointStatus | None, report: ProgressReport | None
 ) -> m.CheckpointStatus | None:
-    """The newest complete checkpoint: the report's unless it is older than ``old``."""
+    """The newest complete checkpoint: the report's unless it is older than ``old``. A
+    checkpoint the trainer set aside as damaged is never kept: the one it resumed from instead
+    (or none) replaces it."""
     ckpt = report.checkpoint if report is not None else None
+    skipped = {s.path for s in (report.skipped_checkpoints or [])} if report is not None else set()
+    if old is not None and old.path in skipped:
+        old = _resumed(report.resumed_from if report is not None else None)
     if ckpt is None or ckpt.step is None or (old is not None and ckpt.step < old.step):
         return old
     return m.CheckpointStatus(step=ckpt.step, path=ckpt.path or "", time=ckpt.time)
+
+
+_CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)$")
+
+
+def _resumed(path: str | None) -> m.CheckpointStatus | None:
+    found = _CHECKPOINT_STEP.search(path or "")
+    if path is None or found is None:
+        return None
+    return m.CheckpointStatus(step=int(found.group(1)), path=path)
 
 
 def data_status(report: PrepareReport) -> m.DataStatus | None:

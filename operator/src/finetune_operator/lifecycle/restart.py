@@ -13,12 +13,17 @@ P = m.Phase
 R = m.Reason
 
 
-def restart_requested(job: m.FineTuneJob) -> str | None:
-    """The restart annotation's value when the operator has not acted on it yet, else None."""
-    value = (job.metadata.get("annotations") or {}).get(m.RESTART_ANNOTATION)
-    if not value or value == job.status.last_restart_requested_at:
+def requested(job: m.FineTuneJob, annotation: str, handled: str | None) -> str | None:
+    """An annotation's value when it differs from the one the operator acted on, else None."""
+    value = (job.metadata.get("annotations") or {}).get(annotation)
+    if not value or value == handled:
         return None
     return str(value)
+
+
+def restart_requested(job: m.FineTuneJob) -> str | None:
+    """The restart annotation's value when the operator has not acted on it yet, else None."""
+    return requested(job, m.RESTART_ANNOTATION, job.status.last_restart_requested_at)
 
 
 def restarting(status: m.FineTuneJobStatus) -> bool:
@@ -37,9 +42,10 @@ def restart_status(job: m.FineTuneJob, value: str, now: datetime) -> m.FineTuneJ
         reason=R.RESTARTING,
         message=message[:MAX_MESSAGE],
         observed_generation=job.generation,
-        conditions=_conditions(job, message, now),
+        conditions=pending_conditions(job, message, now),
         run=run,
         last_restart_requested_at=value,
+        last_retry_requested_at=old.last_retry_requested_at,  # acted on: never again
     )
 
 
@@ -53,15 +59,18 @@ def still_restarting(
         update={
             "message": message[:MAX_MESSAGE],
             "observed_generation": job.generation,
-            "conditions": _conditions(job, message, now),
+            "conditions": pending_conditions(job, message, now),
         }
     )
 
 
-def _conditions(job: m.FineTuneJob, message: str, now: datetime) -> list[m.Condition]:
+def pending_conditions(
+    job: m.FineTuneJob, message: str, now: datetime, reason: str = R.RESTARTING
+) -> list[m.Condition]:
+    """The conditions of a job Pending for ``reason`` (a restart or a retry)."""
     return conditions_for(
         P.PENDING,
-        reason=R.RESTARTING,
+        reason=reason,
         message=message,
         generation=job.generation,
         old=job.status.conditions,

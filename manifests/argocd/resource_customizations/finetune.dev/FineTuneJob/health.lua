@@ -3,7 +3,9 @@
 -- no string, math or io library and no method calls on strings.
 --   Succeeded -> Healthy; Failed -> Degraded (reason: message); Suspended -> Suspended;
 --   Pending, Preparing, Queued, Starting, Running, Suspending -> Progressing (step/total, loss);
---   no status yet, or status.observedGeneration behind metadata.generation -> Progressing.
+--   no status yet, or status.observedGeneration behind metadata.generation -> Progressing;
+--   Succeeded or Failed with metadata.generation beyond status.completedGeneration (the spec was
+--   edited after the job ended and never trained) -> Degraded.
 local hs = {}
 
 local function round(x, digits)
@@ -57,6 +59,16 @@ if generation ~= nil and (observed == nil or observed < generation) then
 end
 
 local phase = status.phase
+local done = status.completedGeneration
+if (phase == "Succeeded" or phase == "Failed") and done ~= nil and generation ~= nil
+    and generation > done then
+  hs.status = "Degraded"
+  hs.message = "Spec changed after completion (generation " .. generation
+    .. "; it finished with generation " .. done .. ") and was not trained: "
+    .. "`kubectl finetune restart` to retrain"
+  return hs
+end
+
 if phase == "Succeeded" then
   hs.status = "Healthy"
   hs.message = status.message or "Training succeeded"
