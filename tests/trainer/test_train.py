@@ -112,6 +112,8 @@ def resume_config(tmp_path: Path, work: Path, model: Path, data: Path, **extra: 
             lora={"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state must resume too
             training={"max_steps": 40, "batch_size": 4, "learning_rate": 0.01},
             checkpoint={"every_steps": 10, "keep": 2},
+            dataset={"validation_split": 0.1},  # periodic eval (every 5 steps) must not perturb
+            evaluation={"every_steps": 5},
             **extra,
         ),
     )
@@ -143,6 +145,9 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path, tiny_model: 
     assert b["resumed_from"] == ckpt.name and not fake.exists()
     assert [x["step"] for x in b["losses"]] == list(range(1, 41))
     assert b["losses"] == a["losses"]  # per-step losses: exactly equal
+    assert b["learning_rates"] == a["learning_rates"] and b["edits"] == []  # nothing was edited
+    assert [e["step"] for e in b["eval_losses"]] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert b["eval_losses"] == a["eval_losses"]
     ta, tb = adapter_tensors(straight), adapter_tensors(work)
     import torch
 

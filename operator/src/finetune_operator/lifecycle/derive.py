@@ -15,6 +15,7 @@ from typing import Any
 from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator import planner
+from finetune_operator.lifecycle import output as out
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
 from finetune_operator.lifecycle.pods import (
     MISSING_PVC,
@@ -318,6 +319,7 @@ def derive_status(
         checkpoint=merge_checkpoint(
             old.checkpoint,
             progress if progress is not None and progress.attempt == attempt else None,
+            out.run_prefix(old.run),
         ),
     )
     data = old.data
@@ -357,6 +359,12 @@ def derive_status(
             cap=max_backoff,
         )
     _deadline(w, job, now)
+    output = old.output if old.output is not None and old.output.run == old.run else None
+    if w.phase == P.SUCCEEDED:
+        if output is None:
+            report = progress if progress is not None and progress.attempt == w.attempt else None
+            output = out.finished(job, report.output if report is not None else None)
+        w.message = out.succeeded_message(output)
     if w.phase == P.SUCCEEDED and w.progress is not None:
         total = w.progress.total_steps
         w.progress = w.progress.model_copy(
@@ -385,6 +393,7 @@ def derive_status(
         retry_after=w.retry_after,
         progress=w.progress,
         checkpoint=w.checkpoint,
+        output=output,
         data=data,
         plan=w.plan,
         start_time=w.start_time,
