@@ -64,6 +64,7 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
             data,
             lora={"r": 16, "alpha": 32, "dropout": 0.0},
             dataset={"validation_split": 0.1},
+            evaluation={"prompts": [heldout[0]["instruction"], "x" * 600], "max_new_tokens": 6},
             training={"epochs": 8, "learning_rate": 0.02, "batch_size": 16, "warmup_steps": 2},
         ),
     )
@@ -81,6 +82,17 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
     reports = progress_reports(work)
     assert reports["progress.json"]["state"] == "completed"
     assert reports["progress.json"]["step"] == s["steps"]
+    # what status.output is made of: the final report, the latest pointer, the samples file
+    final = reports["progress.json"]
+    assert final["eval_loss"] == s["eval_loss"]  # the final evaluation is the last one reported
+    assert s["eval_losses"][-1] == {"step": s["steps"], "eval_loss": s["eval_loss"]}
+    assert final["output"]["written"] == ["adapter", "samples.jsonl", "summary.json"]
+    assert final["output"]["summary"]["eval_loss"] == s["eval_loss"]
+    assert final["output"]["summary"]["train_loss"] == s["final_loss"]
+    assert (work / "latest").is_symlink() and (work / "latest").resolve() == work / "output"
+    full = [json.loads(x) for x in (work / "output" / "samples.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in full] == [heldout[0]["instruction"], "x" * 600]
+    assert [x["prompt"] for x in final["output"]["samples"]] == [full[0]["prompt"], "x" * 200]
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(work / "output" / "adapter")
@@ -89,6 +101,15 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
     model = PeftModel.from_pretrained(base, str(work / "output" / "adapter"))
     after = exact_match_accuracy(model, tok, heldout)
     assert before <= 0.1 and after >= 0.4, (before, after)
+    # the recorded generation is what the saved adapter generates greedily from the same prompt
+    from finetune_trainer import samples as gen
+
+    ids = tok(gen.render(full[0]["prompt"], "alpaca", tok), return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert (
+        tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        == (full[0]["completion"])
+    )
 
 
 def wait_for_step(work: Path, step: int, proc: Any, timeout: float = 180) -> None:

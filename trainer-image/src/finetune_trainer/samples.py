@@ -33,8 +33,6 @@ def render(prompt: str, fmt: str, tokenizer: Any) -> str:
 
 def generate(model: Any, tokenizer: Any, config: TrainerConfig) -> list[dict[str, str]]:
     """One greedy completion per prompt: ``[{"prompt", "completion"}]`` (full texts)."""
-    import torch
-
     prompts = config.evaluation.prompts
     if not prompts:
         return []
@@ -48,19 +46,12 @@ def generate(model: Any, tokenizer: Any, config: TrainerConfig) -> list[dict[str
     out = []
     try:
         for prompt in prompts:
-            text = render(prompt, config.dataset.format, tokenizer)
-            ids = tokenizer(text, return_tensors="pt").to(device)
-            with torch.no_grad():
-                generated = model.generate(
-                    **ids,
-                    max_new_tokens=config.evaluation.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                )
-            new = generated[0][ids["input_ids"].shape[1] :]
-            out.append(
-                {"prompt": prompt, "completion": tokenizer.decode(new, skip_special_tokens=True)}
-            )
+            try:
+                completion = _one(model, tokenizer, config, prompt, pad=pad, device=device)
+            except Exception as exc:  # a sample must never cost the trained output
+                log.warning("generation from prompt %.40r failed: %s", prompt, exc)
+                completion = f"<generation failed: {type(exc).__name__}: {exc}>"[:300]
+            out.append({"prompt": prompt, "completion": completion})
     finally:
         if use_cache is not None:
             model.config.use_cache = use_cache
@@ -68,6 +59,27 @@ def generate(model: Any, tokenizer: Any, config: TrainerConfig) -> list[dict[str
             model.train()
     log.info("generated from %d prompts", len(out))
     return out
+
+
+def _one(
+    model: Any, tokenizer: Any, config: TrainerConfig, prompt: str, *, pad: Any, device: Any
+) -> str:
+    """The greedy completion of one prompt, whose tokens are cut to the training length (the
+    end kept, where the response starts) so a long prompt cannot exceed the model's context."""
+    import torch
+
+    text = render(prompt, config.dataset.format, tokenizer)
+    keep = config.training.max_seq_length
+    ids = {k: v[:, -keep:].to(device) for k, v in tokenizer(text, return_tensors="pt").items()}
+    with torch.no_grad():
+        generated = model.generate(
+            **ids,
+            max_new_tokens=config.evaluation.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    new = generated[0][ids["input_ids"].shape[1] :]
+    return str(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def write(directory: Path, samples: list[dict[str, str]]) -> None:
