@@ -3,6 +3,7 @@ the split is deterministic and never shares a row with training; ``latest`` move
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -95,3 +96,23 @@ def test_best_checkpoint_is_the_kept_one_evaluated_lowest(
     evals: dict[int, float], kept: list[int], want: tuple[float | None, int | None]
 ) -> None:
     assert results.best_eval(evals, kept) == want
+
+
+def test_a_volume_without_symlinks_only_costs_the_pointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "output").mkdir()
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", refuse)
+    assert results.try_point_latest(tmp_path, tmp_path / "output") is None
+    assert not (tmp_path / "latest").exists()
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "symlink", full)
+    with pytest.raises(OSError, match="No space"):
+        results.try_point_latest(tmp_path, tmp_path / "output")

@@ -9,6 +9,8 @@ operator turns into ``status.output`` (docs/contract.md section 3).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 from finetune_trainer import files, retention
 
 LATEST = "latest"
+
+log = logging.getLogger(__name__)
 
 
 def job_root(work: Path) -> Path:
@@ -36,6 +40,18 @@ def point_latest(work: Path, output: Path) -> Path:
     os.replace(tmp, link)
     files.fsync_dir(root)
     return link
+
+
+def try_point_latest(work: Path, output: Path) -> Path | None:
+    """``point_latest``, but a volume that cannot hold a symlink (e.g. SMB) only costs the pointer:
+    the output is complete and status.output names it. A full volume is still DiskFull."""
+    try:
+        return point_latest(work, output)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        log.warning("could not point %s at %s: %s", job_root(work) / LATEST, output, exc)
+        return None
 
 
 def best_eval(evals: dict[int, float], kept: list[int]) -> tuple[float | None, int | None]:

@@ -389,7 +389,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
                 generations=generations,
             )
             if is_main:
-                results.point_latest(work, out)
+                results.try_point_latest(work, out)
     except Exception as exc:
         raise_if_disk_full(config, exc, is_main=is_main)
         raise
