@@ -137,6 +137,8 @@ LOCKED = [
     ("lora", {"lora": {"r": 4}}, "lora"),
 ]  # fmt: skip
 LOCKED_MESSAGE = "{} cannot change once the job has a checkpoint (status.checkpoint)"
+SHORTER_RULE = ("training.maxSteps cannot go below the step of the job's checkpoint "
+                "(status.checkpoint.step): those steps are trained already")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +185,7 @@ def test_every_rule_has_a_case(crd: dict[str, Any]) -> None:
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     messages = {r["message"] for r in _rules(schema)}
     covered = {msg for _, _, msg in BAD} | {msg for _, _, msg in IMMUTABLE} | {NAME_RULE}
+    covered |= {SHORTER_RULE}
     locked = {m for m in messages if " cannot change once the job has a checkpoint " in m}
     assert {m.split(" cannot")[0] for m in locked} == {name for _, _, name in LOCKED}
     assert messages - locked == covered
@@ -286,6 +289,10 @@ def test_edits_a_resume_cannot_honour_are_refused_once_a_checkpoint_exists(
     # what a resume honours stays editable (learning rate, length, micro-batch)
     patch({"spec": {"training": {"maxSteps": 20, "batchSize": 8, "learningRate": 0.0001,
                                  "microBatchSize": 4}}})  # fmt: skip
+    patch({"spec": {"training": {"maxSteps": 10}}})  # down to the checkpoint's step: fine
+    with pytest.raises(RuntimeError) as short:
+        patch({"spec": {"training": {"maxSteps": 9}}})
+    assert SHORTER_RULE in str(short.value)
 
 
 def test_samples_pass_server_side_validation(

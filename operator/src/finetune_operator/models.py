@@ -723,6 +723,14 @@ EDIT_RULES: list[tuple[str, str]] = [
         "resume could not honour it. Set it before the first checkpoint, or create a new job",
     )
     for path, name, why in _LOCKED_AFTER_CHECKPOINT
+] + [
+    (
+        "!has(self.spec.training.maxSteps) || !has(oldSelf.status) || "
+        "!has(oldSelf.status.checkpoint) || "
+        "self.spec.training.maxSteps >= oldSelf.status.checkpoint.step",
+        "training.maxSteps cannot go below the step of the job's checkpoint "
+        "(status.checkpoint.step): those steps are trained already",
+    )
 ]
 """CEL rules on the whole FineTuneJob refusing edits a resume cannot honour (docs/api.md)."""
 
