@@ -252,8 +252,9 @@ def test_valid_specs_pass_every_rule(spec: dict[str, Any]) -> None:
 def test_what_the_apiserver_admits_the_operator_and_trainer_accept(spec: dict[str, Any]) -> None:
     errors = cel_errors(spec)
     t = spec["training"]
+    procs = max(spec["resources"]["gpus"], 1)  # the micro-batch runs once per GPU
     expected_training = ("epochs" in t) != ("maxSteps" in t) and (
-        "microBatchSize" not in t or t["batchSize"] % t["microBatchSize"] == 0
+        "microBatchSize" not in t or t["batchSize"] % (t["microBatchSize"] * procs) == 0
     )
     training_errors = [e for e in errors if e.startswith("training")]
     assert (not training_errors) == expected_training
