@@ -5,7 +5,7 @@
 #   3. the operator, installed with the Helm chart into finetune-system, watching finetune-demo
 #   4. the claim "models" seeded with a tiny model + a synthetic dataset (manifests/samples/demo/)
 #   5. the FineTuneJob "demo" (re-created on every run), followed with `kubectl finetune watch`
-#   6. where the adapter is, and a sample generation from the tuned model
+#   6. status.output: where the adapter is, and the tuned model's generations from status
 # Re-running is safe: the job is deleted and applied again. Prints the wall time at the end.
 # DEMO_NAMESPACE / DEMO_OPERATOR_NAMESPACE override the namespaces. Quiet by default: the output
 # of the cluster start and the image builds (Go module downloads, docker build) goes to
@@ -86,7 +86,7 @@ k rollout status "deployment/$RELEASE" -n "$OPNS" --timeout=180s
 
 say "tiny model + dataset into the claim models (namespace $NS)"
 k delete ftj demo -n "$NS" --ignore-not-found --wait=true >/dev/null
-k delete pod demo-seed demo-generate -n "$NS" --ignore-not-found --wait=true >/dev/null
+k delete pod demo-seed -n "$NS" --ignore-not-found --wait=true >/dev/null
 k apply -n "$NS" -f manifests/samples/demo/seed.yaml
 k wait -n "$NS" pod/demo-seed --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s >/dev/null ||
   { k logs -n "$NS" demo-seed || true; exit 1; }
@@ -104,44 +104,31 @@ if [[ $PHASE != Succeeded ]]; then
 fi
 echo "trained in $((SECONDS - TRAIN0))s (including the prepare pod and both pods' start-up)"
 
-say "the adapter"
-echo "PVC:  $NS/demo-output, path demo/output/adapter (summary: demo/output/summary.json)"
-if ((LOCAL)); then
-  dir=/var/lib/fto-volumes/$NS-demo-output/demo/output
-  echo "host: $dir/adapter"
-  ls -l "$dir/adapter" | sed 's/^/  /'
-  "$VENV/bin/python" - "$dir/summary.json" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-l = s["losses"]
-print(f"  steps {s['steps']}, loss {l[0]['loss']:.3f} (step 1) -> {l[-1]['loss']:.3f} (step {l[-1]['step']}),"
-      f" backend {s['backend']}, {s['wall_seconds']:.0f}s in the trainer")
-PY
-fi
-
-say "a sample generation from the tuned model (pod demo-generate: base + adapter, greedy)"
-k apply -n "$NS" -f manifests/samples/demo/generate.yaml >/dev/null
-k wait -n "$NS" pod/demo-generate --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s >/dev/null ||
-  { k logs -n "$NS" demo-generate || true; exit 1; }
-# each answer checked against the synthetic task's key (the seed pod's mapping, seed 0)
-k logs -n "$NS" demo-generate | "$VENV/bin/python" -c '
-import re, sys
+say "the result (status.output)"
+k get ftj demo -n "$NS" -o wide
+OUTPUT=$(k get ftj demo -n "$NS" -o jsonpath='{.status.output}')
+"$VENV/bin/python" - "$OUTPUT" <<'PY'
+import json, re, sys
 sys.path.insert(0, "trainer-image/src")
 from finetune_trainer.tiny import secret_mapping
-key, right, total, question = secret_mapping(0), 0, 0, ""
-for line in sys.stdin:
-    if line.startswith("Q: "):
-        question = line[3:].strip()
-        print("  " + line.rstrip())
-    elif line.startswith("A: "):
-        answer, animal = line[3:].strip(), re.search(r"code of (\w+)\?", question)[1]
-        total += 1
-        right += answer == key[animal]
-        verdict = "right" if answer == key[animal] else f"wrong: the key says {key[animal]}"
-        print(f"  A: {answer}   ({verdict})")
-print(f"  {right} of {total} answers right")
-'
-
+o = json.loads(sys.argv[1])
+s = o.get("summary") or {}
+print(f"  claim {o['claim']}, adapter {o.get('adapter')} (mount {o['latest']} for the newest run)")
+print(f"  {s.get('steps')} steps, {s.get('tokens')} tokens, final train loss {s.get('trainLoss')}")
+print("  greedy generations of the tuned model (status.output.samples):")
+# each answer checked against the synthetic task's key (the seed pod wrote it with seed 0)
+key, right, samples = secret_mapping(0), 0, o.get("samples") or []
+for sample in samples:
+    animal = re.search(r"code of (\w+)\?", sample["prompt"])[1]
+    answer = sample["completion"].strip()
+    right += answer == key[animal]
+    verdict = "right" if answer == key[animal] else f"wrong: the key says {key[animal]}"
+    print(f"  Q: {sample['prompt']}\n  A: {answer}   ({verdict})")
+print(f"  {right} of {len(samples)} answers right")
+PY
+if ((LOCAL)); then
+  echo "host: /var/lib/fto-volumes/$NS-demo-output/demo/latest -> $(readlink "/var/lib/fto-volumes/$NS-demo-output/demo/latest")"
+fi
 
 say "done in $((SECONDS - T0))s wall time"
 echo "again: make demo    clean up: kubectl delete namespace $NS; helm uninstall $RELEASE -n $OPNS"

@@ -222,7 +222,9 @@ def revision(obj: dict[str, Any]) -> int:
 @pytest.mark.e2e_ns("train")
 def test_tiny_job_trains_to_success_and_the_adapter_loads(cluster: Cluster, e2e_ns: str) -> None:
     ns = e2e_ns
-    apply_job(cluster, ns, "tiny", steps=16, every=4)
+    prompt = "Add 2 and 3."
+    evaluation = {"fraction": 0.2, "everySteps": 4, "prompts": [prompt], "maxNewTokens": 8}
+    apply_job(cluster, ns, "tiny", steps=16, every=4, evaluation=evaluation)
     seen: set[str] = set()
     first = wait_phase(cluster, ns, "tiny", "Running", extra=lambda s: step(s) > 0, seen=seen)
     printed = cluster.kubectl("get", "ftj", "tiny", "-n", ns)
@@ -246,6 +248,25 @@ def test_tiny_job_trains_to_success_and_the_adapter_loads(cluster: Cluster, e2e_
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert s["losses"][-1]["loss"] < s["losses"][0]["loss"]  # it learned something
 
+    # status.output: where the result is and how it went, from the real run
+    o = done["output"]
+    assert (o["claim"], o["path"], o["latest"], o["run"], o["ready"]) == (
+        "out", "tiny/output", "tiny/latest", 0, True
+    )  # fmt: skip
+    assert o["adapter"] == "tiny/output/adapter" and o["samplesFile"] == "tiny/output/samples.jsonl"
+    assert "claim out at tiny/output" in done["message"]
+    assert o["summary"]["steps"] == 16 and o["summary"]["tokens"] == s["tokens"] > 0
+    assert o["summary"]["evalLoss"] == pytest.approx(s["eval_loss"], rel=1e-9)
+    assert done["progress"]["evalLoss"] == pytest.approx(s["eval_loss"], rel=1e-3)  # 4 digits
+    assert [e["step"] for e in s["eval_losses"]] == [4, 8, 12, 16]
+    assert o["summary"]["bestCheckpoint"].startswith("checkpoints/checkpoint-")
+    assert done["data"]["evaluationRecords"] > 0
+    full = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert o["samples"] == [{"prompt": prompt, "completion": full["completion"][:500]}]
+    assert (VOLUMES / f"{ns}-out" / "tiny" / "latest").resolve() == out.resolve()
+    wide = cluster.kubectl("get", "ftj", "tiny", "-n", ns, "-o", "wide").splitlines()
+    assert "EVAL LOSS" in wide[0] and f"{done['progress']['evalLoss']:g}" in wide[1]
+
     # the adapter loads with PEFT on the base model and generates
     import torch
     from peft import PeftModel
@@ -260,6 +281,21 @@ def test_tiny_job_trains_to_success_and_the_adapter_loads(cluster: Cluster, e2e_
         gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] > ids["input_ids"].shape[1]
     assert isinstance(tok.decode(gen[0][ids["input_ids"].shape[1] :]), str)
+
+    # a restart is a new run in runs/1: status.output and checkpoints name it, latest moves
+    cluster.kubectl("annotate", "--overwrite", "ftj", "tiny", "-n", ns,
+                    "finetune.dev/restart-requested-at=2026-12-01T00:00:00Z")  # fmt: skip
+    again = wait_phase(cluster, ns, "tiny", "Succeeded", timeout=300,
+                       extra=lambda st: st.get("run") == 1)  # fmt: skip
+    o1 = again["output"]
+    assert (o1["path"], o1["adapter"], o1["run"]) == ("tiny/runs/1/output",
+                                                      "tiny/runs/1/output/adapter", 1)  # fmt: skip
+    assert again["checkpoint"]["path"].startswith("runs/1/checkpoints/checkpoint-")
+    assert o1["summary"]["bestCheckpoint"].startswith("runs/1/checkpoints/checkpoint-")
+    assert "at tiny/runs/1/output" in again["message"]
+    latest = VOLUMES / f"{ns}-out" / "tiny" / "latest"
+    assert latest.resolve() == (VOLUMES / f"{ns}-out" / "tiny" / "runs" / "1" / "output").resolve()
+    assert (out / "adapter" / "adapter_config.json").is_file()  # run 0's output stays
 
 
 @pytest.mark.e2e_ns("suspend")

@@ -93,6 +93,8 @@ def test_each_method_learns_the_task_through_the_pods_commands(
         tmp_path, method, small_model, data, backend_name, method=method,
         lora={"r": 16, "alpha": 32, "dropout": 0.0},
         dataset={"validation_split": 0.1},
+        evaluation={"every_steps": 10, "prompts": [r["instruction"] for r in heldout[:2]],
+                    "max_new_tokens": 6},
         training={"epochs": epochs, "learning_rate": lr, "batch_size": 16, "warmup_steps": 3,
                   "max_seq_length": 128, "gradient_checkpointing": True},
         output={"merge_adapter": merge},
@@ -106,6 +108,10 @@ def test_each_method_learns_the_task_through_the_pods_commands(
     assert last < 0.25 * first, (first, last)
     assert s["eval_loss"] is not None and s["eval_loss"] < 0.5 * first
     assert s["timing"]["peak_reserved_mib"] <= 12288
+    # periodic eval and the end-of-run greedy samples work on this backend (status.output)
+    assert len(s["eval_losses"]) >= 2 and s["eval_losses"][-1]["eval_loss"] == s["eval_loss"]
+    assert [x["prompt"] for x in s["samples"]] == [r["instruction"] for r in heldout[:2]]
+    assert not any(x["completion"].startswith("<generation failed") for x in s["samples"])
 
     out = work / "output" / ("model" if method == "full" else "adapter")
     tok = AutoTokenizer.from_pretrained(out)

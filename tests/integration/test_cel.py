@@ -82,6 +82,31 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("configMap key escaping", {"dataset": {"configMap": {"name": "d", "key": "../x"}}},
      "dataset.configMap.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' (no absolute "
      "or parent paths)"),
+    ("micro-batch x gpus over the batch",
+     {"training": {"maxSteps": 5, "batchSize": 8, "microBatchSize": 4}, "resources": {"gpus": 4}},
+     "training.batchSize must be a multiple of training.microBatchSize x resources.gpus (the "
+     "effective batch is micro-batch x accumulation x GPUs)"),
+    ("eval fraction and dataset", {"evaluation": {"fraction": 0.1, "dataset": {"hub": "a/b"}}},
+     "evaluation: set at most one of fraction (a held-out split of spec.dataset) or dataset (a "
+     "separate file)"),
+    ("eval fraction 0.9", {"evaluation": {"fraction": 0.9}},
+     "evaluation.fraction must be in (0, 0.5]"),
+    ("eval fraction and validationSplit",
+     {"dataset": {"url": "https://x/y", "validationSplit": 0.1}, "evaluation": {"fraction": 0.1}},
+     "set only one of evaluation.fraction and dataset.validationSplit"),
+    ("eval path without a data volume", {"evaluation": {"dataset": {"path": "eval.jsonl"}}},
+     "evaluation.dataset.path names a file next to the training data: it needs dataset.pvc or "
+     "dataset.configMap"),
+    ("eval dataset two sources", {"evaluation": {"dataset": {"hub": "a/b", "url": "https://x"}}},
+     "evaluation.dataset: set exactly one of url, hub or path"),
+    ("eval ftp url", {"evaluation": {"dataset": {"url": "ftp://x/y"}}},
+     "evaluation.dataset.url must start with http:// or https://"),
+    ("eval hub escaping", {"evaluation": {"dataset": {"hub": "a/../b"}}},
+     "evaluation.dataset.hub must match ^[A-Za-z0-9][-._A-Za-z0-9]*(/[A-Za-z0-9][-._A-Za-z0-9]*)?$ "
+     "and must not contain '..' (no absolute or parent paths)"),
+    ("eval path escaping",
+     {"dataset": {"pvc": "d", "path": "t.jsonl"}, "evaluation": {"dataset": {"path": "../x"}}},
+     "evaluation.dataset.path must be relative and must not contain '..'"),
     ("hub token key absolute", {"hubTokenSecretRef": {"name": "hf", "key": "/etc/passwd"}},
      "hubTokenSecretRef.key must match ^[-._a-zA-Z0-9]+$ and must not contain '..' (no absolute "
      "or parent paths)"),
@@ -124,6 +149,23 @@ IMMUTABLE = [
 ]  # fmt: skip
 
 NAME_RULE = "metadata.name must be at most 63 characters (it labels the job's pods)"
+
+# edits a resume cannot honour, refused once status.checkpoint exists (models.EDIT_RULES)
+LOCKED = [
+    ("batchSize", {"training": {"maxSteps": 10, "batchSize": 16}}, "training.batchSize"),
+    ("maxSeqLength", {"training": {"maxSteps": 10, "batchSize": 8, "maxSeqLength": 512}},
+     "training.maxSeqLength"),
+    ("packing", {"training": {"maxSteps": 10, "batchSize": 8, "packing": False}},
+     "training.packing"),
+    ("seed", {"training": {"maxSteps": 10, "batchSize": 8, "seed": 1}}, "training.seed"),
+    ("optimizer", {"training": {"maxSteps": 10, "batchSize": 8, "optimizer": "sgd"}},
+     "training.optimizer"),
+    ("method", {"method": "full"}, "method"),
+    ("lora", {"lora": {"r": 4}}, "lora"),
+]  # fmt: skip
+LOCKED_MESSAGE = "{} cannot change once the job has a checkpoint (status.checkpoint)"
+SHORTER_RULE = ("training.maxSteps cannot go below the step of the job's checkpoint "
+                "(status.checkpoint.step): those steps are trained already")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +212,10 @@ def test_every_rule_has_a_case(crd: dict[str, Any]) -> None:
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     messages = {r["message"] for r in _rules(schema)}
     covered = {msg for _, _, msg in BAD} | {msg for _, _, msg in IMMUTABLE} | {NAME_RULE}
-    assert messages == covered
+    covered |= {SHORTER_RULE}
+    locked = {m for m in messages if " cannot change once the job has a checkpoint " in m}
+    assert {m.split(" cannot")[0] for m in locked} == {name for _, _, name in LOCKED}
+    assert messages - locked == covered
     assert len(messages) >= 10
 
 
@@ -269,6 +314,33 @@ def test_immutable_unless_suspended(
     cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge",
                     "-p", '{"spec": {"suspend": true}}')  # fmt: skip
     cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge", "-p", patch)
+
+
+@pytest.mark.parametrize(("what", "change", "name"), LOCKED, ids=[x[0] for x in LOCKED])
+def test_edits_a_resume_cannot_honour_are_refused_once_a_checkpoint_exists(
+    cluster: Cluster, crd: dict[str, Any], namespace: str, *, what: str, change: dict[str, Any],
+    name: str,
+) -> None:  # fmt: skip
+    def patch(body: dict[str, Any], *extra: str) -> str:
+        return cluster.kubectl("patch", "ftj", "job", "-n", namespace, "--type", "merge",
+                               "-p", json.dumps(body), *extra)  # fmt: skip
+
+    cluster.kubectl("create", "-f", "-", input=_obj("job", namespace, GOOD))
+    patch({"spec": {"suspend": True}})
+    patch({"spec": change}, "--dry-run=server")  # no checkpoint yet: nothing to honour
+    checkpoint = {"status": {"checkpoint": {"step": 10, "path": "checkpoints/checkpoint-10"}}}
+    patch(checkpoint, "--subresource=status")
+    with pytest.raises(RuntimeError) as err:
+        patch({"spec": change})
+    assert LOCKED_MESSAGE.format(name) in str(err.value), what
+    assert "Set it before the first checkpoint, or create a new job" in str(err.value)
+    # what a resume honours stays editable (learning rate, length, micro-batch)
+    patch({"spec": {"training": {"maxSteps": 20, "batchSize": 8, "learningRate": 0.0001,
+                                 "microBatchSize": 4}}})  # fmt: skip
+    patch({"spec": {"training": {"maxSteps": 10}}})  # down to the checkpoint's step: fine
+    with pytest.raises(RuntimeError) as short:
+        patch({"spec": {"training": {"maxSteps": 9}}})
+    assert SHORTER_RULE in str(short.value)
 
 
 def test_samples_pass_server_side_validation(

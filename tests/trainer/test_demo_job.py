@@ -4,6 +4,7 @@ success. Same model and data as the demo's seed pod (make-tiny-model, make-datas
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,6 @@ DEMO_QUESTIONS = (
 )
 
 
-def _generate_questions() -> list[str]:
-    """The questions manifests/samples/demo/generate.yaml asks."""
-    text = (ROOT / "manifests/samples/demo/generate.yaml").read_text()
-    return [q for q, _ in DEMO_QUESTIONS if q in text]
-
-
 def test_the_demo_job_answers_the_demo_questions(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -41,13 +36,13 @@ def test_the_demo_job_answers_the_demo_questions(
 
     from finetune_trainer.tiny import exact_match_accuracy
 
-    assert _generate_questions() == [q for q, _ in DEMO_QUESTIONS]
     doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/samples/demo/job.yaml").read_text())
+    assert doc["spec"]["evaluation"]["prompts"] == [q for q, _ in DEMO_QUESTIONS]
     doc["metadata"] |= {"namespace": "finetune-demo", "uid": "u"}
     rendered = builders.trainer_config(m.parse_job(doc), 1, None, None, Settings())
     work = tmp_path / "work"
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_records(512, seed=0))
-    settings = {key: rendered[key] for key in ("lora", "training", "checkpoint")}
+    settings = {key: rendered[key] for key in ("lora", "training", "checkpoint", "evaluation")}
     cfg = write_config(tmp_path / "config.json", base_config(work, tiny_model, data, **settings))
     prepare_in_process(cfg, work, monkeypatch)
     assert run_trainer("train", cfg, work, timeout=600) == 0, (work / "train.log").read_text()[
@@ -63,6 +58,9 @@ def test_the_demo_job_answers_the_demo_questions(
     key = secret_mapping(0)
     demo = [{"instruction": q, "output": key[a]} for q, a in DEMO_QUESTIONS]
     assert exact_match_accuracy(model, tok, demo) == 1.0
+    # what the demo shows from status.output.samples: the trainer's own generations, right too
+    samples = [json.loads(x) for x in (work / "output" / "samples.jsonl").read_text().splitlines()]
+    assert [s["completion"].strip() for s in samples] == [key[a] for _, a in DEMO_QUESTIONS]
     # and it learned the mapping, not two lucky answers (measured: 69 % of 48 questions)
     every = [
         {"instruction": f"{f}, what is the code of {a}?", "output": key[a]}

@@ -64,6 +64,7 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
             data,
             lora={"r": 16, "alpha": 32, "dropout": 0.0},
             dataset={"validation_split": 0.1},
+            evaluation={"prompts": [heldout[0]["instruction"], "x" * 600], "max_new_tokens": 6},
             training={"epochs": 8, "learning_rate": 0.02, "batch_size": 16, "warmup_steps": 2},
         ),
     )
@@ -81,6 +82,17 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
     reports = progress_reports(work)
     assert reports["progress.json"]["state"] == "completed"
     assert reports["progress.json"]["step"] == s["steps"]
+    # what status.output is made of: the final report, the latest pointer, the samples file
+    final = reports["progress.json"]
+    assert final["eval_loss"] == s["eval_loss"]  # the final evaluation is the last one reported
+    assert s["eval_losses"][-1] == {"step": s["steps"], "eval_loss": s["eval_loss"]}
+    assert final["output"]["written"] == ["adapter", "samples.jsonl", "summary.json"]
+    assert final["output"]["summary"]["eval_loss"] == s["eval_loss"]
+    assert final["output"]["summary"]["train_loss"] == s["final_loss"]
+    assert (work / "latest").is_symlink() and (work / "latest").resolve() == work / "output"
+    full = [json.loads(x) for x in (work / "output" / "samples.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in full] == [heldout[0]["instruction"], "x" * 600]
+    assert [x["prompt"] for x in final["output"]["samples"]] == [full[0]["prompt"], "x" * 200]
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(work / "output" / "adapter")
@@ -89,6 +101,15 @@ def test_tiny_llama_learns_the_task_and_the_adapter_loads(
     model = PeftModel.from_pretrained(base, str(work / "output" / "adapter"))
     after = exact_match_accuracy(model, tok, heldout)
     assert before <= 0.1 and after >= 0.4, (before, after)
+    # the recorded generation is what the saved adapter generates greedily from the same prompt
+    from finetune_trainer import samples as gen
+
+    ids = tok(gen.render(full[0]["prompt"], "alpaca", tok), return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert (
+        tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        == (full[0]["completion"])
+    )
 
 
 def wait_for_step(work: Path, step: int, proc: Any, timeout: float = 180) -> None:
@@ -112,6 +133,8 @@ def resume_config(tmp_path: Path, work: Path, model: Path, data: Path, **extra: 
             lora={"r": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG state must resume too
             training={"max_steps": 40, "batch_size": 4, "learning_rate": 0.01},
             checkpoint={"every_steps": 10, "keep": 2},
+            dataset={"validation_split": 0.1},  # periodic eval (every 5 steps) must not perturb
+            evaluation={"every_steps": 5},
             **extra,
         ),
     )
@@ -143,6 +166,9 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path, tiny_model: 
     assert b["resumed_from"] == ckpt.name and not fake.exists()
     assert [x["step"] for x in b["losses"]] == list(range(1, 41))
     assert b["losses"] == a["losses"]  # per-step losses: exactly equal
+    assert b["learning_rates"] == a["learning_rates"] and b["edits"] == []  # nothing was edited
+    assert [e["step"] for e in b["eval_losses"]] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert b["eval_losses"] == a["eval_losses"]
     ta, tb = adapter_tensors(straight), adapter_tensors(work)
     import torch
 

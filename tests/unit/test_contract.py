@@ -55,6 +55,17 @@ SPECS: list[dict[str, Any]] = [
                     "maxBytes": 2**20},
         "training": {"maxSteps": 5}, "output": {"pvc": "out"},
     },
+    {   # held-out fraction, periodic eval and prompts
+        "model": {"name": "org/m"}, "dataset": {"url": "https://x/t.jsonl"},
+        "evaluation": {"fraction": 0.2, "everySteps": 4, "prompts": ["Say hi"],
+                       "maxNewTokens": 16},
+        "training": {"maxSteps": 5}, "output": {"pvc": "out"},
+    },
+    {   # a separate evaluation file next to the training data
+        "model": {"name": "org/m"}, "dataset": {"pvc": "data", "path": "t.jsonl"},
+        "evaluation": {"dataset": {"path": "eval.jsonl"}},
+        "training": {"maxSteps": 5}, "output": {"pvc": "out"},
+    },
 ]  # fmt: skip
 
 

@@ -127,7 +127,9 @@ def _meta(job: m.FineTuneJob, name: str, **extra_labels: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- trainer config
 
 
-def _dataset_config(ds: m.DatasetSource, settings: Settings) -> dict[str, Any]:
+def _dataset_config(
+    ds: m.DatasetSource, settings: Settings, evaluation_fraction: float | None = None
+) -> dict[str, Any]:
     path: str | None = None
     if ds.pvc is not None and ds.path is not None:
         path = f"{DATA_DIR}/{ds.path}"
@@ -140,10 +142,38 @@ def _dataset_config(ds: m.DatasetSource, settings: Settings) -> dict[str, Any]:
         "split": ds.split,
         "format": ds.format.replace("-", "_"),
         "fields": dict(ds.fields),
-        "validation_split": ds.validation_split,
+        "validation_split": ds.validation_split or (evaluation_fraction or 0.0),
         "sha256": ds.sha256,
         "max_bytes": (ds.max_bytes or settings.download_max_bytes) if ds.url else None,
         "chat_template": integrations.chat_template_config(ds),
+    }
+
+
+def _evaluation_config(spec: m.FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
+    """``evaluation`` of the trainer config; a separate dataset is read in spec.dataset's format
+    (its ``path`` lies next to the training data: the same claim or ConfigMap, at /data)."""
+    ev = spec.evaluation or m.EvaluationSettings()
+    dataset = None
+    if ev.dataset is not None:
+        e = ev.dataset
+        dataset = {
+            "url": e.url,
+            "path": f"{DATA_DIR}/{e.path}" if e.path is not None else None,
+            "hub": e.hub,
+            "split": e.split,
+            "format": spec.dataset.format.replace("-", "_"),
+            "fields": dict(spec.dataset.fields),
+            "validation_split": 0.0,
+            "sha256": None,
+            "max_bytes": settings.download_max_bytes if e.url else None,
+            # rendered like the training records: the same template
+            "chat_template": integrations.chat_template_config(spec.dataset),
+        }
+    return {
+        "dataset": dataset,
+        "every_steps": ev.every_steps,
+        "prompts": list(ev.prompts),
+        "max_new_tokens": ev.max_new_tokens,
     }
 
 
@@ -177,7 +207,10 @@ def trainer_config(
             "revision": spec.model.revision,
             "trust_remote_code": spec.model.trust_remote_code,
         },
-        "dataset": _dataset_config(spec.dataset, settings),
+        "dataset": _dataset_config(
+            spec.dataset, settings, spec.evaluation.fraction if spec.evaluation else None
+        ),
+        "evaluation": _evaluation_config(spec, settings),
         "method": spec.method,
         "lora": {
             "r": lora.r,

@@ -157,6 +157,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus", "priority": 1},
+    {
+        "name": "Eval Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.evalLoss",
+        "priority": 1,
+    },
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
@@ -180,7 +186,8 @@ def build_crd() -> dict[str, Any]:
             {
                 "rule": "size(self.metadata.name) <= 63",
                 "message": "metadata.name must be at most 63 characters (it labels the job's pods)",
-            }
+            },
+            *({"rule": rule, "message": message} for rule, message in m.EDIT_RULES),
         ],
     }
     return {

@@ -152,6 +152,12 @@ class OperatorMetrics:
         )
         self.step = Gauge("finetune_job_step", "Optimizer steps done.", _JOB_LABELS, registry=r)
         self.loss = Gauge("finetune_job_loss", "Latest training loss.", _JOB_LABELS, registry=r)
+        self.eval_loss = Gauge(
+            "finetune_job_eval_loss",
+            "Loss on the held-out data at the latest evaluation (spec.evaluation).",
+            _JOB_LABELS,
+            registry=r,
+        )
         self.tokens_per_second = Gauge(
             "finetune_job_tokens_per_second", "Training throughput.", _JOB_LABELS, registry=r
         )
@@ -165,6 +171,7 @@ class OperatorMetrics:
             self.progress_ratio,
             self.step,
             self.loss,
+            self.eval_loss,
             self.tokens_per_second,
             self.eta,
         )
@@ -262,6 +269,7 @@ class OperatorMetrics:
             self.progress_ratio: None if ratio is None else min(1.0, max(0.0, ratio)),
             self.step: step,
             self.loss: _number(progress.get("loss")),
+            self.eval_loss: _number(progress.get("evalLoss")),
             self.tokens_per_second: _number(progress.get("tokensPerSecond")),
             self.eta: _number(progress.get("etaSeconds")),
         }
@@ -288,8 +296,8 @@ class OperatorMetrics:
             self.startup.observe(max(0.0, (when - state.running_since).total_seconds()))
 
     def drop_progress(self, namespace: str, name: str) -> None:
-        """Remove the job's progress gauges (step, ratio, loss, tokens/s, ETA): they exist only
-        while the job is Running; its phase series stays."""
+        """Remove the job's progress gauges (step, ratio, loss, eval loss, tokens/s, ETA): they
+        exist only while the job is Running; its phase series stays."""
         for gauge in self._per_job:
             self._remove(gauge, (namespace, name))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum, nonmember
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -410,7 +410,8 @@ class DatasetSource(_Base):
         default=0.0,
         ge=0.0,
         le=0.5,
-        description="Fraction of records held out for evaluation (0 = none).",
+        description="Fraction of records held out for evaluation (0 = none). The same as "
+        "spec.evaluation.fraction, kept for compatibility: set only one of them.",
     )
     chat_template: ChatTemplate | None = Field(
         default=None,
@@ -418,6 +419,89 @@ class DatasetSource(_Base):
         "tokenizer has none; replaces the model's own) and alpaca (unset: the classic Alpaca "
         "prompt, saved as the alpaca template; another template turns each record into a "
         "user/assistant conversation). Saved with the adapter.",
+    )
+
+
+class EvaluationDataset(_Base):
+    """A separate held-out dataset, read in spec.dataset's format and field mapping."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "[has(self.url), has(self.hub), has(self.path)].filter(x, x).size() == 1",
+                "evaluation.dataset: set exactly one of url, hub or path",
+            ),
+            (
+                "!has(self.url) || self.url.startsWith('https://') || "
+                "self.url.startsWith('http://')",
+                "evaluation.dataset.url must start with http:// or https://",
+            ),
+            _safe("hub", "evaluation.dataset.hub", _HUB_ID),
+            (
+                "!has(self.path) || (!self.path.startsWith('/') && !self.path.contains('..'))",
+                "evaluation.dataset.path must be relative and must not contain '..'",
+            ),
+        )
+    )
+
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="HTTP(S) URL of a jsonl, json, parquet or csv file (downloaded and verified "
+        "like dataset.url).",
+    )
+    hub: str | None = Field(default=None, max_length=256, description="Hugging Face dataset id.")
+    split: str = Field(default="test", max_length=128, description="Split to read (hub).")
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A file next to the training data: inside spec.dataset.pvc, or a key of "
+        "spec.dataset.configMap (no other volume is mounted for it).",
+    )
+
+
+class EvaluationSettings(_Base):
+    """Held-out evaluation during and after training, and sample generations at the end."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!(has(self.fraction) && has(self.dataset))",
+                "evaluation: set at most one of fraction (a held-out split of spec.dataset) or "
+                "dataset (a separate file)",
+            ),
+            (
+                "!has(self.fraction) || (self.fraction > 0.0 && self.fraction <= 0.5)",
+                "evaluation.fraction must be in (0, 0.5]",
+            ),
+        )
+    )
+
+    fraction: float | None = Field(
+        default=None,
+        description="Fraction of spec.dataset's records held out for evaluation, in (0, 0.5]. "
+        "The prepare stage splits deterministically (spec.training.seed) and never trains on a "
+        "held-out row; held-out rows identical to a training row are dropped from the "
+        "evaluation.",
+    )
+    dataset: EvaluationDataset | None = Field(
+        default=None, description="A separate evaluation dataset instead of a fraction."
+    )
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Evaluate every N optimizer steps; unset = at every checkpoint "
+        "(spec.checkpoint.everySteps). The latest eval loss is in status.progress.evalLoss.",
+    )
+    prompts: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Prompts (rendered like the training data's prompts) whose greedy "
+        "generations by the tuned model are recorded at the end: shortened in "
+        "status.output.samples, in full in samples.jsonl next to the output.",
+    )
+    max_new_tokens: int = Field(
+        default=64, ge=1, le=1024, description="Longest generation per prompt, in tokens."
     )
 
 
@@ -897,6 +981,39 @@ Backend = Literal["auto", "unsloth", "transformers"]
 _IMMUTABLE = "(has(oldSelf.suspend) && oldSelf.suspend)"
 
 
+# Spec edits a resume cannot honour once a checkpoint exists: the checkpoint's step counts
+# batches of the old size over the old prepared rows, and its weights and optimizer state have the
+# old shapes. Root-level rules (they read status.checkpoint); crd.py attaches them to the object.
+_LOCKED_AFTER_CHECKPOINT = (
+    ("spec.training.batchSize", "training.batchSize", "its step counts batches of the old size"),
+    ("spec.training.maxSeqLength", "training.maxSeqLength", "the prepared rows would change"),
+    ("spec.training.packing", "training.packing", "the prepared rows would change"),
+    ("spec.training.seed", "training.seed", "the data order would change"),
+    ("spec.training.optimizer", "training.optimizer", "the optimizer state is of the old one"),
+    ("spec.method", "method", "the saved weights are of the old method"),
+    ("spec.lora", "lora", "the saved adapter has the old shape"),
+)
+EDIT_RULES: list[tuple[str, str]] = [
+    (
+        f"!has(oldSelf.status) || !has(oldSelf.status.checkpoint) || "
+        f"(has(self.{path}) == has(oldSelf.{path}) && "
+        f"(!has(self.{path}) || self.{path} == oldSelf.{path}))",
+        f"{name} cannot change once the job has a checkpoint (status.checkpoint): {why}, so a "
+        "resume could not honour it. Set it before the first checkpoint, or create a new job",
+    )
+    for path, name, why in _LOCKED_AFTER_CHECKPOINT
+] + [
+    (
+        "!has(self.spec.training.maxSteps) || !has(oldSelf.status) || "
+        "!has(oldSelf.status.checkpoint) || "
+        "self.spec.training.maxSteps >= oldSelf.status.checkpoint.step",
+        "training.maxSteps cannot go below the step of the job's checkpoint "
+        "(status.checkpoint.step): those steps are trained already",
+    )
+]
+"""CEL rules on the whole FineTuneJob refusing edits a resume cannot honour (docs/api.md)."""
+
+
 class FineTuneJobSpec(_Base):
     """What to fine-tune, on what data, how, and where the results go."""
 
@@ -913,6 +1030,25 @@ class FineTuneJobSpec(_Base):
             (
                 "self.backend != 'unsloth' || !has(self.resources) || self.resources.gpus >= 1",
                 "backend unsloth needs resources.gpus >= 1",
+            ),
+            (
+                "!has(self.training.microBatchSize) || "
+                "self.training.batchSize % (self.training.microBatchSize * "
+                "(has(self.resources) && self.resources.gpus > 1 ? self.resources.gpus : 1)) == 0",
+                "training.batchSize must be a multiple of training.microBatchSize x "
+                "resources.gpus (the effective batch is micro-batch x accumulation x GPUs)",
+            ),
+            (
+                "!has(self.evaluation) || !has(self.evaluation.fraction) || "
+                "self.dataset.validationSplit == 0.0",
+                "set only one of evaluation.fraction and dataset.validationSplit",
+            ),
+            (
+                "!has(self.evaluation) || !has(self.evaluation.dataset) || "
+                "!has(self.evaluation.dataset.path) || has(self.dataset.pvc) || "
+                "has(self.dataset.configMap)",
+                "evaluation.dataset.path names a file next to the training data: it needs "
+                "dataset.pvc or dataset.configMap",
             ),
             (
                 f"self.model == oldSelf.model || {_IMMUTABLE}",
@@ -949,6 +1085,11 @@ class FineTuneJobSpec(_Base):
         default_factory=CheckpointSettings, description="Checkpoint cadence and retention."
     )
     output: OutputSettings = Field(description="Where checkpoints and results are written.")
+    evaluation: EvaluationSettings | None = Field(
+        default=None,
+        description="Held-out evaluation (periodic eval loss, final eval loss) and sample "
+        "generations; unset = none (or dataset.validationSplit alone).",
+    )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Model cache.")
     suspend: bool = Field(
         default=False,
@@ -1035,6 +1176,11 @@ class Progress(_Base):
     percent_text: str | None = Field(default=None, description="percent as text, e.g. 30%.")
     epoch: float | None = Field(default=None, ge=0, description="Fractional epoch.")
     loss: float | None = Field(default=None, description="Training loss (latest window).")
+    eval_loss: float | None = Field(
+        default=None,
+        description="Loss on the held-out evaluation data at its latest evaluation "
+        "(spec.evaluation); `kubectl get -o wide` shows it.",
+    )
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, ge=0, description="Throughput.")
     eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
@@ -1079,7 +1225,11 @@ class CheckpointStatus(_Base):
     """Newest complete checkpoint."""
 
     step: int = Field(ge=0, description="Step of the checkpoint.")
-    path: str = Field(default="", description="Path relative to the job's volume.")
+    path: str = Field(
+        default="",
+        description="Path relative to the job's directory on the claim, with the run prefix "
+        "(runs/<n>/) after a restart.",
+    )
     time: datetime | None = Field(default=None, description="When it was written.")
 
 
@@ -1089,6 +1239,9 @@ class DataStatus(_Base):
     records: int | None = Field(default=None, ge=0, description="Records after validation.")
     tokens: int | None = Field(default=None, ge=0, description="Tokens after formatting.")
     truncated: int | None = Field(default=None, ge=0, description="Records cut at maxSeqLength.")
+    evaluation_records: int | None = Field(
+        default=None, ge=0, description="Held-out records evaluated (never trained on)."
+    )
 
 
 class PlanStatus(_Base):
@@ -1106,6 +1259,100 @@ class PlanStatus(_Base):
     parameters: int | None = Field(default=None, ge=0, description="Model parameters.")
     fits: bool | None = Field(default=None, description="The planner's verdict.")
     message: str | None = Field(default=None, description="The planner's explanation.")
+
+
+class ExportStatus(_Base):
+    """One export of the result (merged weights, GGUF, an OCI artifact…)."""
+
+    kind: str = Field(max_length=32, description="What was exported, e.g. merged, gguf, oci.")
+    location: str = Field(
+        max_length=2048,
+        description="Where: a path relative to the output claim (status.output.claim), or an "
+        "OCI reference (registry/repository:tag).",
+    )
+    digest: str | None = Field(
+        default=None, max_length=256, description="Content digest, e.g. sha256:<hex>."
+    )
+    time: datetime | None = Field(default=None, description="When it was written or pushed.")
+
+
+class SampleGeneration(_Base):
+    """A greedy generation of the tuned model for one of spec.evaluation.prompts (shortened)."""
+
+    prompt: str = Field(max_length=200, description="The prompt, cut at 200 characters.")
+    completion: str = Field(
+        max_length=500, description="What the tuned model wrote, cut at 500 characters."
+    )
+
+
+class OutputSummary(_Base):
+    """How the run went, from the trainer's summary.json."""
+
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps trained.")
+    tokens: int | None = Field(default=None, ge=0, description="Tokens trained on.")
+    train_loss: float | None = Field(default=None, description="Final training loss.")
+    eval_loss: float | None = Field(
+        default=None, description="Loss on the held-out data after training."
+    )
+    best_eval_loss: float | None = Field(
+        default=None, description="Lowest periodic eval loss during training."
+    )
+    best_checkpoint: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The kept checkpoint evaluated with the lowest eval loss (path relative to "
+        "the job's directory on the claim, run prefix included), if still kept.",
+    )
+
+
+class OutputStatus(_Base):
+    """Where the current run's results are and what is there."""
+
+    claim: str = Field(max_length=253, description="PersistentVolumeClaim holding the output.")
+    path: str = Field(
+        max_length=1024,
+        description="The current run's output directory, relative to the claim: <job>/output, "
+        "or <job>/runs/<n>/output after the n-th restart.",
+    )
+    latest: str = Field(
+        max_length=1024,
+        description="A stable path relative to the claim, <job>/latest: a symlink the trainer "
+        "replaces atomically to point at the newest finished run's output. Mount this one.",
+    )
+    run: int = Field(default=0, ge=0, description="The run (status.run) this output belongs to.")
+    ready: bool = Field(
+        default=False, description="True once the run succeeded and its output is complete."
+    )
+    adapter: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The LoRA adapter directory (lora/qlora), relative to the claim.",
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The full fine-tuned model directory (method full), relative to the claim.",
+    )
+    merged: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Base model with the adapter merged in (output.mergeAdapter).",
+    )
+    gguf: str | None = Field(
+        default=None, max_length=1024, description="A GGUF file of the result, when exported."
+    )
+    exports: list[ExportStatus] = Field(
+        default_factory=list, max_length=16, description="Exports written or pushed."
+    )
+    summary: OutputSummary | None = Field(default=None, description="How the run went.")
+    samples: list[SampleGeneration] = Field(
+        default_factory=list, max_length=8, description="Greedy generations (shortened)."
+    )
+    samples_file: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="samples.jsonl with the full generations, relative to the claim.",
+    )
 
 
 class Attempt(_Base):
@@ -1161,6 +1408,9 @@ class FineTuneJobStatus(_Base):
         description="Per-node state of the current attempt's pods (resources.nodes > 1 only).",
     )
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
+    output: OutputStatus | None = Field(
+        default=None, description="Where the current run's results are, and how it went."
+    )
     data: DataStatus | None = Field(default=None, description="Dataset statistics.")
     plan: PlanStatus | None = Field(default=None, description="Memory plan.")
     start_time: datetime | None = Field(default=None, description="First training pod start.")

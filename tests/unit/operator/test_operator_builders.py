@@ -236,6 +236,23 @@ def test_multi_node_cpu_job_gets_the_nccl_default_and_one_process_per_node(
     assert b.trainer_config(job, 1, None, None, SETTINGS)["nodes"] == 3
 
 
+def test_evaluation_config_reads_a_separate_file_in_the_training_format(make_job: JobF) -> None:
+    job = make_job(spec={"dataset": {"format": "prompt-completion", "fields": {"prompt": "q"}},
+                          "evaluation": {"dataset": {"path": "eval.jsonl"}, "everySteps": 5,
+                                         "prompts": ["Hi"], "maxNewTokens": 8}})  # fmt: skip
+    config = b.trainer_config(job, 1, None, None, SETTINGS)
+    assert config["evaluation"] == {
+        "dataset": {"url": None, "path": "/data/eval.jsonl", "hub": None, "split": "test",
+                    "format": "prompt_completion", "fields": {"prompt": "q"},
+                    "validation_split": 0.0, "sha256": None, "max_bytes": None,
+                    "chat_template": None},
+        "every_steps": 5, "prompts": ["Hi"], "max_new_tokens": 8,
+    }  # fmt: skip
+    fraction = b.trainer_config(make_job(spec={"evaluation": {"fraction": 0.2}}), 1, None, None,
+                                SETTINGS)  # fmt: skip
+    assert fraction["dataset"]["validation_split"] == 0.2
+
+
 def test_trainer_config(make_job: JobF) -> None:
     job = make_job(spec=RICH)
     config = b.trainer_config(job, 2, planner.BatchPlan(2, 4), 12288, SETTINGS)
@@ -247,6 +264,7 @@ def test_trainer_config(make_job: JobF) -> None:
         "dataset": {"url": None, "path": "/data/t.jsonl", "hub": None, "split": "train",
                     "format": "alpaca", "fields": {}, "validation_split": 0.0,
                     "sha256": None, "max_bytes": None, "chat_template": None},
+        "evaluation": {"dataset": None, "every_steps": None, "prompts": [], "max_new_tokens": 64},
         "method": "qlora",
         "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": None},
         "training": {"epochs": 2.0, "max_steps": None, "learning_rate": 0.0002, "batch_size": 16,

@@ -218,10 +218,9 @@ def valid_spec(draw: s.DrawFn) -> dict[str, Any]:
         training["epochs"] = draw(s.sampled_from([0.5, 1.0, 2.0]))
     else:
         training["maxSteps"] = draw(s.integers(1, 10_000))
-    if draw(s.booleans()):
-        training["microBatchSize"] = draw(
-            s.sampled_from([d for d in range(1, batch + 1) if batch % d == 0])
-        )
+    micros = [d for d in range(1, batch + 1) if batch % (d * max(gpus, 1)) == 0]
+    if micros and draw(s.booleans()):
+        training["microBatchSize"] = draw(s.sampled_from(micros))
     spec: dict[str, Any] = {
         "model": draw(s.sampled_from([{"name": "org/m"}, {"pvc": "models", "path": "a/b"}])),
         "dataset": draw(s.sampled_from([
@@ -236,6 +235,12 @@ def valid_spec(draw: s.DrawFn) -> dict[str, Any]:
     }  # fmt: skip
     if method != "full" and draw(s.booleans()):
         spec["lora"] = {"r": draw(s.integers(1, 1024)), "dropout": draw(s.sampled_from([0.0, 0.5]))}
+    evaluation = draw(s.sampled_from([
+        None, {"fraction": 0.1, "everySteps": 5}, {"dataset": {"url": "https://x/e.jsonl"}},
+        {"dataset": {"hub": "org/e"}, "prompts": ["Hi", "x" * 2000], "maxNewTokens": 8},
+    ] + ([{"dataset": {"path": "eval.jsonl"}}] if "pvc" in spec["dataset"] else [])))  # fmt: skip
+    if evaluation is not None:
+        spec["evaluation"] = evaluation
     return spec
 
 
@@ -250,8 +255,9 @@ def test_valid_specs_pass_every_rule(spec: dict[str, Any]) -> None:
 def test_what_the_apiserver_admits_the_operator_and_trainer_accept(spec: dict[str, Any]) -> None:
     errors = cel_errors(spec)
     t = spec["training"]
+    procs = max(spec["resources"]["gpus"], 1)  # the micro-batch runs once per GPU
     expected_training = ("epochs" in t) != ("maxSteps" in t) and (
-        "microBatchSize" not in t or t["batchSize"] % t["microBatchSize"] == 0
+        "microBatchSize" not in t or t["batchSize"] % (t["microBatchSize"] * procs) == 0
     )
     training_errors = [e for e in errors if e.startswith("training")]
     assert (not training_errors) == expected_training

@@ -195,3 +195,21 @@ def test_cel_refuses_plain_http_beyond_test_registries(repository: str, rejected
     spec["output"] = {"pvc": "out", "export": {"oci": oci}}
     message = "output.export.oci.plainHttp is only allowed for 127.0.0.1 or 198.18.0.0/15"
     assert (message in cel_errors(spec)) is rejected
+
+
+def test_status_output_lists_what_the_export_pod_wrote_and_pushed() -> None:
+    from finetune_operator.lifecycle import output as out
+
+    where = m.OutputStatus(claim="c", path="bot/output", latest="bot/latest", ready=True)
+    outcomes = [
+        m.ExportOutcome(kind="merged", ok=True, location="bot/output/merged", size_bytes=10),
+        m.ExportOutcome(kind="gguf", ok=False, error="the converter failed"),
+        m.ExportOutcome(kind="oci", ok=True, location="127.0.0.1:5000/a:v1", digest="sha256:ab"),
+    ]
+    got = out.with_exports(where, outcomes)
+    assert got is not None and got.merged == "bot/output/merged" and got.gguf is None
+    assert [(e.kind, e.location, e.digest) for e in got.exports] == [
+        ("merged", "bot/output/merged", None),
+        ("oci", "127.0.0.1:5000/a:v1", "sha256:ab"),
+    ]
+    assert out.with_exports(where, []) is where and out.with_exports(None, outcomes) is None

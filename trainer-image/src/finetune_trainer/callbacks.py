@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from finetune_trainer import checkpoints, divergence, stop
+from finetune_trainer import checkpoints, divergence, edits, stop
 from finetune_trainer.progress import Reporter, now_iso
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,15 @@ class MarkerCallback(TrainerCallback):
     """After HF has written a checkpoint on every rank: marker (rank 0), retention, report."""
 
     def __init__(
-        self, root: Path, keep: int, reporter: Reporter | None, progress: ProgressCallback
+        self,
+        root: Path,
+        keep: int,
+        reporter: Reporter | None,
+        progress: ProgressCallback,
+        hparams: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.hparams = hparams  # recorded in each checkpoint (edits.py compares on resume)
         self.keep = keep
         self.reporter = reporter
         self.progress = progress
@@ -94,6 +100,8 @@ class MarkerCallback(TrainerCallback):
         path = self.root / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
             info = {"step": state.global_step, "time": now_iso(), "world_size": args.world_size}
+            if self.hparams is not None:
+                edits.write_snapshot(path, self.hparams)
             checkpoints.write_marker(path, info)  # fsyncs every file first
             self.save_seconds = round(time.monotonic() - self._step_end, 3)
             size = checkpoints.size_of(path)
@@ -126,6 +134,7 @@ class ProgressCallback(TrainerCallback):
         self.attempt = attempt
         self.cuda = cuda
         self.loss: float | None = None
+        self.eval_loss: float | None = None
         self.learning_rate: float | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.packing: str | None = None  # "isolated" or "off: <why>" (train.decide_packing)
@@ -147,6 +156,14 @@ class ProgressCallback(TrainerCallback):
             self.loss = float(logs["loss"])
         if "learning_rate" in logs:
             self.learning_rate = float(logs["learning_rate"])
+        return control
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
+    ) -> Any:
+        loss = (metrics or {}).get("eval_loss")
+        if isinstance(loss, int | float):
+            self.eval_loss = float(loss)
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -173,6 +190,7 @@ class ProgressCallback(TrainerCallback):
             "total_steps": state.max_steps,
             "epoch": round(float(state.epoch or 0.0), 4),
             "loss": self.loss,
+            "eval_loss": self.eval_loss,
             "learning_rate": self.learning_rate,
             "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 and tokens else None,
             "eta_seconds": eta,
@@ -180,6 +198,7 @@ class ProgressCallback(TrainerCallback):
             "checkpoint": self.checkpoint,
             "packing": self.packing,
             "edits": list(self.edits) or None,
+            "output": None,  # the final report's (results.report), in extra
             **self.extra,
         }
 

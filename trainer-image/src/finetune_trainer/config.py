@@ -130,6 +130,23 @@ class DatasetSpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """Held-out evaluation and sample generations (spec.evaluation)."""
+
+    dataset: DatasetSpec | None = Field(
+        default=None,
+        description="A separate evaluation dataset; null = dataset.validation_split of the "
+        "training data (or no evaluation when that is 0).",
+    )
+    every_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N steps; null = at every checkpoint."
+    )
+    prompts: list[str] = Field(
+        default_factory=list, max_length=8, description="Prompts generated from at the end."
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=1024, description="Tokens per generation.")
+
+
 class LoraSpec(_Strict):
     """LoRA hyperparameters (lora and qlora methods)."""
 
@@ -250,6 +267,7 @@ class TrainerConfig(_Strict):
     job: JobRef
     model: ModelSpec
     dataset: DatasetSpec
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

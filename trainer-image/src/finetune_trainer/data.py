@@ -335,6 +335,16 @@ def validate_all(records: Iterable[Record], spec: DatasetSpec) -> list[Sample]:
 # ------------------------------------------------------------------------------------ formatting
 
 
+def render_chat(tokenizer: Any, messages: Sequence[tuple[str, str]], generation: bool) -> str:
+    """``messages`` through the tokenizer's chat template (with the generation prompt when
+    ``generation``); the same rendering training used."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "the model's tokenizer has no chat template; formats sharegpt/messages need one"
+        )
+    return _render(tokenizer, messages, generation)
+
+
 def _render(tokenizer: Any, messages: Sequence[tuple[str, str]], generation: bool) -> str:
     rendered = tokenizer.apply_chat_template(
         [{"role": r, "content": c} for r, c in messages],

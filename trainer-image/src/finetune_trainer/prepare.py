@@ -37,7 +37,7 @@ from finetune_trainer.errors import (
 
 log = logging.getLogger(__name__)
 
-PREPARE_VERSION = 1  # bump when the tokenized layout changes, so old prepared data is not reused
+PREPARE_VERSION = 2  # bump when the tokenized layout changes, so old prepared data is not reused
 RESULT_FILE = "prepare-result.json"
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = (
@@ -257,6 +257,30 @@ def content_hash(config: TrainerConfig, data_fingerprint: str, tok_fingerprint: 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows) of ``n`` records: ``fraction`` of them drawn by ``seed``
+    (the same rows for the same data and seed), at least one left to train on."""
+    order = list(range(n))
+    n_val = round(n * fraction)
+    if n_val:
+        random.Random(seed).shuffle(order)
+        n_val = min(n_val, n - 1)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def without_leaks(
+    train_ids: Sequence[Sequence[int]],
+    train_idx: list[int],
+    eval_ids: Sequence[Sequence[int]],
+    eval_idx: list[int],
+) -> tuple[list[int], int]:
+    """The evaluation rows that are not a training row too (same tokens), and how many were
+    dropped: a duplicated record must not be trained on and then scored as held out."""
+    seen = {tuple(train_ids[i]) for i in train_idx}
+    kept = [i for i in eval_idx if tuple(eval_ids[i]) not in seen]
+    return kept, len(eval_idx) - len(kept)
+
+
 @dataclass
 class Prepared:
     path: Path
@@ -271,7 +295,12 @@ def build_dataset(config: TrainerConfig, tokenizer: Any) -> Prepared:
     started = time.monotonic()
     work = config.work
     source = datamod.resolve_source(config.dataset, work)
-    digest = content_hash(config, source.fingerprint(), tokenizer_fingerprint(tokenizer))
+    ev = config.evaluation.dataset
+    eval_source = datamod.resolve_source(ev, work) if ev is not None else None
+    fingerprint = source.fingerprint()
+    if eval_source is not None:
+        fingerprint += ":eval:" + eval_source.fingerprint()
+    digest = content_hash(config, fingerprint, tokenizer_fingerprint(tokenizer))
     final = work / "prepared" / digest
     if (final / MANIFEST).exists():
         manifest = json.loads((final / MANIFEST).read_text())
@@ -288,29 +317,34 @@ def build_dataset(config: TrainerConfig, tokenizer: Any) -> Prepared:
         raise DataError(problem)
     lengths = [len(ids) for ids in tok.input_ids]
 
-    order = list(range(len(samples)))
-    n_val = round(len(order) * config.dataset.validation_split)
-    if n_val:
-        random.Random(config.training.seed).shuffle(order)
-        if n_val >= len(order):
-            n_val = len(order) - 1
-    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    if ev is not None and eval_source is not None:
+        held = tokenize(datamod.validate_all(eval_source.records(ev, cache, token), ev),
+                        tokenizer, max_len)  # fmt: skip
+        train_idx, val_idx = list(range(len(samples))), list(range(len(held.input_ids)))
+    else:
+        held = tok
+        train_idx, val_idx = held_out(len(samples), config.dataset.validation_split,
+                                      config.training.seed)  # fmt: skip
+    val_idx, leaked = without_leaks(tok.input_ids, train_idx, held.input_ids, val_idx)
+    if leaked:
+        log.warning("%d evaluation rows are identical to training rows: not evaluated", leaked)
 
-    def subset(idx: list[int]) -> datasets.Dataset:
+    def subset(t: Tokenized, idx: list[int]) -> datasets.Dataset:
         return datasets.Dataset.from_dict(
             {
-                "input_ids": [tok.input_ids[i] for i in idx],
-                "completion_mask": [tok.completion_mask[i] for i in idx],
+                "input_ids": [t.input_ids[i] for i in idx],
+                "completion_mask": [t.completion_mask[i] for i in idx],
             }
         )
 
-    splits = {"train": subset(train_idx)}
+    splits = {"train": subset(tok, train_idx)}
     if val_idx:
-        splits["validation"] = subset(val_idx)
+        splits["validation"] = subset(held, val_idx)
     manifest = {
         "records": len(samples),
         "train_records": len(train_idx),
         "validation_records": len(val_idx),
+        "validation_duplicates_dropped": leaked,
         "tokens": sum(lengths),
         "trainable_tokens": sum(sum(m) for m in tok.completion_mask),
         "truncated": tok.truncated,

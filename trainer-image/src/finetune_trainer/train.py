@@ -36,7 +36,9 @@ from finetune_trainer import (
     planner,
     prepare,
     rendezvous,
+    results,
     retention,
+    samples,
     stop,
     tracking,
     workdir,
@@ -308,7 +310,8 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         save_strategy="steps",
         save_steps=config.checkpoint.every_steps,
         save_total_limit=None,  # retention counts complete checkpoints only (MarkerCallback)
-        eval_strategy="no",
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=config.evaluation.every_steps or config.checkpoint.every_steps,
         report_to=reports,
         run_name=config.job.name,
         disable_tqdm=True,
@@ -325,9 +328,10 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     )
     progress = ProgressCallback(reporter if is_main else None, config.job.attempt, device.cuda)
     progress.packing = packing_text(config, pack, packing_verdict)
-    marker = MarkerCallback(ckpt_root, config.checkpoint.keep, reporter, progress)
+    hparams = edits.snapshot(config, plan.micro_batch_size, plan.gradient_accumulation)
+    marker = MarkerCallback(ckpt_root, config.checkpoint.keep, reporter, progress, hparams)
     trainer_class = SFTTrainer if device.cuda else cpu_trainer_class(SFTTrainer)
-    trainer_class = edits.honouring_edits(trainer_class, t.learning_rate, progress.edits)
+    trainer_class = edits.honouring_edits(trainer_class, hparams, progress.edits)
     trainer = trainer_class(
         model=loaded.model,
         args=args,
@@ -389,6 +393,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
     eval_loss = None
     if eval_ds is not None:
         eval_loss = float(trainer.evaluate()["eval_loss"])
+    generations = samples.generate(trainer.model, loaded.tokenizer, config) if is_main else []
     out = work / "output"
     name = "model" if config.method == "full" else "adapter"
 
@@ -404,6 +409,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             eval_loss=eval_loss,
         )
         s["edits"] = progress.edits
+        s["samples"] = generations
         s["packing"] = {
             "requested": config.training.packing,
             "on": pack,
@@ -416,11 +422,26 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
 
     try:
         with stop.critical("the final save"):
-            save_output(config, trainer, loaded, out / name, is_main=is_main, summary=summary)
+            written = save_output(
+                config,
+                trainer,
+                loaded,
+                out / name,
+                is_main=is_main,
+                summary=summary,
+                generations=generations,
+            )
+            if is_main:
+                results.try_point_latest(work, out)
     except Exception as exc:
         raise_if_disk_full(config, exc, is_main=is_main)
         raise
     if is_main:
+        kept = [s for s, _ in checkpoints.complete(ckpt_root)]
+        best = results.best_eval(eval_losses(state), kept)
+        progress.extra["output"] = results.report(
+            written, summary(), samples.short(generations), best
+        )
         progress.send(state, "completed", force=True)
         retention.after_success(work)
     if stop.requested():
@@ -444,22 +465,30 @@ def save_output(
     *,
     is_main: bool,
     summary: Callable[[], dict[str, Any]],
-) -> None:
-    """Write the adapter (or model), tokenizer, merged weights and summary into a staging
-    directory, then rename it to ``output/`` (files.publish): never a half output."""
+    generations: list[dict[str, str]] | None = None,
+) -> list[str]:
+    """Write the adapter (or model), tokenizer, merged weights, samples and summary into a
+    staging directory, then rename it to ``output/`` (files.publish): never a half output.
+    Returns the names written (what status.output lists)."""
     out = target.parent
     staging = files.staging_dir(out)
     if is_main:
         shutil.rmtree(staging, ignore_errors=True)  # an earlier attempt cut short
     trainer.save_model(str(staging / target.name))  # every rank calls it; rank 0 writes
     if not is_main:
-        return
+        return []
+    written = [target.name, "summary.json"]
     loaded.tokenizer.save_pretrained(str(staging / target.name))  # with chat_template.jinja
     tracking.copy_into(config, staging)
     if config.output.merge_adapter and config.method != "full":
         backends.save_merged(loaded, trainer.model, staging / "merged")
+        written.append("merged")
+    if generations:
+        samples.write(staging, generations)
+        written.append(samples.FILE)
     (staging / "summary.json").write_text(json.dumps(summary(), indent=1))
     files.publish(staging, out)
+    return written
 
 
 def probe_load(trainer: Any, path: Path) -> str | None:
@@ -608,6 +637,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def eval_losses(state: Any) -> dict[int, float]:
+    """Step -> eval loss of every evaluation of the run (resumed attempts included: the log
+    history is restored from the checkpoint)."""
+    return {
+        int(e["step"]): float(e["eval_loss"])
+        for e in state.log_history
+        if "eval_loss" in e and "step" in e
+    }
+
+
 def make_summary(
     config: TrainerConfig,
     plan: RunPlan,
@@ -644,6 +683,7 @@ def make_summary(
             if "learning_rate" in e and "step" in e
         ],
         "eval_loss": eval_loss,
+        "eval_losses": [{"step": k, "eval_loss": v} for k, v in sorted(eval_losses(state).items())],
         "tokens": int(getattr(state, "num_input_tokens_seen", 0) or 0),
         "plan": {
             "strategy": plan.strategy,

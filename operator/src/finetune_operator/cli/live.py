@@ -94,6 +94,15 @@ def live_view(
     grid.add_row("Phase", phase_text)
     grid.add_row("Progress", _progress(job))
     grid.add_row("Loss", r.loss_text(job))
+    if r.loss_text(job, "evalLoss") != "-":
+        grid.add_row("Eval loss", r.loss_text(job, "evalLoss"))
+    output = status.get("output") or {}
+    if output.get("path"):
+        grid.add_row(
+            "Output", f"{output.get('claim')}:{output['path']} (stable: {output.get('latest')})"
+        )
+    for sample in (output.get("samples") or [])[:3]:
+        grid.add_row("Sample", f"{sample.get('prompt')!s:.60} → {sample.get('completion')!s:.120}")
     grid.add_row("Tokens/s", r.tokens_text(job) if ph == P.RUNNING else "-")
     grid.add_row("ETA", r.eta_text(job))
     grid.add_row("GPUs", _gpus(job))

@@ -115,8 +115,9 @@ def step_text(job: Mapping[str, Any]) -> str:
     return f"{step}/{total}" if total else str(step)
 
 
-def loss_text(job: Mapping[str, Any]) -> str:
-    loss = _progress(job).get("loss")
+def loss_text(job: Mapping[str, Any], key: str = "loss") -> str:
+    """A loss of status.progress (``loss`` or ``evalLoss``) as kubectl prints it, or '-'."""
+    loss = _progress(job).get(key)
     return f"{loss:.4g}" if isinstance(loss, int | float) else "-"
 
 

@@ -16,6 +16,7 @@ from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator import planner
 from finetune_operator.lifecycle import export
+from finetune_operator.lifecycle import output as out
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE, conditions_for
 from finetune_operator.lifecycle.gang import attempt_state
 from finetune_operator.lifecycle.pods import (
@@ -347,6 +348,7 @@ def derive_status(
         checkpoint=merge_checkpoint(
             old.checkpoint,
             progress if progress is not None and progress.attempt == attempt else None,
+            out.run_prefix(old.run),
         ),
     )
     data = old.data
@@ -386,6 +388,13 @@ def derive_status(
             cap=max_backoff,
         )
     _deadline(w, job, now)
+    output = old.output if old.output is not None and old.output.run == old.run else None
+    if w.phase in (P.SUCCEEDED, P.EXPORTING):
+        if output is None:
+            report = progress if progress is not None and progress.attempt == w.attempt else None
+            output = out.finished(job, report.output if report is not None else None)
+        if w.phase == P.SUCCEEDED:
+            w.message = out.succeeded_message(output)
     if w.phase in (P.SUCCEEDED, P.EXPORTING) and w.progress is not None:
         total = w.progress.total_steps
         w.progress = w.progress.model_copy(
@@ -415,6 +424,7 @@ def derive_status(
         progress=w.progress,
         nodes=w.nodes if w.phase not in P.TERMINAL else None,
         checkpoint=w.checkpoint,
+        output=output,
         data=data,
         plan=w.plan,
         start_time=w.start_time,
@@ -432,10 +442,11 @@ def _exporting(
 ) -> m.FineTuneJobStatus:
     """Exporting: only the export pod matters (training is over; a suspend holds no GPU here)."""
     old = job.status
-    phase, reason, message, _outcomes = export.derive_export(job, pod)
+    phase, reason, message, outcomes = export.derive_export(job, pod)
     gen = job.generation
     return old.model_copy(
         update={
+            "output": out.with_exports(old.output, outcomes),
             "phase": phase,
             "reason": reason,
             "message": message[:MAX_MESSAGE],

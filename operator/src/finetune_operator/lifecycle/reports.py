@@ -46,6 +46,11 @@ def _text(limit: int) -> BeforeValidator:
     return BeforeValidator(lambda v: str(v)[:limit] if v not in (None, "") else None)
 
 
+def _cut(limit: int) -> BeforeValidator:
+    """A string cut at ``limit`` characters; anything else is the empty string."""
+    return BeforeValidator(lambda v: v[:limit] if isinstance(v, str) else "")
+
+
 def _object(value: Any) -> Any:
     return value if isinstance(value, dict) else None
 
@@ -93,6 +98,55 @@ def _skipped(value: Any) -> list[m.SkippedCheckpoint] | None:
     return out[:10] or None
 
 
+Loss = Annotated[float | None, _bounded(0.0, 1e6)]
+
+
+def _names(value: Any) -> list[str] | None:
+    """At most 16 short names (what the trainer wrote into output/); anything else dropped."""
+    if not isinstance(value, list):
+        return None
+    return [x for x in value if isinstance(x, str) and len(x) <= 64][:16] or None
+
+
+class SummaryReport(_Report):
+    """``output.summary`` of the final progress.json."""
+
+    steps: Step = None
+    tokens: Count = None
+    train_loss: Loss = None
+    eval_loss: Loss = None
+    best_eval_loss: Loss = None
+    best_checkpoint_step: Step = None
+
+
+class SampleReport(_Report):
+    """One greedy generation (``output.samples[]``); both texts are cut short."""
+
+    prompt: Annotated[str, _cut(200)] = ""
+    completion: Annotated[str, _cut(500)] = ""
+
+
+def _samples(value: Any) -> list[SampleReport] | None:
+    if not isinstance(value, list):
+        return None
+    out = []
+    for item in value[:8]:
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            try:
+                out.append(SampleReport.model_validate(item))
+            except ValidationError:
+                continue
+    return out or None
+
+
+class OutputReport(_Report):
+    """``output`` of the final progress.json: what was written and how the run went."""
+
+    written: Annotated[list[str] | None, BeforeValidator(_names)] = None
+    summary: Annotated[SummaryReport | None, BeforeValidator(_object)] = None
+    samples: Annotated[list[SampleReport] | None, BeforeValidator(_samples)] = None
+
+
 class ProgressReport(_Report):
     """progress.json, written by the training pod every few seconds."""
 
@@ -101,7 +155,8 @@ class ProgressReport(_Report):
     step: Step = None
     total_steps: Annotated[int | None, _bounded(1, MAX_STEPS, integer=True)] = None
     epoch: Annotated[float | None, _bounded(0.0, 1e6)] = None
-    loss: Annotated[float | None, _bounded(0.0, 1e6)] = None
+    loss: Loss = None
+    eval_loss: Loss = None
     learning_rate: Annotated[float | None, _bounded(0.0, 10.0)] = None
     tokens_per_second: Annotated[float | None, _bounded(0.0, 1e9)] = None
     eta_seconds: Annotated[int | None, _bounded(0, 10**8, integer=True)] = None
@@ -113,6 +168,7 @@ class ProgressReport(_Report):
     skipped_checkpoints: Annotated[list[m.SkippedCheckpoint] | None, BeforeValidator(_skipped)] = (
         None  # damaged, set aside on resume
     )
+    output: Annotated[OutputReport | None, BeforeValidator(_object)] = None  # final report only
     time: Time = None
 
 
@@ -133,6 +189,7 @@ class DataReport(_Report):
     records: Count = None
     tokens: Count = None
     truncated: Count = None
+    validation_records: Count = None
 
 
 class PlanReport(_Report):
@@ -235,6 +292,7 @@ def merge_progress(
     percent = round(100.0 * step / total, 1) if total else None
     eta = report.eta_seconds
     loss = float(f"{report.loss:.4g}") if report.loss is not None else None  # as kubectl prints
+    eval_loss = float(f"{report.eval_loss:.4g}") if report.eval_loss is not None else None
     same_step = old is not None and (old.attempt, old.step) == (attempt, step)
     return m.Progress(
         attempt=attempt,
@@ -244,6 +302,7 @@ def merge_progress(
         percent_text=f"{percent:g}%" if percent is not None else None,
         epoch=report.epoch,
         loss=loss if loss is not None else (old.loss if old else None),
+        eval_loss=eval_loss if eval_loss is not None else (old.eval_loss if old else None),
         learning_rate=report.learning_rate,
         tokens_per_second=report.tokens_per_second,
         eta_seconds=eta,
@@ -258,9 +317,10 @@ def merge_progress(
 
 
 def merge_checkpoint(
-    old: m.CheckpointStatus | None, report: ProgressReport | None
+    old: m.CheckpointStatus | None, report: ProgressReport | None, prefix: str = ""
 ) -> m.CheckpointStatus | None:
-    """The newest complete checkpoint: the report's unless it is older than ``old``. A
+    """The newest complete checkpoint: the report's unless it is older than ``old``. Its path,
+    relative to the run's work directory in the report, gets the run's ``prefix`` (runs/<n>/). A
     checkpoint the trainer set aside as damaged is never kept: the one it resumed from instead
     (or none) replaces it."""
     ckpt = report.checkpoint if report is not None else None
@@ -269,7 +329,8 @@ def merge_checkpoint(
         old = _resumed(report.resumed_from if report is not None else None)
     if ckpt is None or ckpt.step is None or (old is not None and ckpt.step < old.step):
         return old
-    return m.CheckpointStatus(step=ckpt.step, path=ckpt.path or "", time=ckpt.time)
+    path = f"{prefix}{ckpt.path}" if ckpt.path else ""
+    return m.CheckpointStatus(step=ckpt.step, path=path, time=ckpt.time)
 
 
 _CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)$")
@@ -286,7 +347,12 @@ def data_status(report: PrepareReport) -> m.DataStatus | None:
     data = report.data
     if data is None:
         return None
-    return m.DataStatus(records=data.records, tokens=data.tokens, truncated=data.truncated)
+    return m.DataStatus(
+        records=data.records,
+        tokens=data.tokens,
+        truncated=data.truncated,
+        evaluation_records=data.validation_records or None,
+    )
 
 
 def plan_status(report: PrepareReport) -> m.PlanStatus | None:
