@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from finetune_operator import kueue, planner
 from finetune_operator import models as m
-from finetune_operator import planner
 from finetune_operator.planner import BatchPlan
 from finetune_operator.settings import Settings
 
@@ -435,7 +435,7 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         "limits": {"memory": settings.prepare_memory},
     }
     command = ["finetune-trainer", "prepare", "--config", CONFIG_PATH]
-    return _pod(
+    pod = _pod(
         job,
         prepare_pod_name(job),
         role_label="prepare",
@@ -447,6 +447,10 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         # prepare writes nothing a signal could cut in half (temp + rename) and exits at once
         grace=settings.termination_grace_seconds or settings.grace_margin_seconds,
     )
+    # never queued: a few CPU seconds that decide whether the job can work at all come before
+    # it takes a place in a GPU queue (docs/kueue.md)
+    pod["metadata"]["labels"].pop(kueue.LABEL_QUEUE, None)
+    return pod
 
 
 def train_resources(job: m.FineTuneJob) -> dict[str, Any]:
@@ -498,6 +502,11 @@ def train_pod(job: m.FineTuneJob, attempt: int, settings: Settings) -> dict[str,
         priority=True,
         grace=train_grace_seconds(job, settings),
     )
+    group_labels, group_annotations = kueue.group_metadata(job, attempt)
+    meta = pod["metadata"]
+    meta["labels"] = {**meta["labels"], **group_labels}
+    if group_annotations:
+        meta["annotations"] = {**meta.get("annotations", {}), **group_annotations}
     if job.spec.resources.gpus > 1:
         # torch.distributed / NCCL need more shared memory than the runtime's 64 MiB default.
         pod["spec"]["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
