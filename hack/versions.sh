@@ -5,5 +5,6 @@ export ETCD_VERSION=3.6.16
 export KWOK_VERSION=0.8.0
 export HELM_VERSION=3.22.0
 export CLI_UTILS_VERSION=v0.37.2
+export KUEUE_VERSION=0.17.0
 export DEBIAN_SUITE=bookworm
 export FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}

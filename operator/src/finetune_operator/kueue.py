@@ -17,6 +17,10 @@ GROUP = "kueue.x-k8s.io"
 LABEL_QUEUE = f"{GROUP}/queue-name"
 LABEL_POD_GROUP = f"{GROUP}/pod-group-name"
 ANNOTATION_GROUP_TOTAL = f"{GROUP}/pod-group-total-count"
+# "false": the group is finished once all its pods ended. Kueue otherwise keeps a group whose pods
+# failed or were evicted waiting for replacement pods, and a readmitted empty group would hold the
+# quota; the operator never replaces a pod within a group (the next attempt is a new group).
+ANNOTATION_RETRIABLE = f"{GROUP}/retriable-in-group"
 ADMISSION_GATE = f"{GROUP}/admission"
 TERMINATION_TARGET = "TerminationTarget"
 EVICTED = "WorkloadEvicted"
@@ -60,7 +64,11 @@ def group_metadata(job: m.FineTuneJob, attempt: int) -> tuple[dict[str, str], di
     if queue is None:
         return {}, {}
     labels = {LABEL_QUEUE: queue, LABEL_POD_GROUP: pod_group_name(job, attempt)}
-    return labels, {ANNOTATION_GROUP_TOTAL: str(training_pod_count(job.spec))}
+    annotations = {
+        ANNOTATION_GROUP_TOTAL: str(training_pod_count(job.spec)),
+        ANNOTATION_RETRIABLE: "false",
+    }
+    return labels, annotations
 
 
 def gated(pod: dict[str, Any]) -> bool:

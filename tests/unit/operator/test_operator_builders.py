@@ -93,7 +93,10 @@ def test_train_pod(make_job: JobF) -> None:
                 "kueue.x-k8s.io/pod-group-name": "bot-3",
             },
             "ownerReferences": [OWNER],
-            "annotations": {"kueue.x-k8s.io/pod-group-total-count": "1"},
+            "annotations": {
+                "kueue.x-k8s.io/pod-group-total-count": "1",
+                "kueue.x-k8s.io/retriable-in-group": "false",
+            },
         },
         "spec": {
             "restartPolicy": "Never",
@@ -150,7 +153,10 @@ def test_train_pod_joins_one_kueue_pod_group_per_attempt(
         meta = b.train_pod(job, attempt, SETTINGS)["metadata"]
         assert meta["labels"][KQ] == queue
         assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == f"bot-{attempt}"
-        assert meta["annotations"] == {"kueue.x-k8s.io/pod-group-total-count": "1"}
+        assert meta["annotations"] == {
+            "kueue.x-k8s.io/pod-group-total-count": "1",
+            "kueue.x-k8s.io/retriable-in-group": "false",
+        }
     assert kueue.training_pod_count(job.spec) == 1
 
 
