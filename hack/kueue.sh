@@ -76,6 +76,12 @@ up() {
   venv=$("$FTO_ROOT/hack/setup-venv.sh")
   mkdir -p "$D" "$FTO_STATE/logs"
   certs
+  # with internalCertManagement off, Kueue v0.17 reads its metrics server's certificate from this
+  # fixed path (cmd/kueue/main.go) even when metrics are off, and exits if it is missing
+  if [[ ! -e /etc/kueue/metrics/certs ]]; then
+    mkdir -p /etc/kueue/metrics
+    ln -s "$D/certs" /etc/kueue/metrics/certs
+  fi
   config
   log "applying Kueue v$KUEUE_VERSION CRDs"
   kc apply --server-side --force-conflicts -f "$src/config/components/crd/bases" >/dev/null
