@@ -79,12 +79,12 @@ def gated(pod: dict[str, Any]) -> bool:
 
 def eviction(pod: dict[str, Any]) -> str | None:
     """Kueue's message when it evicted the pod's Workload (condition TerminationTarget, reason
-    WorkloadEvicted), else None."""
+    WorkloadEvicted; v0.17 names the cause too: WorkloadEvictedDueToPreempted…), else None."""
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if (
             cond.get("type") == TERMINATION_TARGET
             and cond.get("status") == "True"
-            and cond.get("reason") == EVICTED
+            and str(cond.get("reason") or "").startswith(EVICTED)
         ):
             return str(cond.get("message") or "evicted by Kueue")
     return None

@@ -54,15 +54,13 @@ def gate(pod: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
-def evict(pod: dict[str, Any], message: str = PREEMPTED) -> dict[str, Any]:
-    """What Kueue does to each pod of an evicted group: the condition, then a delete."""
+def evict(
+    pod: dict[str, Any], message: str = PREEMPTED, reason: str = "WorkloadEvictedDueToPreempted"
+) -> dict[str, Any]:
+    """What Kueue does to each pod of an evicted group: the condition (v0.17's reason names the
+    cause), then a delete."""
     pod["status"].setdefault("conditions", []).append(
-        {
-            "type": "TerminationTarget",
-            "status": "True",
-            "reason": "WorkloadEvicted",
-            "message": message,
-        }
+        {"type": "TerminationTarget", "status": "True", "reason": reason, "message": message}
     )
     pod["metadata"]["deletionTimestamp"] = "2026-11-26T11:59:00Z"
     return pod
@@ -247,6 +245,23 @@ def test_what_kueue_adds_to_a_pod_changes_nothing(make_job: JobF) -> None:
 )
 def test_eviction_cause(message: str | None, cause: str) -> None:
     assert kueue.eviction_cause(message) == cause
+
+
+@pytest.mark.parametrize(
+    ("reason", "evicted"),
+    [
+        ("WorkloadEvictedDueToPreempted", True),
+        ("WorkloadEvictedDueToPodsReadyTimeout", True),
+        ("WorkloadEvicted", True),
+        ("WorkloadDeleted", False),  # the Workload went away: not a requeue
+        ("NotAdmitted", False),
+    ],
+)
+def test_which_termination_targets_are_evictions(
+    make_pod: PodF, reason: str, evicted: bool
+) -> None:
+    pod = evict(make_pod("bot-1", running=True), reason=reason)
+    assert (kueue.eviction(pod) is not None) is evicted
 
 
 @pytest.mark.parametrize(
