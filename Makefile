@@ -55,6 +55,9 @@ test-integration: ## Integration tier against the local control plane (starts it
 test-e2e: ## End-to-end tier on the real node with the real trainer image.
 	hack/test.sh e2e
 
+test-kueue: ## End-to-end tests with a real Kueue on the host (quota, queueing, preemption).
+	hack/test.sh kueue
+
 ##@ Local cluster
 cluster-up: ## Start etcd, the control plane, containerd + kubelet (a 2-GPU node) on this machine.
 	hack/cluster-up.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the pinned Kubernetes, etcd, KWOK and Helm binaries from the Go module proxy into a cache
-# outside the repo, keyed by version. A warm cache builds nothing.
-#   hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [kstatus] [coredns]   (default: all)
+# Build the pinned Kubernetes, etcd, KWOK, Helm, CoreDNS and Kueue binaries from the Go module proxy
+# into a cache outside the repo, keyed by version. A warm cache builds nothing.
+#   hack/build-tools.sh [k8s] [etcd] [kwok] [helm] [kueue] [kstatus] [coredns]   (default: all)
 set -euo pipefail
 source "$(dirname "$0")/versions.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,12 +74,15 @@ build_kwok() {
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 }
 
-build_helm() {
-  local out="$BIN/helm-v$HELM_VERSION"
-  if [[ -x $out/helm ]]; then log "helm v$HELM_VERSION cached"; return; fi
-  log "building helm v$HELM_VERSION"
+# go_install NAME VERSION PACKAGE: `go install PACKAGE@vVERSION` into $BIN/NAME-vVERSION/ unless
+# the binary NAME is there already.
+go_install() {
+  local name=$1 version=$2 package=$3
+  local out="$BIN/$name-v$version"
+  if [[ -x $out/$name ]]; then log "$name v$version cached"; return; fi
+  log "building $name v$version"
   mkdir -p "$out"
-  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "$package@v$version"
 }
 
 # Cluster DNS for the local cluster (Services and headless pod names, multi-node jobs).
@@ -90,6 +93,12 @@ build_coredns() {
   mkdir -p "$out"
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@v$COREDNS_VERSION"
 }
+
+build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm; }
+
+# Kueue's manager for the kueue test tier (hack/kueue.sh runs it on the host; cold: ~10 min on 2
+# cores); its CRDs and webhook manifests are read from the same module in the Go module cache.
+build_kueue() { go_install kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue; }
 
 # The cached binary is keyed by its sources too, so an edit of tools/kstatus rebuilds it
 # (tests/unit/gitops/test_kstatus.py computes the same key).
@@ -108,5 +117,5 @@ build_kstatus() {
   (cd "$ROOT/tools/kstatus" && CGO_ENABLED=0 go build -trimpath -o "$out/kstatus-check" .)
 }
 
-targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(etcd k8s kwok helm coredns)
+targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(etcd k8s kwok helm coredns kueue)
 for t in "${targets[@]}"; do "build_$t"; done

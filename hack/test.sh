@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test entry point of the Makefile and CI.
 #   hack/test.sh all          setup-host, build-tools, venv, lint, verify, unit (+ trainer), cluster-up, images,
-#                             integration, e2e (stops at the first failure)
-#   hack/test.sh unit|integration|e2e   one tier (with what it needs first)
+#                             integration, e2e, kueue (stops at the first failure)
+#   hack/test.sh unit|integration|e2e|kueue   one tier (with what it needs first); kueue is the e2e
+#                             tests with a real Kueue on the host (marker kueue, hack/kueue.sh)
 # Prints the wall time of every phase at the end, then the skipped tests by reason. If $KUBECONFIG
 # points at a reachable cluster other than the local one, the tiers run against it and no local
 # cluster is built or started (the e2e tier then fails: it loads images into the local node).
@@ -100,7 +101,14 @@ run_e2e() {
   phase venv venv
   phase cluster-up cluster_up
   phase images images
-  phase e2e tier e2e tests/e2e -m e2e
+  phase e2e tier e2e tests/e2e -m "e2e and not kueue"
+}
+run_kueue() {
+  phase venv venv
+  phase build-kueue hack/build-tools.sh kueue
+  phase cluster-up cluster_up
+  phase images images
+  phase kueue tier kueue tests/e2e -m "e2e and kueue"
 }
 
 case ${1:-all} in
@@ -116,10 +124,12 @@ case ${1:-all} in
     phase cluster-up cluster_up
     phase images images
     phase integration tier integration tests/integration -m integration
-    phase e2e tier e2e tests/e2e -m e2e
+    phase e2e tier e2e tests/e2e -m "e2e and not kueue"
+    phase kueue tier kueue tests/e2e -m "e2e and kueue"
     ;;
   unit) run_unit ;;
   integration) run_integration ;;
   e2e) run_e2e ;;
-  *) echo "usage: hack/test.sh all|unit|integration|e2e" >&2; exit 2 ;;
+  kueue) run_kueue ;;
+  *) echo "usage: hack/test.sh all|unit|integration|e2e|kueue" >&2; exit 2 ;;
 esac

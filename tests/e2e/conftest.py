@@ -25,10 +25,11 @@ OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "localhost/finetune-operator:d
 # one namespace per test (the operator's watch list is fixed at install time)
 TIERS = (
     "train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject",
-    "chaos", "storm", "ha", "multinode", "upgrade",
+    "chaos", "storm", "ha", "multinode", "upgrade", "kueue",
 )  # fmt: skip
 NAMESPACES = [f"fto-e2e-{n}" for n in TIERS]
 VOLUMES = Path("/var/lib/fto-volumes")
+PRIORITY_CLASSES = ("fto-e2e-high",)  # the jobs may name these (policy.allowedPriorityClasses)
 RECORDS = 256
 
 
@@ -104,6 +105,7 @@ def install_operator(cluster: Cluster, replicas: int = 1) -> None:
             {"name": "FTO_PREPARE_CPU", "value": "100m"},
         ],
         "metrics": {"enabled": False},
+        "policy": {"allowedPriorityClasses": list(PRIORITY_CLASSES)},
         # a rebuilt image under the same tag rolls the operator pod
         "podAnnotations": {"finetune.dev/image-id": image_id(OPERATOR_IMAGE)},
     }

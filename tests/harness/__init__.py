@@ -2,7 +2,8 @@
 
 Fixtures (registered by tests/conftest.py): ``cluster`` (session), ``kube`` (session, API
 clients), ``namespace`` (a fresh namespace per test, deleted afterwards), ``kwok_nodes``
-(factory: ``kwok_nodes(10)`` makes sure 10 simulated GPU nodes exist; local cluster only).
+(factory: ``kwok_nodes(10)`` makes sure 10 simulated GPU nodes exist; local cluster only),
+``kueue`` (session: a real Kueue on the host, hack/kueue.sh; local cluster only).
 """
 
 from tests.harness.cluster import (

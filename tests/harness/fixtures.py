@@ -69,3 +69,15 @@ def kwok_nodes(cluster: Cluster) -> Callable[[int], list[str]]:
         return [f"kwok-gpu-{i}" for i in range(n)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Iterator[str]:
+    """A real Kueue running on the host against the local cluster (hack/kueue.sh up), stopped
+    after the session; its pod integration manages the namespaces labelled with the returned
+    ``key=value``."""
+    if not cluster.local:
+        pytest.skip("Kueue is run on the host against the local cluster only")
+    cluster.hack("kueue.sh", "up", timeout=1800)
+    yield "finetune.dev/kueue=enabled"
+    cluster.hack("kueue.sh", "down", timeout=120)

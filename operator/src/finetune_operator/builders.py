@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune_operator import integrations, planner
+from finetune_operator import integrations, kueue, planner
 from finetune_operator import models as m
 from finetune_operator.planner import BatchPlan
 from finetune_operator.settings import Settings
@@ -547,7 +547,7 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         "limits": {"memory": settings.prepare_memory},
     }
     command = ["finetune-trainer", "prepare", "--config", CONFIG_PATH]
-    return _pod(
+    pod = _pod(
         job,
         prepare_pod_name(job),
         role_label="prepare",
@@ -559,6 +559,10 @@ def prepare_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
         # prepare writes nothing a signal could cut in half (temp + rename) and exits at once
         grace=settings.termination_grace_seconds or settings.grace_margin_seconds,
     )
+    # never queued: a few CPU seconds that decide whether the job can work at all come before
+    # it takes a place in a GPU queue (docs/kueue.md)
+    pod["metadata"]["labels"].pop(kueue.LABEL_QUEUE, None)
+    return pod
 
 
 def export_pod(job: m.FineTuneJob, settings: Settings) -> dict[str, Any]:
@@ -672,6 +676,11 @@ def train_pod(
     # runtime's 64 MiB default (it counts against the memory limit)
     spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     spec["containers"][0]["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    group_labels, group_annotations = kueue.group_metadata(job, attempt)
+    meta = pod["metadata"]
+    meta["labels"] = {**meta["labels"], **group_labels}
+    if group_annotations:
+        meta["annotations"] = {**meta.get("annotations", {}), **group_annotations}
     return pod
 
 

@@ -283,6 +283,8 @@ OPERATOR_RULES: list[dict[str, list[str]]] = [
         "resources": ["leases"],
         "verbs": ["get", "create", "update"],
     },
+    # Kueue (docs/kueue.md): a queued pod group's Workload says why it is not admitted yet
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get"]},
     {
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],

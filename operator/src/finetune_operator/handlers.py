@@ -26,7 +26,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, leader, metrics, planner, security, wakeups
+from finetune_operator import kube, kueue, leader, metrics, planner, security, wakeups
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
@@ -347,7 +347,7 @@ def _ensure_children(
     live = [
         s
         for s in map(lc.pod_state, pods)
-        if s.kind in ("pending", "unschedulable", "running") and not s.deleting
+        if s.kind in ("pending", "unschedulable", "gated", "running") and not s.deleting
     ]
     waiting = [s for s in live if s.kind != "running"]
     check_config = bool(waiting) or (bool(live) and not checked)
@@ -469,6 +469,7 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         prepared,
         now,
         max_backoff=operator_settings().retry_max_backoff_seconds,
+        admission=_admission_message(namespace, pods),
     )
     acts = lc.next_actions(job, new, pods, now)
     if acts.reset_progress:  # a restart: the previous run's reports must not count
@@ -483,6 +484,24 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     if wake is not None:
         _wakeups.schedule((namespace, name), wake)
     return acts.publish_first
+
+
+def _admission_message(namespace: str, pods: list[dict[str, Any]]) -> str | None:
+    """Why Kueue has not admitted a gated pod's group yet, from its Workload. Best effort: the
+    phase (Queued) comes from the gate alone, so a Workload that cannot be read (no Kueue, no
+    RBAC, a transient error) only leaves the message generic."""
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        group = labels.get(kueue.LABEL_POD_GROUP)
+        if not (kueue.gated(pod) and group):
+            continue
+        try:
+            workload = kube.get_workload(kueue.WORKLOAD_API_VERSION, namespace, group)
+        except kube.KubeError as exc:
+            log.info("cannot read Kueue Workload %s/%s: %s", namespace, group, exc)
+            return None
+        return kueue.admission_message(workload)
+    return None
 
 
 def _publish(

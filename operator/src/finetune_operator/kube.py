@@ -288,6 +288,14 @@ def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> N
         request("DELETE", _ns_path("v1", namespace, "pods", name), body or None)
 
 
+def get_workload(api_version: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A Kueue Workload (read-only); None when it (or Kueue's API) does not exist."""
+    try:
+        return request("GET", _ns_path(api_version, namespace, "workloads", name))
+    except NotFoundError:
+        return None
+
+
 def list_nodes() -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = request("GET", "/api/v1/nodes").get("items") or []
     return items

@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import start_http_server
 
+from finetune_operator import kueue
 from finetune_operator import models as m
 from finetune_operator.lifecycle.pods import parse_time
 
@@ -49,7 +50,7 @@ PREFIX = "finetune_"
 P = m.Phase
 NO_PHASE = "None"
 """``from`` label of the first transition of a new job (it had no phase yet)."""
-_NOT_RESTARTS = frozenset({m.Reason.COMPLETED, m.Reason.SUSPENDED})
+_NOT_RESTARTS = frozenset({m.Reason.COMPLETED, m.Reason.SUSPENDED, m.Reason.WORKLOAD_EVICTED})
 _JOB_LABELS = ("namespace", "job_name")
 """Per-job labels. Not ``job``: Prometheus sets ``job`` to the scrape job (kube-state-metrics
 names its label ``job_name`` for the same reason)."""
@@ -117,6 +118,13 @@ class OperatorMetrics:
             "finetune_job_restarts",
             "Training or prepare pods that ended early and were retried or resumed, by reason "
             "(OOMKilled, CudaOOM, Evicted, Preempted, PodDeleted, Error…).",
+            ["reason"],
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "finetune_job_preemptions",
+            "Training attempts Kueue evicted (checkpointed and requeued, no retry counted), by "
+            "the Workload's eviction reason (Preempted, PodsReadyTimeout, …).",
             ["reason"],
             registry=r,
         )
@@ -199,6 +207,9 @@ class OperatorMetrics:
             reason = str((rec or {}).get("reason") or "")
             if reason and reason not in _NOT_RESTARTS:
                 self.record_restart(reason)
+            if reason == m.Reason.WORKLOAD_EVICTED:
+                cause = kueue.eviction_cause(str((rec or {}).get("message") or ""))
+                self.preemptions.labels(reason=cause).inc()
         progress = new_status.get("progress")
         if new_status.get("phase") != P.RUNNING:
             self.drop_progress(namespace, name)  # no stale ETA/throughput to add up

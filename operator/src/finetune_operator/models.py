@@ -113,6 +113,10 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     SUSPENDED = "Suspended"
     PREEMPTED = "Preempted"
+    # Kueue (docs/kueue.md): the pod group waits for admission (scheduling gate); Kueue evicted
+    # it (an attempt's reason: stopped like a suspend, requeued, no retry counted)
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
+    WORKLOAD_EVICTED = "WorkloadEvicted"
     POD_DELETED = "PodDeleted"
     RETRYING = "Retrying"
     RESTARTING = "Restarting"  # finetune.dev/restart-requested-at: start over from step 0
@@ -1096,6 +1100,15 @@ class FineTuneJobSpec(_Base):
         description="true pauses the job: the pod checkpoints and exits, the GPUs are freed; "
         "false resumes from the newest checkpoint. model, dataset and method can only be "
         "changed while suspended.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue for the training pods (label kueue.x-k8s.io/queue-name): "
+        "each attempt is one Kueue pod group, admitted against the queue's quota; the phase is "
+        "Queued until Kueue admits it, and a Kueue preemption is handled like a suspend "
+        "(docs/kueue.md). Unset = no Kueue.",
     )
     image: str | None = Field(
         default=None, max_length=512, description="Trainer image; unset = the operator's default."

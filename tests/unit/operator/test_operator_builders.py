@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from finetune_operator import builders as b
+from finetune_operator import kueue, planner
 from finetune_operator import models as m
-from finetune_operator import planner
 from finetune_operator.settings import Settings
 
 JobF = Callable[..., m.FineTuneJob]
+KQ = "kueue.x-k8s.io/queue-name"
 SETTINGS = Settings(trainer_image="localhost/finetune-trainer:dev", termination_grace_seconds=300)
 OWNER = {
     "apiVersion": "finetune.dev/v1alpha1",
@@ -89,8 +90,13 @@ def test_train_pod(make_job: JobF) -> None:
                 "finetune.dev/job": "bot",
                 "finetune.dev/role": "train",
                 "finetune.dev/attempt": "3",
+                "kueue.x-k8s.io/pod-group-name": "bot-3",
             },
             "ownerReferences": [OWNER],
+            "annotations": {
+                "kueue.x-k8s.io/pod-group-total-count": "1",
+                "kueue.x-k8s.io/retriable-in-group": "false",
+            },
         },
         "spec": {
             "restartPolicy": "Never",
@@ -128,6 +134,45 @@ def test_train_pod(make_job: JobF) -> None:
             "priorityClassName": "high",
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("spec", "queue"),
+    [
+        ({"queueName": "team-a"}, "team-a"),
+        # spec.queueName wins over a queue label in the pod template (allowed before it existed)
+        ({"queueName": "team-a", "podTemplate": {"labels": {KQ: "old"}}}, "team-a"),
+        ({"podTemplate": {"labels": {KQ: "old"}}}, "old"),
+    ],
+)
+def test_train_pod_joins_one_kueue_pod_group_per_attempt(
+    make_job: JobF, spec: dict[str, Any], queue: str
+) -> None:
+    job = make_job(spec=spec)
+    for attempt in (1, 2):
+        meta = b.train_pod(job, attempt, SETTINGS)["metadata"]
+        assert meta["labels"][KQ] == queue
+        assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == f"bot-{attempt}"
+        assert meta["annotations"] == {
+            "kueue.x-k8s.io/pod-group-total-count": "1",
+            "kueue.x-k8s.io/retriable-in-group": "false",
+        }
+    assert kueue.training_pod_count(job.spec) == 1
+
+
+def test_without_a_queue_no_kueue_metadata(make_job: JobF) -> None:
+    meta = b.train_pod(make_job(), 1, SETTINGS)["metadata"]
+    assert not [k for k in meta["labels"] if k.startswith("kueue.x-k8s.io/")]
+    assert "annotations" not in meta
+
+
+def test_prepare_pod_is_never_queued(make_job: JobF) -> None:
+    """The CPU prepare stage runs before the job takes a place in a GPU queue."""
+    job = make_job(spec={"queueName": "team-a", "podTemplate": {"labels": {KQ: "old", "a": "b"}}})
+    meta = b.prepare_pod(job, SETTINGS)["metadata"]
+    assert not [k for k in meta["labels"] if k.startswith("kueue.x-k8s.io/")]
+    assert meta["labels"]["a"] == "b"
+    assert "annotations" not in meta
 
 
 def test_prepare_pod_is_cpu_only(make_job: JobF) -> None:
@@ -186,6 +231,8 @@ def test_multi_node_pods_are_one_gang_under_a_headless_service(make_job: JobF) -
         expected = json.loads(json.dumps(single))  # the one-node pod, plus only these
         expected["metadata"]["name"] = name
         expected["metadata"]["labels"]["finetune.dev/node-rank"] = str(rank)
+        # one Kueue pod group per attempt: every node's pod counts
+        expected["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] = "2"
         expected["spec"]["hostname"] = name
         expected["spec"]["subdomain"] = "bot-nodes"
         c = expected["spec"]["containers"][0]

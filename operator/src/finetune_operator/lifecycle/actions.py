@@ -87,7 +87,8 @@ def wake_at(
             base = last or (started[0] if started else now)
             times.append(base + timedelta(seconds=spec.progress_deadline_seconds))
         if new.phase == P.QUEUED and spec.queue_timeout_seconds is not None:
-            waiting = [s.created for s in states if s.kind == PodKind.UNSCHEDULABLE and s.created]
+            queued = (PodKind.UNSCHEDULABLE, PodKind.GATED)
+            waiting = [s.created for s in states if s.kind in queued and s.created]
             times += [c + timedelta(seconds=spec.queue_timeout_seconds) for c in waiting]
     if not times:
         return None
@@ -168,8 +169,11 @@ def _next_actions(
         return Actions(create_prepare=True)
     if phase == P.EXPORTING and b.export_pod_name(job) not in states:
         return Actions(create_export=True)
+    # after a Kueue eviction the next attempt's pod group is created at once and waits, gated,
+    # in the queue (phase Queued, reason Preempted)
+    due = phase == P.STARTING or (phase == P.QUEUED and new.reason == R.PREEMPTED)
     wanted = b.train_pod_names(job, new.attempt) if new.attempt else []
-    if phase == P.STARTING and any(n not in states for n in wanted):
+    if due and any(n not in states for n in wanted):
         return Actions(create_train=new.attempt)
     if phase in (P.SUSPENDING, P.FAILED) and active:
         return Actions(delete_pods=active)
@@ -197,6 +201,11 @@ def transition_events(
     events: list[tuple[str, str, str]] = []
     for rec in new.attempts[len(old.attempts) :]:
         if rec.reason in (R.COMPLETED, R.SUSPENDED):
+            continue
+        if rec.reason == R.WORKLOAD_EVICTED:  # no failure: requeued like a suspend
+            at = f" at step {rec.step}" if rec.step is not None else ""
+            told = f"Kueue evicted pod {rec.pod}{at}; it resumes when readmitted: {rec.message}"
+            events.append(("Normal", R.PREEMPTED, told[:MAX_MESSAGE]))
             continue
         events.append(("Warning", rec.reason, attempt_failure(rec)[:MAX_MESSAGE]))
     if (

@@ -290,8 +290,10 @@ def derive_status(
     now: datetime,
     *,
     max_backoff: int | None = None,
+    admission: str | None = None,
 ) -> m.FineTuneJobStatus:
     """The job's new status. Bumps ``attempt`` (phase Starting) when a new training pod is due.
+    ``admission`` is Kueue's word on why the current pod group is not admitted yet.
 
     A restart request (annotation) comes first, whatever the phase; the restart then waits until
     every pod of the previous run is gone (they may still report) before the new run prepares,
@@ -377,6 +379,7 @@ def derive_status(
             total_steps=total_steps,
             now=now,
             cap=max_backoff,
+            admission=admission,
         )
     else:
         _derive_prepare(
@@ -386,6 +389,7 @@ def derive_status(
             result=prepare_result,
             now=now,
             cap=max_backoff,
+            admission=admission,
         )
     _deadline(w, job, now)
     output = old.output if old.output is not None and old.output.run == old.run else None
@@ -484,6 +488,7 @@ def _derive_prepare(
     result: PrepareReport | None,
     now: datetime,
     cap: int | None,
+    admission: str | None,
 ) -> None:
     error = result.error if result is not None and result.ok is False else None
     reason = (error.reason if error else None) or R.ERROR
@@ -538,6 +543,9 @@ def _derive_prepare(
     if state.kind == K.UNSCHEDULABLE:
         _unschedulable(w, job, state, False, now)
         return
+    if state.kind == K.GATED:  # a namespace whose Kueue queues every pod (docs/kueue.md)
+        _gated(w, job, state, admission=admission, reason=R.WAITING_FOR_ADMISSION, now=now)
+        return
     w.phase, w.reason, w.message = P.PREPARING, P.PREPARING, "checking data and planning memory"
 
 
@@ -550,6 +558,7 @@ def _derive_training(
     total_steps: int | None,
     now: datetime,
     cap: int | None,
+    admission: str | None,
 ) -> None:
     n = w.attempt
     w.progress = merge_progress(w.progress, progress, n, total_steps, now)
@@ -567,6 +576,12 @@ def _derive_training(
         if export.wanted(job):  # the GPU pod is done; the CPU export pod comes next
             w.phase, w.reason, w.message = export.derive_export(job, None)[:3]
         return
+
+    if n and not recorded and not job.spec.suspend:
+        evicted = _kueue_eviction(w, job, n, state, step=step, now=now)
+        if evicted is None:
+            return  # the evicted pod is still writing its checkpoint
+        recorded = recorded or evicted
 
     # the persisted phase remembers that the operator stopped this attempt for a suspend: a
     # resume before the pod is gone waits for it, and however the pod ends it is no failure
@@ -608,6 +623,11 @@ def _derive_training(
         elif state.kind == K.UNSCHEDULABLE:
             _unschedulable(w, job, state, True, now)
             return
+        elif state.kind == K.GATED:
+            after = w.attempts[-1].reason if w.attempts else None
+            why = R.PREEMPTED if after == R.WORKLOAD_EVICTED else R.WAITING_FOR_ADMISSION
+            _gated(w, job, state, admission=admission, reason=why, now=now)
+            return
         elif state.kind == K.PENDING:
             detail = f" ({state.message})" if state.message else ""
             w.phase, w.reason, w.message = (
@@ -633,7 +653,7 @@ def _derive_training(
         return
     if (
         last is not None
-        and last.reason != R.SUSPENDED
+        and last.reason not in (R.SUSPENDED, R.WORKLOAD_EVICTED)
         and not forgiven(job.status, len(w.attempts) - 1)  # retried by the user: no budget spent
         and not _retry_or_fail(
             w, job, last, prepare=False, now=now, cap=cap, just_recorded=just_recorded
@@ -653,6 +673,10 @@ def _derive_training(
     ck = w.checkpoint
     frm = f" from checkpoint step {ck.step}" if ck and n else ""
     w.message = f"{'resuming' if resumed else 'starting'} attempt {w.attempt}{frm}"
+    if last is not None and last.reason == R.WORKLOAD_EVICTED:
+        # the new pod group is created gated: it waits in the queue, not for a node
+        w.phase, w.reason = P.QUEUED, R.PREEMPTED
+        w.message = f"{_evicted_note(last)}; attempt {w.attempt} waits for readmission{frm}"
 
 
 def _running_message(w: _Work, state: PodState) -> str:
@@ -662,3 +686,74 @@ def _running_message(w: _Work, state: PodState) -> str:
     total = f"/{p.total_steps}" if p.total_steps else ""
     loss = f", loss {p.loss:.4g}" if p.loss is not None else ""
     return f"step {p.step}{total}{loss}"
+
+
+def _stopping_note(pod: str) -> str:
+    """The start of the message while Kueue's evicted pod writes its checkpoint: the persisted
+    status remembers the eviction this way if the pod is gone before a reconcile sees it end."""
+    return f"Kueue evicted {pod}"
+
+
+def _evicted_note(rec: m.Attempt) -> str:
+    step = f" at step {rec.step}" if rec.step is not None else ""
+    return f"evicted by Kueue{step} ({rec.message or 'no message'})"
+
+
+def _kueue_eviction(
+    w: _Work,
+    job: m.FineTuneJob,
+    n: int,
+    state: PodState | None,
+    *,
+    step: int | None,
+    now: datetime,
+) -> bool | None:
+    """Kueue evicted attempt ``n`` (preemption, PodsReady timeout…): its pod was marked
+    TerminationTarget and deleted, and is not created again by Kueue. Handled like a suspend:
+    the trainer checkpoints on SIGTERM, the attempt is recorded as WorkloadEvicted (no retry
+    counted) and the next attempt's pod group waits for readmission. None while the pod still
+    runs (phase Queued, reason Preempted); True when recorded now; False when not evicted."""
+    name = b.train_pod_name(job, n)
+    old = job.status
+    remembered = (
+        state is None
+        and old.phase == P.QUEUED
+        and old.reason == R.PREEMPTED
+        and (old.message or "").startswith(_stopping_note(name))
+    )
+    message = state.evicted if state is not None else None
+    if message is None and not remembered:
+        return False
+    if state is not None and not state.terminated:
+        w.phase, w.reason = P.QUEUED, R.PREEMPTED
+        w.message = f"{_stopping_note(name)}: it stops after its checkpoint. {sentence(message)}"
+        return None
+    if state is None:
+        state = PodState(name, K.FAILED, R.WORKLOAD_EVICTED, "evicted by Kueue")
+    told = sentence(message) if message is not None else state.message
+    _record(w, n, replace(state, reason=R.WORKLOAD_EVICTED, message=told), step, now)
+    return True
+
+
+def _gated(
+    w: _Work,
+    job: m.FineTuneJob,
+    state: PodState,
+    *,
+    admission: str | None,
+    reason: str,
+    now: datetime,
+) -> None:
+    """The pod waits for Kueue to admit its group: phase Queued with Kueue's reason, bounded by
+    spec.queueTimeoutSeconds like a wait for a node."""
+    told = sentence(admission) or "Kueue has not admitted it yet."
+    limit = job.spec.queue_timeout_seconds
+    if limit is not None and state.created is not None and now >= state.created + _s(limit):
+        waited = f"Pod {state.name} waited more than {humanize(limit)} for Kueue's admission"
+        _fail(w, R.QUEUE_TIMEOUT, f"{waited} (spec.queueTimeoutSeconds): {told}", now)
+        return
+    if reason == R.PREEMPTED and w.attempts:
+        lead = _evicted_note(w.attempts[-1])
+    else:
+        lead = f"pod {state.name} waits for Kueue's admission"
+    w.phase, w.reason, w.message = P.QUEUED, reason, f"{lead}: {told}"[:MAX_MESSAGE]

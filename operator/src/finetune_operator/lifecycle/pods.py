@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from finetune_operator import kueue
 from finetune_operator import models as m
 from finetune_operator.lifecycle.conditions import MAX_MESSAGE
 
@@ -20,6 +21,7 @@ class PodKind(StrEnum):
 
     PENDING = "pending"
     UNSCHEDULABLE = "unschedulable"
+    GATED = "gated"  # Kueue has not admitted its pod group yet
     WAITING_ERROR = "waiting-error"  # a container cannot start: image, config
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -43,6 +45,7 @@ class PodState:
     deleting: bool = False
     created: datetime | None = None
     attempt: int = 0  # the training attempt (0: the prepare pod)
+    evicted: str | None = None  # Kueue's message when it evicted the pod's Workload
 
     @property
     def terminated(self) -> bool:
@@ -121,7 +124,9 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     """Classify a pod: where it is in its life and, if it failed, why (docs/contract.md §4)."""
     meta = pod.get("metadata") or {}
     created = parse_time(meta.get("creationTimestamp"))
-    return replace(_pod_state(pod), created=created, attempt=attempt_of(pod))
+    return replace(
+        _pod_state(pod), created=created, attempt=attempt_of(pod), evicted=kueue.eviction(pod)
+    )
 
 
 def _pod_state(pod: dict[str, Any]) -> PodState:
@@ -169,6 +174,9 @@ def _pod_state(pod: dict[str, Any]) -> PodState:
         return PodState(name, K.WAITING_ERROR, reason, msg, None, started, None, deleting)
     if cstate.get("running"):
         return PodState(name, K.RUNNING, None, None, None, started, None, deleting)
+    if kueue.gated(pod):
+        msg = "waiting for Kueue to admit its pod group"
+        return PodState(name, K.GATED, R.WAITING_FOR_ADMISSION, msg, None, None, None, deleting)
     for cond in status.get("conditions") or []:
         if (
             cond.get("type") == "PodScheduled"
