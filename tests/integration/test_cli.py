@@ -132,7 +132,7 @@ def test_list_get_and_kubectl_plugin_discovery(
     assert "managedFields" not in got.stdout
     assert yaml.safe_load(cli(namespace, "get", "bot", "-o", "yaml").stdout)["spec"][
         "resources"
-    ] == {"gpus": 2}
+    ] == {"gpus": 2, "nodes": 1}  # the CRD's default for nodes is filled in
     missing = cli(namespace, "get", "nope")
     assert missing.returncode == 1 and "not found" in missing.stderr
     # kubectl finds the plugin on PATH and hands completion to kubectl_complete-finetune
