@@ -373,11 +373,17 @@ def test_a_child_the_apiserver_refuses_fails_the_job_with_its_message(
 ) -> None:
     pvc(cluster, namespace)
     data_config_map(cluster, namespace)
-    job(cluster, namespace, podTemplate={"volumeMounts": [{"name": "nothere", "mountPath": "/x"}]})
+    # passes the operator's own checks (its volume, an allowed type), refused by the apiserver's
+    # validation (422): one mountPath twice
+    job(cluster, namespace, podTemplate={
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/x"},
+                         {"name": "scratch", "mountPath": "/x"}],
+    })  # fmt: skip
     failed = wait_phase(cluster, namespace, "Failed", timeout=30)
-    assert failed["reason"] == "BadSpec"
+    assert failed["reason"] == "BadSpec", failed
     assert failed["message"].startswith("The API server refused to create the Pod: ")
-    assert "nothere" in failed["message"]
+    assert "/x" in failed["message"] and "must be unique" in failed["message"]
     reasons = cluster.kubectl("get", "events", "-n", namespace, "-o",
                               "jsonpath={.items[*].reason}")  # fmt: skip
     assert "BadSpec" in reasons.split()

@@ -45,6 +45,14 @@ NOT_EXERCISED: dict[Pair, str] = {
     ("", "pods", "get"): "read only when a pod's name is already taken (409), to check who owns "
     "it (an operator restart between creating a pod and recording it: "
     "test_operator_restart_mid_job_makes_no_duplicate_pod)",
+    ("", "serviceaccounts", "get"): "read only when the name is already taken (409): each "
+    "child is created once per job per operator process and then followed by its watch",
+    ("", "persistentvolumeclaims", "get"): "as serviceaccounts get: only after a 409",
+    ("rbac.authorization.k8s.io", "roles", "get"): "as serviceaccounts get: only after a 409",
+    ("rbac.authorization.k8s.io", "rolebindings", "get"): "as serviceaccounts get: only after a "
+    "409",
+    ("kueue.x-k8s.io", "workloads", "get"): "only a job with spec.queueName reads its Kueue "
+    "Workload's admission message (tests/e2e/test_kueue.py); this job is not queued",
     ("", "services", "create"): "only a multi-node job (spec.resources.nodes > 1) has its "
     "headless Service <job>-nodes; this lifecycle is one node (tests/e2e/test_multinode.py)",
     ("", "services", "get"): "read only when the Service's name is already taken (409)",
