@@ -37,11 +37,6 @@ _CAUSES = (
 )
 
 
-def training_pod_count(spec: m.FineTuneJobSpec) -> int:
-    """Pods in one training attempt, i.e. the size of its Kueue pod group (one per node)."""
-    return m.training_pod_count(spec)
-
-
 def queue_name(job: m.FineTuneJob) -> str | None:
     """The LocalQueue of the training pods: ``spec.queueName``, else a queue label the author
     put in ``podTemplate.labels`` (allowed before spec.queueName existed)."""
@@ -64,7 +59,7 @@ def group_metadata(job: m.FineTuneJob, attempt: int) -> tuple[dict[str, str], di
         return {}, {}
     labels = {LABEL_QUEUE: queue, LABEL_POD_GROUP: pod_group_name(job, attempt)}
     annotations = {
-        ANNOTATION_GROUP_TOTAL: str(training_pod_count(job.spec)),
+        ANNOTATION_GROUP_TOTAL: str(m.training_pod_count(job.spec)),  # one pod per node
         ANNOTATION_RETRIABLE: "false",
     }
     return labels, annotations

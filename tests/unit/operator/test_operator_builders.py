@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from finetune_operator import builders as b
-from finetune_operator import kueue, planner
 from finetune_operator import models as m
+from finetune_operator import planner
 from finetune_operator.settings import Settings
 
 JobF = Callable[..., m.FineTuneJob]
@@ -157,7 +157,7 @@ def test_train_pod_joins_one_kueue_pod_group_per_attempt(
             "kueue.x-k8s.io/pod-group-total-count": "1",
             "kueue.x-k8s.io/retriable-in-group": "false",
         }
-    assert kueue.training_pod_count(job.spec) == 1
+    assert m.training_pod_count(job.spec) == 1
 
 
 def test_without_a_queue_no_kueue_metadata(make_job: JobF) -> None:
