@@ -35,6 +35,20 @@ def test_before_training_a_signal_stops_at_once(handlers: None) -> None:
     assert stop.requested() and stop.signum() == signal.SIGTERM
 
 
+def test_an_interrupt_swallowed_by_library_code_is_raised_again_at_the_next_stage(
+    handlers: None,
+) -> None:
+    try:  # what a bare ``except:`` in some import chain does to the handler's raise
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**6):
+            pass
+    except BaseException:  # noqa: BLE001 - the point of the test
+        pass
+    assert stop.requested()
+    with pytest.raises(stop.Interrupted, match="signal 15 during start-up"):
+        stop.stage("start-up")
+
+
 def test_a_critical_block_finishes_then_stops(handlers: None) -> None:
     done = []
     with pytest.raises(stop.Interrupted), stop.critical("claiming"):

@@ -122,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        stop.check()  # a signal whose Interrupted was swallowed during the imports
         return _run(args)
     except (stop.Interrupted, Exception) as exc:
         stop.ending()  # a second signal while the failure is reported must not cut that short

@@ -111,6 +111,10 @@ def stage(name: str) -> None:
 
     _state.stage = name
     logging.getLogger(__name__).info("stage: %s", name)
+    # A raised Interrupted can be swallowed by third-party code between here and the signal (a
+    # bare ``except:`` in an import chain was seen once on a loaded CI machine): every stage
+    # boundary raises it again, so a start-up signal always ends the run as Suspended.
+    check()
 
 
 def requested() -> bool:
