@@ -42,7 +42,7 @@ def test_an_interrupt_swallowed_by_library_code_is_raised_again_at_the_next_stag
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(10**6):
             pass
-    except BaseException:  # noqa: BLE001 - the point of the test
+    except BaseException:  # the point of the test
         pass
     assert stop.requested()
     with pytest.raises(stop.Interrupted, match="signal 15 during start-up"):
