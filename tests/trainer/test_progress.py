@@ -107,3 +107,27 @@ def test_outside_a_cluster_writes_a_file(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("FTO_PROGRESS_FILE", raising=False)
     sink = make_sink(config(tmp_path))
     assert isinstance(sink, FileSink) and sink.path == tmp_path / "progress.local.json"
+
+
+def test_a_new_eval_loss_is_reported_at_once(tmp_path: Path) -> None:
+    """Steps are throttled to the interval; an evaluation's result is not (callbacks.py)."""
+    from types import SimpleNamespace
+
+    from finetune_trainer.callbacks import ProgressCallback
+
+    now = [0.0]
+    sent: list[dict[str, Any]] = []
+
+    class Recording(FileSink):
+        def put(self, key: str, value: dict[str, Any]) -> None:
+            sent.append(value)
+
+    cb = ProgressCallback(Reporter(Recording(tmp_path / "p"), 30.0, clock=lambda: now[0]), 1, False)
+    state = SimpleNamespace(global_step=1, max_steps=10, epoch=0.1, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None)
+    cb.on_step_end(None, state, None)  # the first step: at once
+    now[0], state.global_step = 5.0, 2
+    cb.on_step_end(None, state, None)  # 5 s later: throttled
+    cb.on_evaluate(None, state, None, metrics={"eval_loss": 0.75})
+    cb.on_evaluate(None, state, None, metrics={})  # no loss: nothing new
+    assert [(v["step"], v["eval_loss"]) for v in sent] == [(1, None), (2, 0.75)]

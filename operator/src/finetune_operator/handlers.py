@@ -26,7 +26,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator import builders as b
-from finetune_operator import kube, kueue, leader, metrics, planner, security, wakeups
+from finetune_operator import kube, kueue, leader, metrics, planner, security, views, wakeups
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
@@ -109,6 +109,7 @@ def _as_kopf() -> Iterator[None]:
 @kopf.on.create(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field="spec")
 def job_changed(name: str, namespace: str | None, **_: Any) -> None:
+    _indexes_ready.set()
     with _as_kopf():
         reconcile(namespace or "default", name)
 
@@ -118,6 +119,7 @@ def job_changed(name: str, namespace: str | None, **_: Any) -> None:
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RETRY_FIELD)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RESTART_FIELD)
 def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
+    _indexes_ready.set()
     with _as_kopf():
         reconcile(namespace or "default", name)
 
@@ -131,8 +133,87 @@ def _is_progress(name: str, labels: Mapping[str, str], **_: Any) -> bool:
     "", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, when=_is_progress
 )
 def progress_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    _indexes_ready.set()
     with _as_kopf():
         reconcile(namespace or "default", labels[m.LABEL_JOB])
+
+
+# ------------------------------------------------------------------ what the watches already know
+
+# kopf indexes (views.py says when they are trusted): the jobs, their pods and their progress
+# ConfigMaps, keyed by (namespace, job name), from the watches the handlers need anyway. kopf
+# fills every index from its first listing before it calls any handler.
+JOBS, PODS, PROGRESS = "ftj_jobs", "ftj_pods", "ftj_progress"
+_indexes: dict[str, Mapping[views.Key, Any]] = {}
+# set by the first handler kopf calls (the indexes are filled by then); until then the threads
+# of their own (resync, wake-ups) read the API
+_indexes_ready = threading.Event()
+
+
+@kopf.index(m.GROUP, m.VERSION, m.PLURAL, id=JOBS)
+def index_job(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[views.Key, dict[str, Any]]:
+    return {(namespace or "default", name): views.slim(body)}
+
+
+@kopf.index("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, id=PODS)
+def index_pod(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[views.Key, dict[str, Any]]:
+    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim(body)}
+
+
+@kopf.index("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
+            when=_is_progress, id=PROGRESS)  # fmt: skip
+def index_progress(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[views.Key, dict[str, Any]]:
+    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim(body)}
+
+
+def _indexed(index: str, key: views.Key) -> list[dict[str, Any]] | None:
+    """The objects an index holds under ``key`` ([] for none); None while the indexes cannot be
+    trusted at all (not filled yet, or not running under kopf)."""
+    found = _indexes.get(index)
+    if found is None or not _indexes_ready.is_set():
+        return None
+    try:
+        return list(found[key])  # one C-level copy: kopf's thread may change the store later
+    except KeyError:
+        return []
+
+
+_written = views.Written()  # our own status patches, until the job index has them
+_unsettled = views.Unsettled()  # jobs whose pods or reports we just wrote
+
+
+def _job_body(key: views.Key, fresh: bool) -> dict[str, Any]:
+    """The job: from the index (or our own newer patch answer), else from the API."""
+    indexed = None if fresh else _indexed(JOBS, key)
+    if indexed is not None:
+        body, trusted = _written.pick(key, indexed[0] if indexed else None)
+        if trusted and body is not None:
+            return body
+    return kube.get_job(*key)
+
+
+def _children_of(job: m.FineTuneJob, fresh: bool) -> views.Children:
+    """The job's pods and progress ConfigMap: from the indexes unless the caller wants fresh
+    reads, the indexes are not ready, or this operator has just written some of them."""
+    key = (job.namespace, job.name)
+    pods, progress = _indexed(PODS, key), _indexed(PROGRESS, key)
+    indexed = None
+    if pods is not None and progress is not None:
+        indexed = views.Children(tuple(pods), progress[0] if progress else None)
+        if not fresh and key not in _unsettled:
+            return indexed
+    api = views.Children(
+        tuple(kube.list_pods(*key)), kube.get_config_map(job.namespace, b.progress_name(job))
+    )
+    if indexed is not None:
+        _unsettled.read(key, indexed, api)
+    return api
 
 
 # No kopf.timer: kopf puts a finalizer on every object with a timer or daemon, and a job could
@@ -163,9 +244,10 @@ def leading() -> bool:
 
 
 @kopf.on.startup()
-def start_resync(**_: Any) -> None:
+def start_resync(**kwargs: Any) -> None:
     global _elector
     _stop.clear()
+    _indexes.update({name: kwargs[name] for name in (JOBS, PODS, PROGRESS)})  # filled later
     ours = operator_settings()
     if ours.leader_election:
         namespace = ours.lease_namespace or (ours.namespaces or ["default"])[0]
@@ -219,16 +301,61 @@ def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
     return jobs
 
 
+_SELECTOR = ",".join([m.LABEL_JOB, *(f"{k}={v}" for k, v in b.MANAGED_BY.items())])
+
+
+def _listed_children(namespace: str | None) -> dict[views.Key, views.Children] | None:
+    """Every job's pods and progress ConfigMap in one namespace (None: all), from two LISTs;
+    None when they cannot be listed (the jobs are then read one by one)."""
+    try:
+        pods = kube.list_labelled(namespace, "pods", _SELECTOR)
+        maps = kube.list_labelled(namespace, "configmaps", _SELECTOR)
+    except kube.KubeError as exc:
+        log.info("resync of %s reads job by job: %s", namespace or "all namespaces", exc)
+        return None
+
+    def key(obj: dict[str, Any]) -> views.Key:
+        meta = obj["metadata"]
+        return meta["namespace"], meta["labels"][m.LABEL_JOB]
+
+    by_job: dict[views.Key, list[dict[str, Any]]] = {}
+    for pod in pods:
+        by_job.setdefault(key(pod), []).append(pod)
+    progress = {key(cm): cm for cm in maps if cm["metadata"]["name"] == f"{key(cm)[1]}-progress"}
+    return {
+        k: views.Children(tuple(by_job.get(k, ())), progress.get(k)) for k in {*by_job, *progress}
+    }
+
+
+def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Children] | None) -> bool:
+    """Whether the indexes' copies of a job and its children differ from the API's (a missed or
+    not yet delivered watch event): that job is reconciled from fresh reads."""
+    meta = item.get("metadata") or {}
+    key = (meta["namespace"], meta["name"])
+    jobs, pods, progress = _indexed(JOBS, key), _indexed(PODS, key), _indexed(PROGRESS, key)
+    if listed is None or jobs is None or pods is None or progress is None:
+        return True
+    if [views.resource_version(j) for j in jobs] != [views.resource_version(item)]:
+        return True
+    indexed = views.Children(tuple(pods), progress[0] if progress else None)
+    return not views.agree(indexed, listed.get(key, views.Children((), None)))
+
+
 def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
-    namespace."""
+    namespace: from the indexes where they agree with one LIST each of the namespace's jobs, pods
+    and ConfigMaps, from fresh reads of the API where they do not."""
     if not leading():
         return
-    futures = []
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
-    jobs = [item for ns in namespaces for item in _list_jobs(ns)]
-    metrics.observe_jobs(jobs)
-    for item in jobs:
+    jobs: list[tuple[dict[str, Any], dict[views.Key, views.Children] | None]] = []
+    for ns in namespaces:
+        found = _list_jobs(ns)
+        children = _listed_children(ns) if found else {}
+        jobs += [(item, children) for item in found]
+    metrics.observe_jobs([item for item, _ in jobs])
+    futures, drifted = [], 0
+    for item, children in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
         status = item.get("status") or {}
         annotations = meta.get("annotations") or {}
@@ -239,14 +366,20 @@ def resync_once() -> None:
             and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
         ):
             continue
-        futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
+        fresh = _drifted(item, children)
+        drifted += fresh
+        futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"], fresh))
+    if drifted:
+        log.info(
+            "resync: %d of %d jobs read afresh (indexes behind the API)", drifted, len(futures)
+        )
     for future in futures:
         future.result()
 
 
-def _reconcile_logged(namespace: str, name: str) -> None:
+def _reconcile_logged(namespace: str, name: str, fresh: bool = False) -> None:
     try:
-        reconcile(namespace, name)
+        reconcile(namespace, name, fresh=fresh)
     except kube.KubeError as exc:
         log.warning("reconcile %s/%s: %s", namespace, name, exc)
     except Exception:  # one job's bug never stops the others' resync
@@ -255,6 +388,7 @@ def _reconcile_logged(namespace: str, name: str) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
 def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    _indexes_ready.set()
     with _as_kopf():
         reconcile(namespace or "default", labels[m.LABEL_JOB])
 
@@ -334,6 +468,7 @@ def _ensure_children(
     bodies = [] if checked else [b.service_account(job), b.role(job), b.role_binding(job)]
     if not progress_exists:
         bodies.append(b.progress_config_map(job))
+        _unsettled.wrote((job.namespace, job.name))
     pvc = b.output_pvc(job)
     if pvc is not None and not checked:
         bodies.append(pvc)
@@ -373,6 +508,7 @@ def _config_map(job: m.FineTuneJob, attempt: int, train: bool) -> dict[str, Any]
 
 
 def _start_pod(job: m.FineTuneJob, acts: lc.Actions) -> None:
+    _unsettled.wrote((job.namespace, job.name))
     if acts.create_prepare:
         kube.apply_config_map(_config_map(job, job.status.attempt + 1, False))
         kube.create_or_get(b.prepare_pod(job, operator_settings()))
@@ -419,33 +555,41 @@ def _act(
     return new
 
 
-def reconcile(namespace: str, name: str) -> None:
-    """Bring one job one step closer to its spec; safe to run any number of times."""
+def reconcile(namespace: str, name: str, *, fresh: bool = False) -> None:
+    """Bring one job one step closer to its spec; safe to run any number of times. ``fresh``:
+    read the job and its children from the API, not from the indexes."""
     if not leading():  # the leader acts; this replica only keeps its watches warm
         return
     with _job_lock(namespace, name):
         # a status that must be on the resource before the next step (status.data and
         # status.plan before the training pod) is published, then the job is read again; a job
-        # that changed between read and status patch (409) is read again too
+        # that changed between read and status patch (409) is read again too, from the API
         for _ in range(3):
             try:
-                if not _reconcile_once(namespace, name):
+                if not _reconcile_once(namespace, name, fresh):
                     return
             except kube.ConflictError as exc:
                 log.info("reconcile %s/%s again: %s", namespace, name, exc)
+                fresh = True
 
 
-def _reconcile_once(namespace: str, name: str) -> bool:
+def _gone(key: views.Key) -> None:
+    _wakeups.cancel(key)
+    _forget_children(*key)
+    _written.forget(key)
+    _unsettled.forget(key)
+
+
+def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
     """One pass; True when the next step waits for the status just published."""
+    key = (namespace, name)
     try:
-        body = kube.get_job(namespace, name)
+        body = _job_body(key, fresh)
     except kube.NotFoundError:
-        _wakeups.cancel((namespace, name))
-        _forget_children(namespace, name)
+        _gone(key)
         return False
     if (body.get("metadata") or {}).get("deletionTimestamp"):
-        _wakeups.cancel((namespace, name))
-        _forget_children(namespace, name)
+        _gone(key)
         return False
     now = datetime.now(UTC)
     old_raw: dict[str, Any] = dict(body.get("status") or {})
@@ -458,10 +602,11 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
         kube.delete_job(namespace, name)
         return False
-    pods = [p for p in kube.list_pods(namespace, name) if security.owned_by(p, job.uid)]
-    cm = kube.read_config_map_data(namespace, b.progress_name(job))
-    progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
-    prepared = lc.parse_prepare((cm or {}).get(b.PREPARE_KEY))
+    children = _children_of(job, fresh)
+    pods = [p for p in children.pods if security.owned_by(p, job.uid)]
+    reports: dict[str, str] = (children.progress or {}).get("data") or {}
+    progress = lc.parse_progress(reports.get(b.PROGRESS_KEY))
+    prepared = lc.parse_prepare(reports.get(b.PREPARE_KEY))
     new = lc.derive_status(
         job,
         pods,
@@ -472,11 +617,14 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         admission=_admission_message(namespace, pods),
     )
     acts = lc.next_actions(job, new, pods, now)
+    if acts.reset_progress or acts.reset_prepare or acts.delete_pods:
+        _unsettled.wrote(key)  # the indexes are behind until the watches deliver these writes
     if acts.reset_progress:  # a restart: the previous run's reports must not count
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
     elif acts.reset_prepare:  # a retry of the prepare stage: its failure must not count again
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PREPARE_KEY,))
-    new = _act(body, job, new, acts, pods=pods, progress_exists=cm is not None, now=now)
+    new = _act(body, job, new, acts, pods=pods, progress_exists=children.progress is not None,
+               now=now)  # fmt: skip
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)
     _publish(body, job.status, new, old_raw, now)
@@ -516,7 +664,9 @@ def _publish(
     patch = lc.merge_patch(old_raw, new_raw)
     if patch:
         rv = meta.get("resourceVersion")
-        kube.patch_job_status(meta["namespace"], meta["name"], patch, rv)
+        written = kube.patch_job_status(meta["namespace"], meta["name"], patch, rv)
+        if written:  # the next pass may come before the watch delivers it
+            _written.remember((meta["namespace"], meta["name"]), written)
         metrics.observe_status(meta["namespace"], meta["name"], old_raw, new_raw, now)
     for kind, reason, message in lc.transition_events(old, new):
         kube.emit_event(body, kind, reason, message)

@@ -178,14 +178,14 @@ def list_jobs(namespace: str | None) -> list[dict[str, Any]]:
 
 def patch_job_status(
     namespace: str, name: str, patch: dict[str, Any], resource_version: str | None = None
-) -> None:
+) -> dict[str, Any]:
     """Merge-patch ``.status`` through the status subresource; with ``resource_version``, only
-    if the job did not change since it was read (else ``ConflictError``)."""
+    if the job did not change since it was read (else ``ConflictError``). The job as written."""
     path = _ns_path(m.API_VERSION, namespace, m.PLURAL, name) + "/status"
     body: dict[str, Any] = {"status": patch}
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
-    request("PATCH", path, body, content_type="application/merge-patch+json")
+    return request("PATCH", path, body, content_type="application/merge-patch+json")
 
 
 def delete_job(namespace: str, name: str) -> None:
@@ -253,13 +253,21 @@ def clear_config_map_keys(namespace: str, name: str, keys: tuple[str, ...]) -> N
         )
 
 
-def read_config_map_data(namespace: str, name: str) -> dict[str, str] | None:
+def get_config_map(namespace: str, name: str) -> dict[str, Any] | None:
+    """A ConfigMap, or None when it does not exist."""
     try:
-        obj = request("GET", _ns_path("v1", namespace, "configmaps", name))
+        return request("GET", _ns_path("v1", namespace, "configmaps", name))
     except NotFoundError:
         return None
-    data: dict[str, str] = obj.get("data") or {}
-    return data
+
+
+def list_labelled(namespace: str | None, plural: str, selector: str) -> list[dict[str, Any]]:
+    """Core objects (``plural``: pods, configmaps) matching a label selector, in one namespace
+    or (``None``) in all."""
+    path = _ns_path("v1", namespace, plural) if namespace else f"/api/v1/{plural}"
+    obj = request("GET", path, query={"labelSelector": selector})
+    items: list[dict[str, Any]] = obj.get("items") or []
+    return items
 
 
 def exists(kind: str, namespace: str, name: str) -> bool:

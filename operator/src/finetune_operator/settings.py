@@ -60,7 +60,11 @@ class Settings(BaseSettings):
         default=30, ge=0, description="Added to the derived grace period."
     )
     progress_interval_seconds: float = Field(
-        default=5.0, gt=0, description="How often the trainer writes progress (and we mirror it)."
+        default=30.0,
+        gt=0,
+        description="How often the trainer writes progress while nothing else happens (and we "
+        "mirror it); the first step, checkpoints, evaluations and the end are reported at once. "
+        "Each report costs one ConfigMap write and one status patch.",
     )
     api_server: str | None = Field(
         default=None,

@@ -3,12 +3,14 @@ deleted children come back with an Event, and a namespace that cannot be listed 
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from finetune_operator import handlers, kube
+from finetune_operator import handlers, kube, views
 from finetune_operator import models as m
 from tests.unit.operator.conftest import job_body, pod
 
@@ -16,9 +18,14 @@ R = m.Reason
 
 
 @pytest.fixture(autouse=True)
-def _fresh_memo() -> None:
-    """Each test starts as a freshly started operator: no child checked yet."""
+def _fresh_memo() -> Iterator[None]:
+    """Each test starts as a freshly started operator: no child checked yet, no index."""
     handlers._children_ok.clear()
+    yield
+    handlers._indexes.clear()
+    handlers._indexes_ready.clear()
+    handlers._written = views.Written()
+    handlers._unsettled = views.Unsettled()
 
 
 def owned(p: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +56,7 @@ class FakeApi:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in (
-            "get_job", "list_pods", "read_config_map_data", "exists", "create_or_get",
+            "get_job", "list_pods", "get_config_map", "exists", "create_or_get",
             "apply_config_map", "list_nodes", "delete_pod", "patch_job_status", "emit_event",
         ):  # fmt: skip
             monkeypatch.setattr(kube, name, getattr(self, name))
@@ -60,8 +67,10 @@ class FakeApi:
     def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self.pods
 
-    def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        return self.progress if f"ConfigMap {name}" in self.existing else None
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if f"ConfigMap {name}" not in self.existing:
+            return None
+        return {"metadata": {"name": name, "resourceVersion": "1"}, "data": self.progress}
 
     def exists(self, kind: str, namespace: str, name: str) -> bool:
         return kind == "PersistentVolumeClaim" or f"{kind} {name}" in self.existing
@@ -87,10 +96,11 @@ class FakeApi:
 
     def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], rv: str | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         if rv != self.job["metadata"].get("resourceVersion"):
             raise kube.ConflictError("PATCH status", 409, "the object has been modified")
         self.patches.append(patch)
+        return {}  # no answer to remember: the next pass reads the job again
 
     def emit_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
         self.events.append((kind, reason, message))
@@ -254,7 +264,8 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
     ours = handlers.Settings(namespaces=["gone", "ml"])
     monkeypatch.setattr(handlers, "operator_settings", lambda: ours)
     monkeypatch.setattr(kube, "list_jobs", list_jobs)
-    monkeypatch.setattr(handlers, "reconcile", lambda ns, name: done.append(f"{ns}/{name}"))
+    monkeypatch.setattr(kube, "list_labelled", lambda namespace, plural, selector: [])
+    monkeypatch.setattr(handlers, "reconcile", lambda ns, name, **_: done.append(f"{ns}/{name}"))
     with caplog.at_level(logging.WARNING, logger=handlers.__name__):
         handlers.resync_once()
         handlers.resync_once()
@@ -291,3 +302,173 @@ def test_a_status_patch_is_guarded_by_the_resource_version(
     handlers.reconcile("ml", "bot")
     assert reads == ["5", "6"]
     assert [p["phase"] for p in fake.patches] == ["Starting"]
+
+
+# ------------------------------------------------------------- reconcile from the watches' indexes
+
+KEY = ("ml", "bot")
+
+
+def report(step: int) -> dict[str, Any]:
+    """The progress ConfigMap as the watch delivers it after the trainer's report of ``step``."""
+    progress = {"attempt": 1, "state": "running", "step": step, "total_steps": 20, "loss": 1.5}
+    data = {"prepare.json": OK, "progress.json": json.dumps(progress)}
+    return {"metadata": {"name": "bot-progress", "resourceVersion": f"{100 + step}"}, "data": data}
+
+
+class Counting(FakeApi):
+    """The fake API, counting reads, answering status patches with the job as written."""
+
+    def __init__(self, job: dict[str, Any], existing: set[str]) -> None:
+        super().__init__(job, existing)
+        self.reads: list[str] = []
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        self.reads.append("get job")
+        return self.job
+
+    def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        self.reads.append("list pods")
+        return self.pods
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(f"get {name}")
+        return super().get_config_map(namespace, name)
+
+    def exists(self, kind: str, namespace: str, name: str) -> bool:
+        self.reads.append(f"get {name}")
+        return super().exists(kind, namespace, name)
+
+    def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], rv: str | None = None
+    ) -> dict[str, Any]:
+        super().patch_job_status(namespace, name, patch, rv)
+        meta = self.job["metadata"]
+        self.job = {**self.job, "metadata": {**meta, "resourceVersion": str(int(rv or 0) + 1)},
+                    "status": {**self.job["status"], **patch}}  # fmt: skip
+        return self.job
+
+
+def indexes(job: dict[str, Any], pods: list[dict[str, Any]], cm: dict[str, Any] | None) -> None:
+    """What kopf's indexes hold (one list per key, as its stores iterate)."""
+    handlers._indexes.update(
+        {
+            handlers.JOBS: {KEY: [job]},
+            handlers.PODS: {KEY: pods} if pods else {},
+            handlers.PROGRESS: {KEY: [cm]} if cm else {},
+        }
+    )
+    handlers._indexes_ready.set()
+
+
+def running(monkeypatch: pytest.MonkeyPatch) -> Counting:
+    body = job_body(status=PREPARED)
+    body["metadata"]["resourceVersion"] = "7"
+    fake = Counting(body, ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.pods[0]["metadata"]["resourceVersion"] = "50"
+    fake.install(monkeypatch)
+    handlers._children_ok.add(("ml", "bot", "uid-1"))  # checked on an earlier pass
+    return fake
+
+
+def test_a_progress_report_costs_one_status_patch_and_no_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = running(monkeypatch)
+    indexes(fake.job, fake.pods, report(5))
+    handlers.progress_event(namespace="ml", labels={m.LABEL_JOB: "bot"})
+    assert fake.reads == []
+    assert [p["progress"]["step"] for p in fake.patches] == [5]
+    handlers.reconcile("ml", "bot")  # the same report again (a pod event): nothing to write
+    assert fake.reads == [] and len(fake.patches) == 1
+
+
+def test_our_own_patch_is_newer_than_a_lagging_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next report comes before the watch delivered our last status patch: the patch's
+    answer is used (no GET, no 409)."""
+    fake = running(monkeypatch)
+    stale_job = fake.job
+    indexes(stale_job, fake.pods, report(5))
+    handlers.reconcile("ml", "bot")
+    indexes(stale_job, fake.pods, report(6))  # the job index still shows resourceVersion 7
+    handlers.reconcile("ml", "bot")
+    assert fake.reads == []
+    assert [p["progress"]["step"] for p in fake.patches] == [5, 6]
+    assert fake.job["metadata"]["resourceVersion"] == "9"
+
+
+def test_a_conflict_reads_the_job_from_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = running(monkeypatch)
+    indexes(fake.job, fake.pods, report(5))
+    fake.progress = report(5)["data"]
+    fake.job = {**fake.job, "metadata": {**fake.job["metadata"], "resourceVersion": "8"}}
+    handlers.reconcile("ml", "bot")  # someone else wrote the job: 409, then fresh reads
+    assert fake.reads == ["get job", "list pods", "get bot-progress"]
+    assert [p["progress"]["step"] for p in fake.patches] == [5]
+
+
+def test_after_creating_a_pod_the_api_is_read_until_the_index_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = job_body(status=PREPARED)  # prepared, attempt 1 not started yet
+    body["status"] = {**PREPARED, "phase": "Preparing", "attempt": 0}
+    body["metadata"]["resourceVersion"] = "7"
+    fake = Counting(body, ALL)
+    fake.install(monkeypatch)
+    handlers._children_ok.add(("ml", "bot", "uid-1"))
+    cm = {"metadata": {"name": "bot-progress", "resourceVersion": "1"}, "data": fake.progress}
+    indexes(fake.job, [], cm)
+    created: list[str] = []
+    create = fake.create_or_get
+
+    def create_pod(child: dict[str, Any]) -> bool:
+        if child["kind"] == "Pod":
+            created.append(child["metadata"]["name"])
+            fake.pods = [owned(pod(child["metadata"]["name"], phase="Pending"))]
+            fake.pods[0]["metadata"]["resourceVersion"] = "60"
+        return create(child)
+
+    monkeypatch.setattr(kube, "create_or_get", create_pod)
+    handlers.reconcile("ml", "bot")
+    assert created == ["bot-1"] and KEY in handlers._unsettled
+    fake.reads.clear()
+    handlers.reconcile("ml", "bot")  # before the watch delivered the pod: the API says it exists
+    assert "list pods" in fake.reads and created == ["bot-1"]
+    assert KEY in handlers._unsettled
+    indexes(fake.job, fake.pods, cm)  # the watch delivered it
+    fake.reads.clear()
+    handlers.reconcile("ml", "bot")
+    assert KEY not in handlers._unsettled
+    fake.reads.clear()
+    handlers.reconcile("ml", "bot")
+    assert "list pods" not in fake.reads
+
+
+def test_the_resync_reads_afresh_only_the_jobs_whose_index_is_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = running(monkeypatch)
+    cm = report(5)
+    indexes(fake.job, fake.pods, cm)
+    ours = handlers.Settings(namespaces=["ml"])
+    monkeypatch.setattr(handlers, "operator_settings", lambda: ours)
+    monkeypatch.setattr(kube, "list_jobs", lambda namespace: [fake.job])
+    listed = {"pods": fake.pods, "configmaps": [cm]}
+    asked: list[str] = []
+
+    def list_labelled(namespace: str | None, plural: str, selector: str) -> list[dict[str, Any]]:
+        asked.append(f"{plural} in {namespace} with {selector}")
+        labels = {"namespace": "ml", "labels": {m.LABEL_JOB: "bot"}}
+        return [{**o, "metadata": {**o["metadata"], **labels}} for o in listed[plural]]
+
+    monkeypatch.setattr(kube, "list_labelled", list_labelled)
+    done: list[tuple[str, bool]] = []
+    monkeypatch.setattr(handlers, "reconcile", lambda ns, name, fresh: done.append((name, fresh)))
+    handlers.resync_once()
+    selector = f"{m.LABEL_JOB},app.kubernetes.io/managed-by=finetune-operator"
+    assert asked == [f"pods in ml with {selector}", f"configmaps in ml with {selector}"]
+    assert done == [("bot", False)]  # the index agrees with the API: no read per job
+    listed["configmaps"] = [report(6)]  # a report the watch missed
+    handlers.resync_once()
+    assert done[-1] == ("bot", True)

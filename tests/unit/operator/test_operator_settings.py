@@ -13,7 +13,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.namespaces == [] and s.api_server is None
     assert s.image_pull_policy == "IfNotPresent"
-    assert s.termination_grace_seconds == 0 and s.progress_interval_seconds == 5.0  # 0: derived
+    assert s.termination_grace_seconds == 0 and s.progress_interval_seconds == 30.0  # 0: derived
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,6 +164,7 @@ class ProgressCallback(TrainerCallback):
         loss = (metrics or {}).get("eval_loss")
         if isinstance(loss, int | float):
             self.eval_loss = float(loss)
+            self.send(state, "running", force=True)  # a new eval loss is news: not throttled
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,138 @@
+"""What the operator knows of a job from its own watches, and when that is not enough (pure).
+
+A reconcile reads the job, its pods and its progress ConfigMap from kopf's indexes, which the
+watches the operator keeps anyway fill, instead of the API: a trainer's progress report then
+costs its one ConfigMap write and at most one status patch. An index lags the API by the watch's
+delay, which matters only right after this operator wrote something, so three rules decide:
+
+- **The job**: the newer of the index's copy and the answer to this operator's own last status
+  patch, ordered by resourceVersion as client-go's ``MutationCache`` orders them (etcd's revision,
+  an integer); when either cannot be read as one, the caller reads the API. A stale job can never
+  be written back: the status patch carries its resourceVersion, a 409 makes the next pass read
+  the API (``handlers.reconcile``).
+- **Pods and the progress ConfigMap** after this operator created or deleted a pod or cleared
+  report keys: the job is ``Unsettled`` and reconciles read the API until the index agrees with
+  what the API answered (same objects, same resourceVersions), i.e. until the watch has delivered
+  the write.
+- **The resync** (the safety net against a watch that missed events) lists each namespace's
+  jobs, pods and ConfigMaps once and compares them with the indexes; a job whose copies disagree
+  is reconciled from fresh reads of the API, the others from the indexes: O(namespaces) requests
+  per round instead of three per job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Key = tuple[str, str]  # (namespace, job name)
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of an object without ``metadata.managedFields`` (often the largest part,
+    never read): what the indexes keep, so 1,000 jobs' objects stay small."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+
+
+def resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def _revision(obj: Mapping[str, Any]) -> int | None:
+    try:
+        return int(resource_version(obj) or "")
+    except ValueError:
+        return None
+
+
+def newest(
+    indexed: dict[str, Any] | None, written: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, bool]:
+    """(the newer copy of an object, whether it is trusted). Not trusted: the two copies cannot be
+    ordered (a resourceVersion that is not an integer), so the caller reads the API; ``None``
+    trusted: neither copy exists."""
+    if written is None or indexed is None:
+        return (indexed if written is None else written), True
+    a, b = _revision(indexed), _revision(written)
+    if a is None or b is None:
+        return None, False
+    return (indexed if a >= b else written), True
+
+
+def _names(objs: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
+    return {str((o.get("metadata") or {}).get("name")): resource_version(o) for o in objs}
+
+
+@dataclass(frozen=True)
+class Children:
+    """A job's pods and progress ConfigMap (None: absent), as one source shows them."""
+
+    pods: tuple[dict[str, Any], ...]
+    progress: dict[str, Any] | None
+
+    def versions(self) -> tuple[dict[str, str | None], str | None]:
+        """What two sources must share to agree: each object's name and resourceVersion."""
+        return _names(self.pods), resource_version(self.progress)
+
+
+def agree(a: Children, b: Children) -> bool:
+    """Whether two sources show the same versions of the same objects."""
+    return a.versions() == b.versions()
+
+
+class Unsettled:
+    """Jobs whose pods or progress ConfigMap this operator has just written: their index copies
+    are not trusted until they agree with a read of the API made after the write."""
+
+    def __init__(self) -> None:
+        self._keys: set[Key] = set()
+        self._lock = threading.Lock()
+
+    def wrote(self, key: Key) -> None:
+        with self._lock:
+            self._keys.add(key)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def read(self, key: Key, indexed: Children, api: Children) -> None:
+        """An API read after the write: the index has caught up when it shows the same."""
+        if agree(indexed, api):
+            self.forget(key)
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._keys.discard(key)
+
+
+class Written:
+    """This operator's last status-patch answer per job (until the index has one as new)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[Key, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, key: Key, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._bodies[key] = slim(body)
+
+    def pick(self, key: Key, indexed: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+        """``newest`` of the index's copy and ours; ours is dropped once the index has caught up.
+        A job missing from the index (deleted, or not seen yet) is not trusted: read the API."""
+        with self._lock:
+            written = self._bodies.get(key)
+            if indexed is None:
+                self._bodies.pop(key, None)
+                return None, False
+            body, trusted = newest(indexed, written)
+            if written is not None and (body is indexed or not trusted):
+                del self._bodies[key]
+            return body, trusted
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._bodies.pop(key, None)

@@ -1,0 +1,90 @@
+"""When the operator trusts what its watches delivered (views.py), and when it reads the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_operator import views
+
+
+def obj(name: str, rv: str | None, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, **extra}
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    return {"metadata": meta, "spec": {"x": 1}}
+
+
+def test_slim_drops_managed_fields_only() -> None:
+    body = obj("a", "3", managedFields=[{"manager": "kubectl"}], labels={"k": "v"})
+    out = views.slim(body)
+    assert out == {"metadata": {"name": "a", "resourceVersion": "3", "labels": {"k": "v"}},
+                   "spec": {"x": 1}}  # fmt: skip
+    assert "managedFields" in body["metadata"]  # the watch's own copy is left alone
+
+
+@pytest.mark.parametrize(
+    ("indexed", "written", "expected", "trusted"),
+    [
+        ("9", "10", "written", True),  # our patch is newer: the watch has not delivered it yet
+        ("11", "10", "indexed", True),  # someone wrote after us, the index has it
+        ("10", "10", "indexed", True),
+        ("9", None, "indexed", True),  # nothing written by us
+        ("9", "x1", None, False),  # not etcd revisions: cannot be ordered, read the API
+        ("", "10", None, False),
+    ],
+)
+def test_newest_orders_by_resource_version(
+    indexed: str, written: str | None, expected: str | None, trusted: bool
+) -> None:
+    a = obj("job", indexed)
+    b = obj("job", written) if written is not None else None
+    body, ok = views.newest(a, b)
+    assert ok is trusted
+    assert body is {"indexed": a, "written": b, None: None}[expected]
+
+
+def test_written_is_used_until_the_index_catches_up() -> None:
+    w = views.Written()
+    key = ("ml", "bot")
+    w.remember(key, obj("bot", "10", managedFields=[1]))
+    body, ok = w.pick(key, obj("bot", "9"))
+    assert ok and body is not None and views.resource_version(body) == "10"
+    assert "managedFields" not in body["metadata"]
+    caught_up = obj("bot", "10")
+    assert w.pick(key, caught_up) == (caught_up, True)
+    older = obj("bot", "9")  # ours was dropped: an older index copy is all there is now
+    assert w.pick(key, older) == (older, True)
+
+
+def test_a_job_missing_from_the_index_is_read_from_the_api() -> None:
+    w = views.Written()
+    key = ("ml", "bot")
+    w.remember(key, obj("bot", "10"))
+    assert w.pick(key, None) == (None, False)
+    w.forget(key)
+    assert w.pick(key, obj("bot", "3"))[1] is True
+
+
+def test_children_agree_on_names_and_versions() -> None:
+    a = views.Children((obj("p1", "1"), obj("p2", "2")), obj("cm", "5"))
+    same = views.Children((obj("p2", "2"), obj("p1", "1")), obj("cm", "5"))
+    assert views.agree(a, same)
+    assert not views.agree(a, views.Children((obj("p1", "1"),), obj("cm", "5")))  # one missing
+    assert not views.agree(a, views.Children((obj("p1", "1"), obj("p2", "3")), obj("cm", "5")))
+    assert not views.agree(a, views.Children(a.pods, obj("cm", "6")))  # a newer report
+    assert not views.agree(a, views.Children(a.pods, None))
+
+
+def test_unsettled_until_the_index_shows_what_the_api_shows() -> None:
+    u = views.Unsettled()
+    key = ("ml", "bot")
+    assert key not in u
+    u.wrote(key)  # we created pod p1
+    before = views.Children((), obj("cm", "5"))
+    after = views.Children((obj("p1", "7"),), obj("cm", "5"))
+    u.read(key, before, after)  # the watch has not delivered it yet
+    assert key in u
+    u.read(key, after, after)
+    assert key not in u
