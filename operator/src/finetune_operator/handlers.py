@@ -161,7 +161,7 @@ def index_job(
 def index_pod(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[views.Key, dict[str, Any]]:
-    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim(body)}
+    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim_pod(body)}
 
 
 @kopf.index("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
@@ -209,7 +209,8 @@ def _children_of(job: m.FineTuneJob, fresh: bool) -> views.Children:
         if not fresh and key not in _unsettled:
             return indexed
     api = views.Children(
-        tuple(kube.list_pods(*key)), kube.get_config_map(job.namespace, b.progress_name(job))
+        tuple(map(views.slim_pod, kube.list_pods(*key))),
+        kube.get_config_map(job.namespace, b.progress_name(job)),
     )
     if indexed is not None:
         _unsettled.read(key, indexed, api)
@@ -285,12 +286,16 @@ def _resync_logged() -> None:
 _list_errors: dict[str | None, str] = {}
 
 
+_SUMMARY = (m.RESTART_ANNOTATION, m.RETRY_ANNOTATION, m.RESTART_STATUS_FIELD, m.RETRY_STATUS_FIELD)
+
+
 def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
-    """One namespace's jobs; a namespace that cannot be listed (403, gone) is logged once per
-    change of its error and skipped, never blocking the others."""
+    """One namespace's jobs (``views.job_summary``: a page at a time, never all bodies at
+    once); a namespace that cannot be listed (403, gone) is logged once per change of its error
+    and skipped, never blocking the others."""
     where = namespace or "all namespaces"
     try:
-        jobs = kube.list_jobs(namespace)
+        jobs = [views.job_summary(item, _SUMMARY) for item in kube.list_jobs(namespace)]
     except kube.KubeError as exc:
         if _list_errors.get(namespace) != exc.detail:
             log.warning("cannot list FineTuneJobs in %s: %s", where, exc)
@@ -304,30 +309,22 @@ def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
 _SELECTOR = ",".join([m.LABEL_JOB, *(f"{k}={v}" for k, v in b.MANAGED_BY.items())])
 
 
-def _listed_children(namespace: str | None) -> dict[views.Key, views.Children] | None:
-    """Every job's pods and progress ConfigMap in one namespace (None: all), from two LISTs;
-    None when they cannot be listed (the jobs are then read one by one)."""
+def _listed_children(namespace: str | None) -> dict[views.Key, views.Versions] | None:
+    """Every job's pods and progress ConfigMap in one namespace (None: all), as names and
+    resourceVersions, from a LIST each; None when they cannot be listed (every job is then read
+    afresh)."""
     try:
-        pods = kube.list_labelled(namespace, "pods", _SELECTOR)
-        maps = kube.list_labelled(namespace, "configmaps", _SELECTOR)
+        return views.listed_versions(
+            kube.list_labelled(namespace, "pods", _SELECTOR),
+            kube.list_labelled(namespace, "configmaps", _SELECTOR),
+            m.LABEL_JOB,
+        )
     except kube.KubeError as exc:
-        log.info("resync of %s reads job by job: %s", namespace or "all namespaces", exc)
+        log.info("resync of %s reads every job afresh: %s", namespace or "all namespaces", exc)
         return None
 
-    def key(obj: dict[str, Any]) -> views.Key:
-        meta = obj["metadata"]
-        return meta["namespace"], meta["labels"][m.LABEL_JOB]
 
-    by_job: dict[views.Key, list[dict[str, Any]]] = {}
-    for pod in pods:
-        by_job.setdefault(key(pod), []).append(pod)
-    progress = {key(cm): cm for cm in maps if cm["metadata"]["name"] == f"{key(cm)[1]}-progress"}
-    return {
-        k: views.Children(tuple(by_job.get(k, ())), progress.get(k)) for k in {*by_job, *progress}
-    }
-
-
-def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Children] | None) -> bool:
+def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Versions] | None) -> bool:
     """Whether the indexes' copies of a job and its children differ from the API's (a missed or
     not yet delivered watch event): that job is reconciled from fresh reads."""
     meta = item.get("metadata") or {}
@@ -338,7 +335,7 @@ def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Children] | Non
     if [views.resource_version(j) for j in jobs] != [views.resource_version(item)]:
         return True
     indexed = views.Children(tuple(pods), progress[0] if progress else None)
-    return not views.agree(indexed, listed.get(key, views.Children((), None)))
+    return indexed.versions() != listed.get(key, views.NONE)
 
 
 def resync_once() -> None:
@@ -348,7 +345,7 @@ def resync_once() -> None:
     if not leading():
         return
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
-    jobs: list[tuple[dict[str, Any], dict[views.Key, views.Children] | None]] = []
+    jobs: list[tuple[dict[str, Any], dict[views.Key, views.Versions] | None]] = []
     for ns in namespaces:
         found = _list_jobs(ns)
         children = _listed_children(ns) if found else {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -165,15 +166,29 @@ def get_job(namespace: str, name: str) -> dict[str, Any]:
     return request("GET", _ns_path(m.API_VERSION, namespace, m.PLURAL, name))
 
 
-def list_jobs(namespace: str | None) -> list[dict[str, Any]]:
+PAGE = 250  # items per LIST request: a list of 1,000 jobs or pods never sits in memory whole
+
+
+def _pages(path: str, query: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every item of a LIST, ``PAGE`` items per request (the apiserver's ``continue`` token)."""
+    query = {**(query or {}), "limit": str(PAGE)}
+    while True:
+        obj = request("GET", path, query=query)
+        yield from obj.get("items") or []
+        token = (obj.get("metadata") or {}).get("continue")
+        if not token:
+            return
+        query["continue"] = token
+
+
+def list_jobs(namespace: str | None) -> Iterator[dict[str, Any]]:
     """FineTuneJobs of one namespace, or of all when ``None``."""
     path = (
         _ns_path(m.API_VERSION, namespace, m.PLURAL)
         if namespace
         else f"/apis/{m.API_VERSION}/{m.PLURAL}"
     )
-    items: list[dict[str, Any]] = request("GET", path).get("items") or []
-    return items
+    return _pages(path)
 
 
 def patch_job_status(
@@ -261,13 +276,11 @@ def get_config_map(namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
 
-def list_labelled(namespace: str | None, plural: str, selector: str) -> list[dict[str, Any]]:
+def list_labelled(namespace: str | None, plural: str, selector: str) -> Iterator[dict[str, Any]]:
     """Core objects (``plural``: pods, configmaps) matching a label selector, in one namespace
     or (``None``) in all."""
     path = _ns_path("v1", namespace, plural) if namespace else f"/api/v1/{plural}"
-    obj = request("GET", path, query={"labelSelector": selector})
-    items: list[dict[str, Any]] = obj.get("items") or []
-    return items
+    return _pages(path, {"labelSelector": selector})
 
 
 def exists(kind: str, namespace: str, name: str) -> bool:

@@ -37,6 +37,34 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
 
 
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator reads of a pod: its metadata (no managedFields), status and scheduling
+    gates (``lifecycle.pods``, ``kueue.gated``, ``security.owned_by``); a pod's spec is most
+    of it and never read otherwise."""
+    gates = (body.get("spec") or {}).get("schedulingGates")
+    out = {**slim(body), "spec": {"schedulingGates": gates} if gates else {}}
+    return {
+        k: v for k, v in out.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")
+    }
+
+
+def job_summary(item: Mapping[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+    """What the resync needs of a listed job: name, namespace, resourceVersion, the annotations
+    and status fields named in ``keep``, ``spec.ttlSecondsAfterFinished`` and the phase."""
+    meta, status = item.get("metadata") or {}, item.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            **{k: meta.get(k) for k in ("namespace", "name", "resourceVersion")},
+            "annotations": {k: annotations[k] for k in keep if k in annotations},
+        },
+        "spec": {
+            "ttlSecondsAfterFinished": (item.get("spec") or {}).get("ttlSecondsAfterFinished")
+        },
+        "status": {k: status[k] for k in ("phase", *keep) if k in status},
+    }
+
+
 def resource_version(obj: Mapping[str, Any] | None) -> str | None:
     return None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
 
@@ -66,6 +94,12 @@ def _names(objs: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
     return {str((o.get("metadata") or {}).get("name")): resource_version(o) for o in objs}
 
 
+# what two sources must share to agree: each pod's name and resourceVersion, and the progress
+# ConfigMap's resourceVersion (None: absent)
+Versions = tuple[dict[str, str | None], str | None]
+NONE: Versions = ({}, None)
+
+
 @dataclass(frozen=True)
 class Children:
     """A job's pods and progress ConfigMap (None: absent), as one source shows them."""
@@ -73,14 +107,34 @@ class Children:
     pods: tuple[dict[str, Any], ...]
     progress: dict[str, Any] | None
 
-    def versions(self) -> tuple[dict[str, str | None], str | None]:
-        """What two sources must share to agree: each object's name and resourceVersion."""
+    def versions(self) -> Versions:
         return _names(self.pods), resource_version(self.progress)
 
 
 def agree(a: Children, b: Children) -> bool:
     """Whether two sources show the same versions of the same objects."""
     return a.versions() == b.versions()
+
+
+def listed_versions(
+    pods: Iterable[Mapping[str, Any]], maps: Iterable[Mapping[str, Any]], job_label: str
+) -> dict[Key, Versions]:
+    """Every job's ``Versions`` from a LIST of pods and one of ConfigMaps carrying the job label
+    (a job's progress ConfigMap is ``<job>-progress``; its other ConfigMaps do not count)."""
+    out: dict[Key, Versions] = {}
+
+    def key(obj: Mapping[str, Any]) -> Key:
+        meta = obj.get("metadata") or {}
+        return str(meta.get("namespace")), str((meta.get("labels") or {}).get(job_label))
+
+    for pod in pods:
+        names, _ = out.setdefault(key(pod), ({}, None))
+        names[str(pod["metadata"]["name"])] = resource_version(pod)
+    for cm in maps:
+        k = key(cm)
+        if (cm.get("metadata") or {}).get("name") == f"{k[1]}-progress":
+            out[k] = (out.get(k, ({}, None))[0], resource_version(cm))
+    return out
 
 
 class Unsettled:

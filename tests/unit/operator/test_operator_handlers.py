@@ -472,3 +472,23 @@ def test_the_resync_reads_afresh_only_the_jobs_whose_index_is_behind(
     listed["configmaps"] = [report(6)]  # a report the watch missed
     handlers.resync_once()
     assert done[-1] == ("bot", True)
+
+
+def test_a_list_is_read_a_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[dict[str, str]] = []
+
+    def request(method: str, path: str, body: Any = None, *, query: Any = None) -> dict[str, Any]:
+        asked.append(dict(query))
+        page = len(asked)
+        more = {"continue": f"token-{page}"} if page < 3 else {}
+        return {"metadata": more, "items": [{"n": page}]}
+
+    monkeypatch.setattr(kube, "request", request)
+    items = list(kube.list_labelled("ml", "pods", "a=b"))
+    assert items == [{"n": 1}, {"n": 2}, {"n": 3}]
+    limit = str(kube.PAGE)
+    assert asked == [
+        {"labelSelector": "a=b", "limit": limit},
+        {"labelSelector": "a=b", "limit": limit, "continue": "token-1"},
+        {"labelSelector": "a=b", "limit": limit, "continue": "token-2"},
+    ]

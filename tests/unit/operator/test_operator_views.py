@@ -88,3 +88,55 @@ def test_unsettled_until_the_index_shows_what_the_api_shows() -> None:
     assert key in u
     u.read(key, after, after)
     assert key not in u
+
+
+def test_a_pod_keeps_what_the_operator_reads() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "managedFields": [1], "labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "c", "env": [{"name": "X"}]}],
+                 "schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+    assert views.slim_pod(pod) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"a": "b"}},
+        "spec": {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]},
+        "status": {"phase": "Running"},
+    }
+    assert views.slim_pod({**pod, "spec": {"containers": []}})["spec"] == {}
+
+
+def test_a_listed_job_is_cut_to_what_the_resync_reads() -> None:
+    item = {
+        "metadata": {"name": "j", "namespace": "ml", "resourceVersion": "4", "uid": "u",
+                     "annotations": {"r": "1", "other": "x"}},
+        "spec": {"model": {"name": "m"}, "ttlSecondsAfterFinished": 5},
+        "status": {"phase": "Running", "r": "1", "progress": {"step": 3}},
+    }  # fmt: skip
+    assert views.job_summary(item, ("r",)) == {
+        "metadata": {"namespace": "ml", "name": "j", "resourceVersion": "4",
+                     "annotations": {"r": "1"}},
+        "spec": {"ttlSecondsAfterFinished": 5},
+        "status": {"phase": "Running", "r": "1"},
+    }  # fmt: skip
+
+
+def test_listed_versions_per_job() -> None:
+    def child(name: str, job: str, rv: str, ns: str = "ml") -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "resourceVersion": rv,
+                             "labels": {"job": job}}}  # fmt: skip
+
+    pods = [child("a-prepare", "a", "1"), child("a-1", "a", "2"), child("b-1", "b", "3", "x")]
+    maps = [
+        child("a-progress", "a", "7"),
+        child("a-config", "a", "8"),
+        child("c-progress", "c", "9"),
+    ]
+    assert views.listed_versions(pods, maps, "job") == {
+        ("ml", "a"): ({"a-prepare": "1", "a-1": "2"}, "7"),
+        ("x", "b"): ({"b-1": "3"}, None),
+        ("ml", "c"): ({}, "9"),
+    }
