@@ -1,21 +1,28 @@
 """CPU-side benchmark of the operator on the local cluster (issues 6 and 14).
 
-  python bench/operator_bench.py [--jobs 1000] [--steady-seconds 120] [--write]
+  python bench/operator_bench.py [--jobs 1000] [--steady-seconds 120] [--report-seconds 30] [--write]
 
-The operator runs as a process under a ServiceAccount of its own; a FlowSchema puts that
-account's requests in a flow of their own (priority level ``exempt``: never queued), so the
-apiserver's ``apiserver_flowcontrol_dispatched_requests_total`` counts exactly the operator's
-requests, reads and writes, watches included.
+The operator runs as a process under a ServiceAccount of its own; FlowSchemas put that account's
+requests, and the trainers' (every ServiceAccount of the benchmark's namespaces, and the simulated
+trainers' account), in flows of their own (priority level ``exempt``: never queued), so the
+apiserver's ``apiserver_flowcontrol_dispatched_requests_total`` counts exactly their requests,
+reads and writes, watches and the leader Lease included. Everything cluster-wide that the run
+creates (the accounts' namespace, the ClusterRoleBinding, the FlowSchemas, the simulated nodes) is
+deleted when it ends, however it ends.
 
-1. Real node, stand-in trainer (tests/standin): apply → prepare pod created, apply → training pod
-   created, progress lag (the trainer's report lands in the progress ConfigMap → the same step is
-   visible in status.progress; both observed here by watches, so clocks don't matter; p50/p95),
-   and the operator's requests per running job per minute while the trainers report.
-2. KWOK: N jobs asking for 2 GPUs each on simulated GPU nodes: apply → first pod p50/p95 (both
-   seen by watches here), time until every job has its pod, the operator's CPU seconds per job
-   for that; then a steady window with every job's pod running and nothing changing: the
-   operator's requests per running job per minute and CPU per job per minute; the operator's
-   peak resident memory (VmHWM) over the whole run.
+1. Real node, stand-in trainer (tests/standin) reporting every second: apply → prepare pod
+   created, apply → training pod created, progress lag (the trainer's report lands in the progress
+   ConfigMap → the same step is visible in status.progress; both observed here by watches, so
+   clocks don't matter; p50/p95), and the operator's and trainers' requests per job per minute
+   over the jobs' whole life.
+2. KWOK: N jobs asking for 2 GPUs each on simulated GPU nodes of the benchmark's own: apply →
+   first pod p50/p95 (both seen by watches here), time until every prepare pod runs; the prepare
+   pods never report on KWOK, so the benchmark writes each job's prepare.json, and the operator
+   starts every job's training pod; the operator's CPU per job for all that. Then steady state:
+   every job trains and its simulated trainer (the real trainer's ``ConfigMapSink``) reports every
+   ``--report-seconds``; over a window of ``--steady-seconds``, the API requests per running job
+   per minute (operator + trainer), the progress lag at that load, the operator's CPU per job per
+   minute; the operator's peak resident memory (VmHWM) over the whole run.
 Prints a markdown block; --write puts it into docs/benchmarks.md between markers.
 """
 
@@ -90,6 +97,8 @@ def identities(workdir: Path, namespaces: list[str]) -> Iterator[tuple[Path, Pat
     ServiceAccount is any of ``namespaces``'). Everything cluster-wide is deleted on the way out,
     whatever ends the run."""
     try:
+        # an earlier run's namespace may still be terminating
+        kubectl("wait", "--for=delete", f"namespace/{BENCH_NS}", "--timeout=180s", check=False)
         kubectl("create", "namespace", BENCH_NS, check=False)
         for sa in (IDENTITY, SIM_TRAINER):
             kubectl("create", "serviceaccount", sa, "-n", BENCH_NS, check=False)
@@ -479,10 +488,10 @@ def kwok(
     for fn in (watch_jobs, watch_pods):
         threading.Thread(target=fn, daemon=True).start()
     lag = Lag(namespace)
-    time.sleep(1.0)  # the watches are established before the first apply (not a synchronisation)
-    op = start_operator(namespace, log, kubeconfig, interval)
     names = [f"k-{i}" for i in range(n)]
     trainers = Trainers(namespace, names, token, ca)
+    time.sleep(1.0)  # the watches are established before the first apply (not a synchronisation)
+    op = start_operator(namespace, log, kubeconfig, interval)
     try:
         time.sleep(5.0)  # kopf's start-up (imports, first lists) is not the jobs' cost
         cpu0 = cpu_seconds(op.pid)
