@@ -1,6 +1,7 @@
 """CPU-side benchmark of the operator on the local cluster (issues 6 and 14).
 
-  python bench/operator_bench.py [--jobs 1000] [--steady-seconds 120] [--report-seconds 30] [--write]
+  python bench/operator_bench.py [--jobs 1000] [--steady-seconds 120] [--report-seconds 30]
+                                 [--write]
 
 The operator runs as a process under a ServiceAccount of its own; FlowSchemas put that account's
 requests, and the trainers' (every ServiceAccount of the benchmark's namespaces, and the simulated
