@@ -328,7 +328,7 @@ def test_trainer_config(make_job: JobF) -> None:
         "gpu_memory_mib": 12288,
         "paths": {"work": "/workspace", "model_cache": "/cache", "shared_model_cache": None,
                       "claim": "out"},
-        "progress": {"config_map": "bot-progress", "namespace": "ml", "interval_seconds": 5.0,
+        "progress": {"config_map": "bot-progress", "namespace": "ml", "interval_seconds": 30.0,
                      "api_server": None},
         "hub_token_file": "/var/run/secrets/finetune.dev/hub/token",
     }  # fmt: skip
