@@ -255,7 +255,10 @@ class ProgressSpec(_Strict):
     config_map: str | None = Field(default=None, description="Progress ConfigMap name.")
     namespace: str | None = Field(default=None, description="Its namespace (default: job's).")
     interval_seconds: float = Field(
-        default=5.0, gt=0, description="Minimum seconds between PATCHes."
+        default=30.0,
+        gt=0,
+        description="Minimum seconds between PATCHes; the first step, checkpoints, evaluations, "
+        "a suspend and the end are reported at once.",
     )
     api_server: str | None = Field(default=None, description="API server URL override.")
 
