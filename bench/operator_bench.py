@@ -207,8 +207,31 @@ def job_body(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def seed_namespace(namespace: str) -> None:
-    """The inline dataset and the output claim every benchmark job shares."""
+def seed_namespace(namespace: str, volume: str | None = None) -> None:
+    """The inline dataset and the output claim every benchmark job shares; with ``volume``, the
+    claim is bound to a PersistentVolume of that name without node affinity (KWOK nodes: a
+    local-path volume would pin every pod to the node it was provisioned on)."""
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}},
+    }
+    if volume is not None:
+        claim = {**claim, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "volumeName": volume}  # fmt: skip
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/{volume}"},  # never mounted: nothing runs on KWOK
+                "claimRef": {"namespace": namespace, "name": "out"},
+            },
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(pv))
     kubectl(
         "create",
         "configmap",
@@ -226,10 +249,7 @@ def seed_namespace(namespace: str) -> None:
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
                 "metadata": {"name": "out", "namespace": namespace},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
+                "spec": claim,
             }
         ),
     )
@@ -459,7 +479,7 @@ def kwok(
     nodes = -(-2 * n // per_node)
     subprocess.run([str(ROOT / "hack/kwok-nodes.sh"), "20"], check=True, capture_output=True)
     bench_nodes(nodes, per_node)
-    seed_namespace(namespace)
+    seed_namespace(namespace, volume=f"fto-{namespace}")
     kubectl("create", "role", SIM_TRAINER, "-n", namespace, "--verb=get,patch",
             "--resource=configmaps")  # fmt: skip
     kubectl("create", "rolebinding", SIM_TRAINER, "-n", namespace, f"--role={SIM_TRAINER}",
@@ -648,6 +668,8 @@ def main() -> None:
             ours = [x for x in nodes if x.startswith(f"node/{BENCH_NODE}")]
             if ours:
                 kubectl("delete", "--wait=false", *ours, check=False)
+            volume = f"persistentvolume/fto-{spaces['kwok']}"
+            kubectl("delete", "--ignore-not-found", "--wait=false", volume, check=False)
     write(results, a)
 
 
