@@ -153,26 +153,26 @@ _indexes_ready = threading.Event()
 @kopf.index(m.GROUP, m.VERSION, m.PLURAL, id=JOBS)
 def index_job(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[views.Key, dict[str, Any]]:
-    return {(namespace or "default", name): views.slim(body)}
+) -> dict[views.Key, views.Packed]:
+    return {(namespace or "default", name): views.pack(views.slim(body))}
 
 
 @kopf.index("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, id=PODS)
 def index_pod(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[views.Key, dict[str, Any]]:
-    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim_pod(body)}
+) -> dict[views.Key, views.Packed]:
+    return {(namespace or "default", labels[m.LABEL_JOB]): views.pack(views.slim_pod(body))}
 
 
 @kopf.index("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
             when=_is_progress, id=PROGRESS)  # fmt: skip
 def index_progress(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[views.Key, dict[str, Any]]:
-    return {(namespace or "default", labels[m.LABEL_JOB]): views.slim(body)}
+) -> dict[views.Key, views.Packed]:
+    return {(namespace or "default", labels[m.LABEL_JOB]): views.pack(views.slim(body))}
 
 
-def _indexed(index: str, key: views.Key) -> list[dict[str, Any]] | None:
+def _indexed(index: str, key: views.Key) -> list[views.Packed] | None:
     """The objects an index holds under ``key`` ([] for none); None while the indexes cannot be
     trusted at all (not filled yet, or not running under kopf)."""
     found = _indexes.get(index)
@@ -192,7 +192,7 @@ def _job_body(key: views.Key, fresh: bool) -> dict[str, Any]:
     """The job: from the index (or our own newer patch answer), else from the API."""
     indexed = None if fresh else _indexed(JOBS, key)
     if indexed is not None:
-        body, trusted = _written.pick(key, indexed[0] if indexed else None)
+        body, trusted = _written.pick(key, views.unpack(indexed[0]) if indexed else None)
         if trusted and body is not None:
             return body
     return kube.get_job(*key)
@@ -205,7 +205,9 @@ def _children_of(job: m.FineTuneJob, fresh: bool) -> views.Children:
     pods, progress = _indexed(PODS, key), _indexed(PROGRESS, key)
     indexed = None
     if pods is not None and progress is not None:
-        indexed = views.Children(tuple(pods), progress[0] if progress else None)
+        indexed = views.Children(
+            tuple(map(views.unpack, pods)), views.unpack(progress[0]) if progress else None
+        )
         if not fresh and key not in _unsettled:
             return indexed
     api = views.Children(
@@ -324,18 +326,19 @@ def _listed_children(namespace: str | None) -> dict[views.Key, views.Versions] |
         return None
 
 
+_drift = views.Drift()
+
+
 def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Versions] | None) -> bool:
-    """Whether the indexes' copies of a job and its children differ from the API's (a missed or
-    not yet delivered watch event): that job is reconciled from fresh reads."""
+    """Whether the indexes missed a watch event of a job or its children (``views.Drift``):
+    that job is reconciled from fresh reads."""
     meta = item.get("metadata") or {}
     key = (meta["namespace"], meta["name"])
     jobs, pods, progress = _indexed(JOBS, key), _indexed(PODS, key), _indexed(PROGRESS, key)
     if listed is None or jobs is None or pods is None or progress is None:
         return True
-    if [views.resource_version(j) for j in jobs] != [views.resource_version(item)]:
-        return True
-    indexed = views.Children(tuple(pods), progress[0] if progress else None)
-    return indexed.versions() != listed.get(key, views.NONE)
+    indexed = ([j.rv for j in jobs], views.packed_versions(pods, progress[0] if progress else None))
+    return _drift.stuck(key, indexed, ([views.resource_version(item)], listed.get(key, views.NONE)))
 
 
 def resync_once() -> None:
@@ -366,9 +369,12 @@ def resync_once() -> None:
         fresh = _drifted(item, children)
         drifted += fresh
         futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"], fresh))
+    _drift.round_done()
     if drifted:
         log.info(
-            "resync: %d of %d jobs read afresh (indexes behind the API)", drifted, len(futures)
+            "resync: %d of %d jobs read afresh (their indexes missed a watch event)",
+            drifted,
+            len(futures),
         )
     for future in futures:
         future.result()

@@ -22,12 +22,34 @@ delay, which matters only right after this operator wrote something, so three ru
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 Key = tuple[str, str]  # (namespace, job name)
+
+
+class Packed(NamedTuple):
+    """An object as an index keeps it: its name and resourceVersion, and the rest as compact
+    JSON (a tenth of the memory of the parsed dicts: 1,000 jobs with their pods fit in a few
+    MiB), parsed again by the reconcile that reads it."""
+
+    name: str
+    rv: str | None
+    text: str
+
+
+def pack(body: Mapping[str, Any]) -> Packed:
+    meta = body.get("metadata") or {}
+    text = json.dumps(body, separators=(",", ":"))
+    return Packed(str(meta.get("name")), meta.get("resourceVersion"), text)
+
+
+def unpack(packed: Packed) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(packed.text)
+    return out
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,6 +136,35 @@ class Children:
 def agree(a: Children, b: Children) -> bool:
     """Whether two sources show the same versions of the same objects."""
     return a.versions() == b.versions()
+
+
+def packed_versions(pods: Iterable[Packed], progress: Packed | None) -> Versions:
+    """``Versions`` of a job's children as the indexes hold them."""
+    return {p.name: p.rv for p in pods}, progress.rv if progress is not None else None
+
+
+class Drift:
+    """The resync's judgement of which jobs' indexes missed a watch event: a job whose indexed
+    versions differ from the API's LIST at two resyncs in a row while the index did not change
+    in between (its watch delivers nothing for it). An index that differs but moves is only
+    behind (a busy operator works through its backlog) and reading the API for it would only add
+    load, so it is trusted a round longer."""
+
+    def __init__(self) -> None:
+        self._suspects: dict[Key, object] = {}
+        self._seen: dict[Key, object] = {}
+
+    def stuck(self, key: Key, indexed: object, listed: object) -> bool:
+        """One job of this round; True: read it afresh."""
+        if indexed == listed:
+            return False
+        stuck = self._suspects.get(key) == indexed
+        self._seen[key] = indexed
+        return stuck
+
+    def round_done(self) -> None:
+        """The next round compares with this one's suspects only."""
+        self._suspects, self._seen = self._seen, {}
 
 
 def listed_versions(

@@ -140,3 +140,27 @@ def test_listed_versions_per_job() -> None:
         ("x", "b"): ({"b-1": "3"}, None),
         ("ml", "c"): ({}, "9"),
     }
+
+
+def test_packed_objects_keep_name_version_and_content() -> None:
+    body = obj("p1", "7", labels={"a": "b"})
+    packed = views.pack(body)
+    assert (packed.name, packed.rv) == ("p1", "7") and views.unpack(packed) == body
+    assert views.packed_versions([packed], views.pack(obj("cm", "9"))) == ({"p1": "7"}, "9")
+    assert views.packed_versions([], None) == ({}, None)
+
+
+def test_drift_reads_afresh_only_an_index_that_did_not_move_for_a_round() -> None:
+    d = views.Drift()
+    key = ("ml", "bot")
+    assert not d.stuck(key, "v1", "v1")  # agrees
+    d.round_done()
+    assert not d.stuck(key, "v1", "v2")  # behind: maybe busy
+    d.round_done()
+    assert not d.stuck(key, "v2", "v3")  # behind, but moved
+    d.round_done()
+    assert d.stuck(key, "v2", "v4")  # behind and frozen a whole round: a missed event
+    d.round_done()
+    assert not d.stuck(key, "v4", "v4")  # caught up
+    d.round_done()
+    assert not d.stuck(key, "v4", "v5")  # a suspect again, from scratch
