@@ -188,30 +188,63 @@ def listed_versions(
     return out
 
 
+def _covers(indexed: Versions, snapshot: Versions) -> bool:
+    """Whether the index has caught up with an API read (``snapshot``): every object the read
+    showed is there at least as new, and what the read did not show is gone from the index or
+    newer than anything the read showed (made since). Versions that are not integers never
+    cover: the caller keeps reading the API."""
+    try:
+        shown = [*snapshot[0].values(), *([snapshot[1]] if snapshot[1] is not None else [])]
+        seen = [int(rv or "") for rv in shown]
+        pods = {name: int(rv or "") for name, rv in indexed[0].items()}
+        progress = int(indexed[1]) if indexed[1] is not None else None
+    except ValueError:
+        return False
+    # what the read did not show is newer than it only if it is newer than all it showed (an
+    # empty read orders nothing)
+    newest = max(seen, default=2**63)
+    for name, rv in snapshot[0].items():
+        if pods.get(name, -1) < int(rv or ""):
+            return False
+    if any(name not in snapshot[0] and rv <= newest for name, rv in pods.items()):
+        return False
+    if snapshot[1] is not None:
+        return progress is not None and progress >= int(snapshot[1])
+    return progress is None or progress > newest
+
+
 class Unsettled:
     """Jobs whose pods or progress ConfigMap this operator has just written: their index copies
-    are not trusted until they agree with a read of the API made after the write."""
+    are not trusted until the index has caught up with the first read of the API made after the
+    write (``_covers``). Later reads are not compared: on a busy operator the index is always a
+    little behind a job whose trainer keeps reporting, yet it has long seen our write."""
 
     def __init__(self) -> None:
-        self._keys: set[Key] = set()
+        self._keys: dict[Key, Versions | None] = {}
         self._lock = threading.Lock()
 
     def wrote(self, key: Key) -> None:
         with self._lock:
-            self._keys.add(key)
+            self._keys[key] = None
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._keys
 
     def read(self, key: Key, indexed: Children, api: Children) -> None:
-        """An API read after the write: the index has caught up when it shows the same."""
-        if agree(indexed, api):
-            self.forget(key)
+        """An API read after the write: the first one is the mark the index must reach."""
+        with self._lock:
+            if key not in self._keys:
+                return
+            snapshot = self._keys[key]
+            if snapshot is None:
+                snapshot = self._keys[key] = api.versions()
+            if _covers(indexed.versions(), snapshot):
+                del self._keys[key]
 
     def forget(self, key: Key) -> None:
         with self._lock:
-            self._keys.discard(key)
+            self._keys.pop(key, None)
 
 
 class Written:

@@ -164,3 +164,38 @@ def test_drift_reads_afresh_only_an_index_that_did_not_move_for_a_round() -> Non
     assert not d.stuck(key, "v4", "v4")  # caught up
     d.round_done()
     assert not d.stuck(key, "v4", "v5")  # a suspect again, from scratch
+
+
+def test_settled_once_the_index_reaches_the_first_read_after_the_write() -> None:
+    u = views.Unsettled()
+    key = ("ml", "bot")
+    u.wrote(key)  # we created pod p1
+    before = views.Children((), obj("cm", "5"))
+    first = views.Children((obj("p1", "7"),), obj("cm", "5"))
+    u.read(key, before, first)
+    assert key in u
+    # the trainer keeps reporting: later reads are newer than the index, which is still settled
+    # once it has what the first read showed
+    later = views.Children((obj("p1", "7"),), obj("cm", "9"))
+    u.read(key, views.Children((obj("p1", "7"),), obj("cm", "8")), later)
+    assert key not in u
+
+
+@pytest.mark.parametrize(
+    ("indexed", "snapshot", "covered"),
+    [
+        (({"p": "7"}, "5"), ({"p": "7"}, "5"), True),
+        (({"p": "8"}, "6"), ({"p": "7"}, "5"), True),  # newer
+        (({}, "5"), ({"p": "7"}, "5"), False),  # the created pod not seen yet
+        (({"p": "6"}, "5"), ({"p": "7"}, "5"), False),  # an older copy of it
+        (({"old": "3"}, "5"), ({}, "5"), False),  # a deleted pod still there
+        (({"new": "9"}, "5"), ({}, "5"), True),  # a pod made after the read
+        (({}, None), ({}, "5"), False),  # the ConfigMap not seen yet
+        (({"p": "5"}, "4"), ({"p": "5"}, None), False),  # a ConfigMap deleted before the read
+        (({"p": "5"}, "6"), ({"p": "5"}, None), True),  # made after the read
+        (({}, "6"), ({}, None), False),  # an empty read orders nothing
+        (({"p": "x"}, "5"), ({"p": "x"}, "5"), False),  # not integers: keep reading the API
+    ],
+)
+def test_an_index_covers_a_read(indexed: Any, snapshot: Any, covered: bool) -> None:
+    assert views._covers(indexed, snapshot) is covered
