@@ -459,7 +459,8 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         kube.delete_job(namespace, name)
         return False
     pods = [p for p in kube.list_pods(namespace, name) if security.owned_by(p, job.uid)]
-    cm = kube.read_config_map_data(namespace, b.progress_name(job))
+    # not ours (a namesake): no report is read from it, and creating ours fails NameConflict
+    cm = kube.read_config_map_data(namespace, b.progress_name(job), job.uid)
     progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
     prepared = lc.parse_prepare((cm or {}).get(b.PREPARE_KEY))
     new = lc.derive_status(

@@ -60,7 +60,9 @@ class FakeApi:
     def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self.pods
 
-    def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+    def read_config_map_data(
+        self, namespace: str, name: str, owner_uid: str | None = None
+    ) -> dict[str, str] | None:
         return self.progress if f"ConfigMap {name}" in self.existing else None
 
     def exists(self, kind: str, namespace: str, name: str) -> bool:
