@@ -3,7 +3,7 @@
 A pod's log goes with the pod (a retry, a suspend, the TTL, a lost node), so every stage
 (prepare, train, export) also appends its log lines to a file on the work volume, where
 ``kubectl finetune logs --all`` finds the log of an attempt whose pod is gone (docs/contract.md
-section 8). The file is best effort and never changes how a run ends:
+section 2). The file is best effort and never changes how a run ends:
 
 * one file per pod; only one process writes it: in a data-parallel pod the launcher relays its
   ranks' output line by line (``relay``), the ranks themselves write no file;
