@@ -63,8 +63,7 @@ def test_attach_appends_and_every_line_is_on_disk_at_once(tmp_path: Path) -> Non
         assert path.read_text().splitlines()[-1] == "a rank's line as it came"
         assert podlog.current() is handler
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        podlog.detach()
     assert podlog.current() is None
 
 
@@ -156,3 +155,23 @@ def test_read_logs_prints_each_pods_files_tail_and_refuses_paths(
     # at most the last N bytes of the pod's files, across the rotation boundary
     tail = _decoded(list(podlog.read(tmp_path, ["bot-1"], 16)))["bot-1"]
     assert tail == "art\nnew part é\n"
+
+
+def test_a_run_in_process_writes_its_failure_to_the_file_and_leaves_no_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"version": 1, "job": {"name": "bot", "uid": "u1"},
+                                  "model": {"path": str(tmp_path / "no-model")},
+                                  "dataset": {"path": str(tmp_path / "no-data.jsonl")},
+                                  "paths": {"work": str(work)}}))  # fmt: skip
+    monkeypatch.setenv(podlog.POD_ENV, "bot-prepare")
+    monkeypatch.setenv("FTO_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("FTO_PROGRESS_FILE", str(tmp_path / "progress.json"))
+    code = main(["prepare", "--config", str(config)])
+    assert code != 0
+    text = (work / "logs" / "u1" / "bot-prepare.log").read_text()
+    reason = (tmp_path / "termination-log").read_text().strip()
+    assert reason and reason in text  # the run's last word is in the file too
+    assert podlog.current() is None

@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (stop.Interrupted, Exception) as exc:
         stop.ending()  # a second signal while the failure is reported must not cut that short
         return _failure(exc, args)
+    finally:
+        podlog.detach()  # after the failure's own lines
 
 
 def _failure(exc: BaseException, args: argparse.Namespace) -> int:

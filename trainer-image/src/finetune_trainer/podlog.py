@@ -127,6 +127,14 @@ def current() -> PodLogHandler | None:
     return next((h for h in logging.getLogger().handlers if isinstance(h, PodLogHandler)), None)
 
 
+def detach() -> None:
+    """Remove and close ``attach``'s handler (main's end: a run in-process leaves none behind)."""
+    handler = current()
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def relay(source: IO[bytes], sink: IO[bytes], handler: PodLogHandler | None) -> threading.Thread:
     """Copy a rank's output to ``sink`` (the pod's stderr) and ``handler`` line by line, on a
     daemon thread, until the rank closes it. Never stops reading: a rank must not block on a
@@ -189,6 +197,7 @@ __all__ = [
     "PodLogHandler",
     "attach",
     "current",
+    "detach",
     "file_names",
     "log_dir",
     "pod_name",
