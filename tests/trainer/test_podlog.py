@@ -153,8 +153,9 @@ def test_read_logs_prints_each_pods_files_tail_and_refuses_paths(
     assert json.loads(lines[-2]) == {"pod": "bot-2", "missing": True}
     assert json.loads(lines[-1]) == {"pod": "../etc/passwd", "error": "not a pod name"}
     # at most the last N bytes of the pod's files, across the rotation boundary
-    tail = _decoded(list(podlog.read(tmp_path, ["bot-1"], 16)))["bot-1"]
-    assert tail == "art\nnew part é\n"
+    cut = list(podlog.read(tmp_path, ["bot-1"], 16))
+    assert json.loads(cut[0]) == {"pod": "bot-1", "skipped": 9 + 12 - 16}  # said first
+    assert _decoded(cut)["bot-1"] == "art\nnew part é\n"
 
 
 def test_a_run_in_process_writes_its_failure_to_the_file_and_leaves_no_handler(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from finetune_operator import models as m
-from finetune_operator.cli import diagnose, volumeread
+from finetune_operator.cli import diagnose, volumelogs, volumeread
 from finetune_operator.cli.api import CliError
 from tests.unit.cli.conftest import BASE, NOW
 
@@ -195,6 +195,8 @@ def test_when_exec_fails_a_reader_pod_reads_it_and_is_deleted() -> None:
     assert api.created["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
     text = out.getvalue().decode()
     assert f"read by the reader pod {name}, deleted <==\nfrom the reader\n" in text
+    command = api.created["spec"]["containers"][0]["command"]  # within what the kubelet keeps
+    assert command[4:6] == ["--max-bytes", str(volumelogs.READER_MAX_BYTES)]
 
 
 def test_a_reader_that_fails_is_deleted_and_the_file_is_named() -> None:
@@ -251,3 +253,14 @@ def test_the_report_holds_the_gone_pods_log_from_the_volume(
     )
     (_, (_, _, command)) = api.calls[0]
     assert command[4:6] == ["--max-bytes", str(diagnose.REPORT_VOLUME_BYTES)]
+
+
+def test_a_cut_log_says_how_much_of_its_beginning_is_left_out() -> None:
+    api = _VolumeApi(GONE_1, [PODS[2], _running_pod("bot-2", 2)])
+    cut = json.dumps({"pod": "bot-1", "skipped": 2048}) + "\n" + _dump("bot-1", "the end\n")
+    api.exec_output = lambda *a, **k: cut  # type: ignore[method-assign]
+    out = io.BytesIO()
+    assert diagnose.logs(api, "bot", False, None, out, every=True) == 0  # type: ignore[arg-type]
+    lines = out.getvalue().decode().splitlines()
+    i = lines.index("(its first 2048 bytes left out)")
+    assert lines[i - 1].startswith("==> pod bot-1 ") and lines[i + 1] == "the end"

@@ -182,6 +182,7 @@ def test_the_readers_output_is_joined_per_pod_and_gaps_are_named() -> None:
     out = "\n".join(
         [
             "some wrapper's banner",
+            json.dumps({"pod": "bot-1", "skipped": 4096}),
             json.dumps({"pod": "bot-1", "text": "line 1\nli"}),
             json.dumps({"pod": "bot-1", "text": "ne 2\n"}),
             json.dumps({"pod": "bot-2", "missing": True}),
@@ -191,7 +192,7 @@ def test_the_readers_output_is_joined_per_pod_and_gaps_are_named() -> None:
         ]
     )
     found = v.parse(out, ["bot-1", "bot-2", "bot-3", "bot-4"])
-    assert found["bot-1"] == v.Found("line 1\nline 2\n")
+    assert found["bot-1"] == v.Found("line 1\nline 2\n", skipped=4096)
     assert found["bot-2"].text == "" and "no log file on the volume" in str(found["bot-2"].problem)
     assert found["bot-3"].problem == "cannot read it: bot-3.log: Permission denied"
     assert found["bot-4"].problem == "the reader's output did not name it"
@@ -203,3 +204,11 @@ def test_the_readers_output_is_joined_per_pod_and_gaps_are_named() -> None:
 )
 def test_tail_cuts_like_kubectl_logs(tail: int | None, expected: str) -> None:
     assert v.tail_lines("a\nb\nc\n", tail) == expected
+
+
+def test_a_reader_prints_less_than_the_kubelet_keeps_of_a_container_log() -> None:
+    # the kubelet rotates at 10 MiB by default; `logs` returns the newest file only
+    assert v.READER_MAX_BYTES * 1.5 < 10 * 2**20  # with room for JSON's escapes
+    assert v.reader_bytes(None, 4) == v.READER_MAX_BYTES // 4
+    assert v.reader_bytes(1000, 4) == 1000
+    assert v.reader_bytes(None, 0) == v.READER_MAX_BYTES

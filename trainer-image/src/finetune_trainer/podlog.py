@@ -41,7 +41,7 @@ MAX_BYTES = 20 * 2**20
 BACKUPS = 1  # <pod>.log.1
 POD_ENV = "FTO_POD_NAME"  # the downward API's metadata.name (builders.py)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-CHUNK = 2**20  # read-logs: characters per JSON line
+CHUNK = 64 * 2**10  # read-logs: bytes per JSON line (kubelet splits longer lines in its files)
 _SAFE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -160,7 +160,8 @@ def relay(source: IO[bytes], sink: IO[bytes], handler: PodLogHandler | None) -> 
 
 def read(directory: Path, pods: list[str], max_bytes: int | None) -> Iterator[str]:
     """``read-logs``' output: per pod, JSON lines ``{"pod", "text"}`` of its files in order
-    (at most the last ``max_bytes`` of them), or one ``{"pod", "missing": true}``."""
+    (at most the last ``max_bytes`` of them, after ``{"pod", "skipped": <bytes left out>}``),
+    or one ``{"pod", "missing": true}``."""
     for pod in pods:
         if not _SAFE_NAME.match(pod):  # a pod name, never a path
             yield json.dumps({"pod": pod, "error": "not a pod name"})
@@ -172,6 +173,8 @@ def read(directory: Path, pods: list[str], max_bytes: int | None) -> Iterator[st
         skip = 0
         if max_bytes is not None:
             skip = max(0, sum(p.stat().st_size for p in paths) - max_bytes)
+        if skip:
+            yield json.dumps({"pod": pod, "skipped": skip})
         for path in paths:
             try:
                 with path.open("rb") as f:

@@ -92,6 +92,8 @@ def _all_logs(
             head = f"==> pod {pod_name} ({what}, {rec.get('reason')}): gone"
             if found.text:
                 out.write(f"{head}; its log from the job's volume, {kept.how} <==\n".encode())
+                if found.skipped and tail is None:
+                    out.write(f"(its first {found.skipped} bytes left out)\n".encode())
                 out.write(volumelogs.tail_lines(found.text, tail).encode())
                 if found.problem:
                     out.write(f"(incomplete: {found.problem})\n".encode())

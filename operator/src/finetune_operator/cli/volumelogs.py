@@ -29,6 +29,9 @@ from finetune_operator import builders as b
 from finetune_operator import models as m
 
 READER_DEADLINE_S = 120  # the reader pod's activeDeadlineSeconds; the plugin waits as long
+# what a reader pod prints, in all: the kubelet rotates a container's log at 10 MiB by default and
+# `logs` returns the newest file only (exec streams have no such limit)
+READER_MAX_BYTES = 6 * 2**20
 READER_LABEL = f"{m.GROUP}/log-reader-of"  # not LABEL_JOB: the operator must not count it
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubectl-finetune"}
 
@@ -146,6 +149,12 @@ def read_command(where: Location, pods: Sequence[str], max_bytes: int | None) ->
     return [*cmd, *pods]
 
 
+def reader_bytes(max_bytes: int | None, pods: int) -> int:
+    """The ``--max-bytes`` of a reader pod: the caller's, within READER_MAX_BYTES in all."""
+    share = READER_MAX_BYTES // max(pods, 1)
+    return share if max_bytes is None else min(max_bytes, share)
+
+
 def reader_name(job_name: str, token: str | None = None) -> str:
     return f"{job_name}-logs-{token or secrets.token_hex(3)}"
 
@@ -232,12 +241,14 @@ class Found:
 
     text: str = ""
     problem: str | None = None
+    skipped: int = 0  # bytes of its beginning left out (a --max-bytes cut)
 
 
 def parse(output: str, pods: Sequence[str]) -> dict[str, Found]:
     """``read-logs``' JSON lines → pod → Found; a pod the output never named has a problem."""
     texts: dict[str, list[str]] = {}
     problems: dict[str, str] = {}
+    skipped: dict[str, int] = {}
     for line in output.splitlines():
         if not line.startswith("{"):
             continue  # anything else a wrapper printed
@@ -250,6 +261,8 @@ def parse(output: str, pods: Sequence[str]) -> dict[str, Found]:
             continue
         if isinstance(rec.get("text"), str):
             texts.setdefault(pod, []).append(rec["text"])
+        elif isinstance(rec.get("skipped"), int):
+            skipped[pod] = rec["skipped"]
         elif rec.get("missing"):
             problems[pod] = (
                 "no log file on the volume (the pod ended before writing one, or its "
@@ -260,7 +273,7 @@ def parse(output: str, pods: Sequence[str]) -> dict[str, Found]:
     out: dict[str, Found] = {}
     for pod in pods:
         if pod in texts:
-            out[pod] = Found("".join(texts[pod]), problems.get(pod))
+            out[pod] = Found("".join(texts[pod]), problems.get(pod), skipped.get(pod, 0))
         else:
             out[pod] = Found(problem=problems.get(pod, "the reader's output did not name it"))
     return out

@@ -89,16 +89,17 @@ def read_gone(
         exec_pods=_may(api, "create", "pods", "exec"), create_pods=_may(api, "create", "pods")
     )
     chosen = v.plan(job, pods, where, access)
-    command = v.read_command(where, gone, max_bytes)
     failures = list(chosen.skipped)
     for method, target in chosen.steps:
         try:
             if method == "exec":
+                command = v.read_command(where, gone, max_bytes)
                 output = api.exec_output(
                     api.namespace, target, b.CONTAINER, command, EXEC_TIMEOUT_S
                 )
                 how = f"read by exec in pod {target}"
             else:
+                command = v.read_command(where, gone, v.reader_bytes(max_bytes, len(gone)))
                 name = v.reader_name(str((job.get("metadata") or {}).get("name")))
                 output = reader(api, v.reader_pod(job, where, target, command, name))
                 how = f"read by the reader pod {name}, deleted"
