@@ -315,10 +315,17 @@ class Api:
             out.append(ws.read_stdout() if ws.peek_stdout() else "")
         finally:
             ws.close()
-        code = ws.returncode
-        if code not in (0, None):
-            last = "".join(err).strip().splitlines()[-1:] or ["no message"]
-            raise CliError(f'exec in pod "{pod}" exited {code}: {last[0]}')
+        # the API server ends an exec with a Status on channel 3: Success, or Failure with the
+        # exit code (or why the command could not start, e.g. no such executable)
+        import json
+
+        try:
+            status = json.loads(ws.read_channel(3) or "{}")
+        except ValueError:
+            status = {}
+        if isinstance(status, dict) and status.get("status") == "Failure":
+            last = "".join(err).strip().splitlines()[-1:] or [str(status.get("message"))]
+            raise CliError(f'exec in pod "{pod}" failed: {last[0]}')
         return "".join(out)
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
