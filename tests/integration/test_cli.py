@@ -494,7 +494,7 @@ def test_a_gone_pods_log_is_named_on_the_volume_when_it_cannot_be_read(
     out = cli(namespace, "--kubeconfig", str(viewer), "logs", "bot", "--all")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1] == (
-        "(no log: no running pod of the job mounts the volume; you may not create pods for a "
-        f"reader; {where}"
+        "(no log: no running pod of the job mounts the volume; you may not create and delete "
+        f"pods (for a reader pod); {where}"
     )
     assert not kube.core.list_namespaced_pod(namespace).items  # no reader pod was made

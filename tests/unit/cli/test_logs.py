@@ -26,7 +26,7 @@ class _Api:
 
     def __init__(self, status: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         self.status, self.pods = status, pods
-        self.allowed = {"pods/exec": True, "pods": True}
+        self.allowed = {"create pods/exec": True, "create pods": True, "delete pods": True}
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         job = copy.deepcopy(BASE)
@@ -34,7 +34,7 @@ class _Api:
         return {**job, "status": self.status}
 
     def can_i(self, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
-        return self.allowed["/".join(x for x in (resource, subresource) if x)]
+        return self.allowed[f"{verb} " + "/".join(x for x in (resource, subresource) if x)]
 
     def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return self.pods
@@ -227,15 +227,19 @@ def test_a_reader_still_pending_at_its_deadline_is_given_up_and_deleted() -> Non
     assert 10 <= now[0] <= 12
 
 
-def test_without_exec_or_pod_rights_nothing_is_created_and_the_file_is_named() -> None:
+@pytest.mark.parametrize("may_create", [False, True])  # a reader it cannot delete: none either
+def test_without_exec_or_pod_rights_nothing_is_created_and_the_file_is_named(
+    may_create: bool,
+) -> None:
     api = _VolumeApi(GONE_1, [PODS[2], _running_pod("bot-2", 2)])
-    api.allowed = {"pods/exec": False, "pods": False}
+    api.allowed = {"create pods/exec": False, "create pods": may_create, "delete pods": False}
     out = io.BytesIO()
     assert diagnose.logs(api, "bot", False, None, out, every=True) == 0  # type: ignore[arg-type]
     assert api.calls == []
     assert (
-        "(no log: you may not exec into pods (pods/exec create); you may not create pods for a "
-        "reader; it is on claim finetune-out, bot/logs/u1/bot-1.log (older part: bot-1.log.1))"
+        "(no log: you may not exec into pods (pods/exec create); you may not create and delete "
+        "pods (for a reader pod); it is on claim finetune-out, bot/logs/u1/bot-1.log (older part: "
+        "bot-1.log.1))"
     ) in out.getvalue().decode()
 
 

@@ -39,7 +39,7 @@ Method = Literal["exec", "reader"]
 # why a way was left out (printed, joined with "; ")
 NO_RUNNING = "no running pod of the job mounts the volume"
 NO_EXEC = "you may not exec into pods (pods/exec create)"
-NO_PODS = "you may not create pods for a reader"
+NO_PODS = "you may not create and delete pods (for a reader pod)"
 NO_IMAGE = "no pod of the job is left to take the trainer image from"
 
 

@@ -86,7 +86,9 @@ def read_gone(
         problem = "the job's spec cannot be read, so its volume is unknown"
         return Outcome({p: v.Found(problem=problem) for p in gone}, None)
     access = v.Access(
-        exec_pods=_may(api, "create", "pods", "exec"), create_pods=_may(api, "create", "pods")
+        exec_pods=_may(api, "create", "pods", "exec"),
+        # a reader the plugin could not delete would outlive the read
+        create_pods=_may(api, "create", "pods") and _may(api, "delete", "pods"),
     )
     chosen = v.plan(job, pods, where, access)
     failures = list(chosen.skipped)
