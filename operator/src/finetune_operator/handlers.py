@@ -281,9 +281,8 @@ def child_event(
 ) -> None:
     if type != "DELETED":
         return
-    _forget_children(namespace or "default", labels[m.LABEL_JOB])
     with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB])
+        reconcile(namespace or "default", labels[m.LABEL_JOB], recheck_children=True)
 
 
 # async: the liveness answer must not wait for a free worker thread (all of them may be busy with
@@ -320,7 +319,8 @@ _children_ok: set[tuple[str, str, str]] = set()
 
 
 def _forget_children(namespace: str, name: str) -> None:
-    for key in [k for k in _children_ok if k[:2] == (namespace, name)]:
+    # list() copies the set in one step: other jobs' threads add to it meanwhile
+    for key in [k for k in list(_children_ok) if k[:2] == (namespace, name)]:
         _children_ok.discard(key)
 
 
@@ -419,11 +419,21 @@ def _act(
     return new
 
 
-def reconcile(namespace: str, name: str) -> None:
-    """Bring one job one step closer to its spec; safe to run any number of times."""
+def reconcile(namespace: str, name: str, *, recheck_children: bool = False) -> None:
+    """Bring one job one step closer to its spec; safe to run any number of times.
+
+    ``recheck_children``: a child was deleted; check them all again. The memo is cleared under
+    the job's lock: cleared before it, a reconcile already in flight (which had read the memo
+    before the deletion) would mark the children checked again at its end, and the deleted ones
+    were never re-created (seen in the storm test: a ConfigMap and a RoleBinding stayed gone).
+    """
+    if recheck_children:  # also when not leading: the memo must not outlive the deletion
+        _forget_children(namespace, name)
     if not leading():  # the leader acts; this replica only keeps its watches warm
         return
     with _job_lock(namespace, name):
+        if recheck_children:
+            _forget_children(namespace, name)
         # a status that must be on the resource before the next step (status.data and
         # status.plan before the training pod) is published, then the job is read again; a job
         # that changed between read and status patch (409) is read again too

@@ -4,12 +4,14 @@ deleted children come back with an Event, and a namespace that cannot be listed 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pytest
 
 from finetune_operator import handlers, kube
 from finetune_operator import models as m
+from tests.harness.wait import wait_until
 from tests.unit.operator.conftest import job_body, pod
 
 R = m.Reason
@@ -195,6 +197,43 @@ def test_children_are_checked_once_then_again_only_after_a_deletion_event(
     asked.clear()
     handlers.child_event(type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert asked == []  # only a deletion matters
+
+
+def test_a_deletion_during_a_reconcile_in_flight_is_not_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The storm case: the progress ConfigMap, then the RoleBinding deleted. The reconcile of
+    the first deletion has read the memo ("children checked") and is re-creating the ConfigMap
+    when the second deletion's event comes; that event's reconcile waits for the job's lock, and
+    the first one ending must not mark the children checked again over the second deletion."""
+    body = job_body(status=PREPARED)
+    fake = FakeApi(body, ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")  # children checked and memoised
+    fake.existing.discard("ConfigMap bot-progress")
+    waiting: list[threading.Thread] = []
+    create = fake.create_or_get
+
+    def deleted_meanwhile(child: dict[str, Any]) -> bool:
+        if not waiting:  # inside the first reconcile, holding the job's lock
+            fake.existing.discard("RoleBinding bot-trainer")
+            event = threading.Thread(
+                target=handlers.child_event,
+                kwargs={"type": "DELETED", "namespace": "ml", "labels": {m.LABEL_JOB: "bot"}},
+            )
+            waiting.append(event)
+            event.start()
+            wait_until(lambda: not event.is_alive() or event_blocked(), timeout=10, interval=0.01)
+        return create(child)
+
+    def event_blocked() -> bool:  # the event's reconcile waits for the job's lock (2 users)
+        return handlers._locks.get(("ml", "bot"), (None, 0))[1] >= 2
+
+    monkeypatch.setattr(kube, "create_or_get", deleted_meanwhile)
+    handlers.reconcile("ml", "bot")
+    waiting[0].join(timeout=10)
+    assert fake.created[-2:] == ["ConfigMap bot-progress", "RoleBinding bot-trainer"]
 
 
 def test_a_running_pods_deleted_config_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
