@@ -97,12 +97,6 @@ def pod_exists(cluster: Cluster, ns: str, name: str) -> bool:
     return name in pods(cluster, ns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known failure (issue 14, open): on the merged main (2026-12-01) the job's deleted "
-    "children were not all back within 240 s after the operator kills and the apiserver cut; "
-    "strict: once it passes, this marker must go",
-)
 @pytest.mark.e2e_ns("storm")
 def test_job_survives_operator_kills_api_cuts_deletions_and_an_apiserver_restart(
     cluster: Cluster, e2e_ns: str
