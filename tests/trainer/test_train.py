@@ -178,8 +178,14 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path, tiny_model: 
     import torch
 
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # bit-identical
-    kept = sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("check"))
-    assert kept == ["checkpoint-30", "checkpoint-40"]  # keep: 2
+    kept = {p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("check")}
+    # keep: 2, plus the checkpoint evaluated lowest (status names it) of all that were complete
+    evals = {e["step"]: e["eval_loss"] for e in b["eval_losses"]}
+    saved = [s for s in (stopped["step"], 10, 20, 30, 40) if s in evals]
+    best = min(saved, key=lambda s: (evals[s], s))
+    assert kept == {f"checkpoint-{s}" for s in (30, 40, best)}
+    final = progress_reports(work)["progress.json"]["output"]["summary"]
+    assert final["best_checkpoint_step"] == best
 
 
 def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(

@@ -715,7 +715,13 @@ class CheckpointSettings(_Base):
     every_steps: int = Field(
         default=50, ge=1, description="Save a checkpoint every N optimizer steps."
     )
-    keep: int = Field(default=3, ge=1, le=100, description="Complete checkpoints to keep.")
+    keep: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Complete checkpoints to keep: the newest ones, plus the one evaluated with "
+        "the lowest eval loss (status.output.summary.bestCheckpoint) when it is older.",
+    )
 
 
 GgufQuantization = Literal[
