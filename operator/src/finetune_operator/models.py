@@ -806,7 +806,9 @@ class ExportOutcome(_Base):
     kind: Literal["merged", "gguf", "oci"] = Field(description="What was exported.")
     ok: bool = Field(description="Whether it worked.")
     location: str | None = Field(
-        default=None, description="Path on the output claim, or registry/repository:tag."
+        default=None,
+        description="A file's path relative to the run's output directory (status.output.path), "
+        "or registry/repository:tag.",
     )
     digest: str | None = Field(default=None, description="sha256 of the GGUF or the manifest.")
     size_bytes: int | None = Field(default=None, ge=0, description="Bytes written or pushed.")
