@@ -46,6 +46,12 @@ def make_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--hidden", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--vocab-size", type=int, default=512)
+    tiny.add_argument(
+        "--tokenizer",
+        default="bpe",
+        choices=["bpe", "sentencepiece"],
+        help="sentencepiece: one llama.cpp's GGUF converter accepts",
+    )
     logs = sub.add_parser("read-logs", help="print pods' log files of the work volume (plugin)")
     logs.add_argument("--dir", type=Path, required=True, help="<work>/logs/<job uid>")
     logs.add_argument("--max-bytes", type=int, help="at most the last N bytes of each pod's")
@@ -73,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             vocab_size=args.vocab_size,
             hidden=args.hidden,
             layers=args.layers,
+            tokenizer=args.tokenizer,
         )
         log.info("tiny %s model written to %s", args.arch, out)
         return 0
