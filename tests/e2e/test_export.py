@@ -168,7 +168,7 @@ def train_and_export(
 
     exporting = wait_phase(cluster, ns, job, "Exporting", timeout=300, seen=seen, extra=first_seen)
     assert exporting["reason"] == "Exporting"
-    assert exporting["message"].startswith("training finished; export")
+    assert f"exporting merged, gguf q8_0, oci {oci['repository']}:v1" in exporting["message"]
     done = wait_phase(cluster, ns, job, "Succeeded", timeout=300, seen=seen, extra=first_seen)
     assert {"Running", "Exporting", "Succeeded"} <= seen
     return done, times
