@@ -427,9 +427,9 @@ def reconcile(namespace: str, name: str, *, recheck_children: bool = False) -> N
     before the deletion) would mark the children checked again at its end, and the deleted ones
     were never re-created (seen in the storm test: a ConfigMap and a RoleBinding stayed gone).
     """
-    if recheck_children:  # also when not leading: the memo must not outlive the deletion
-        _forget_children(namespace, name)
     if not leading():  # the leader acts; this replica only keeps its watches warm
+        if recheck_children:  # the memo must not outlive the deletion into a later term here
+            _forget_children(namespace, name)
         return
     with _job_lock(namespace, name):
         if recheck_children:
