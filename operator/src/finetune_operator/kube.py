@@ -253,17 +253,15 @@ def clear_config_map_keys(namespace: str, name: str, keys: tuple[str, ...]) -> N
         )
 
 
-def read_config_map_data(
-    namespace: str, name: str, owner_uid: str | None = None
-) -> dict[str, str] | None:
-    """The ConfigMap's data; None when it does not exist or, with ``owner_uid``, when it is not
-    that job's (a namesake made by someone else, or an earlier job's awaiting the garbage
-    collector: its contents must never be read as this job's reports)."""
+def read_config_map_data(namespace: str, name: str, owner_uid: str) -> dict[str, str] | None:
+    """The ConfigMap's data; None when it does not exist or is not the job ``owner_uid``'s (a
+    namesake made by someone else, or an earlier job's awaiting the garbage collector: its
+    contents must never be read as this job's reports)."""
     try:
         obj = request("GET", _ns_path("v1", namespace, "configmaps", name))
     except NotFoundError:
         return None
-    if owner_uid is not None and not security.owned_by(obj, owner_uid):
+    if not security.owned_by(obj, owner_uid):
         return None
     data: dict[str, str] = obj.get("data") or {}
     return data
