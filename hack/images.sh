@@ -5,7 +5,9 @@
 #   hack/images.sh python-base  base + /opt/venv with requirements/trainer.txt -> localhost/python-base:bookworm
 #   hack/images.sh trainer|operator|standin   docker build of the project images, then load them
 #                               into the local cluster's containerd (skipped when unchanged):
-#     trainer   trainer-image/Dockerfile, context trainer-image/, BASE_IMAGE=localhost/python-base:bookworm
+#     trainer   trainer-image/Dockerfile, context trainer-image/, BASE_IMAGE=localhost/python-base:bookworm,
+#               LLAMA_CPP_SOURCE=prebuilt: hack/build-llama-cpp.sh's cached llama.cpp (compiled once
+#               per version) copied into trainer-image/llama-cpp/prebuilt/ (git-ignored)
 #     operator  operator/Dockerfile, context the repo root, BASE_IMAGE=localhost/debian:bookworm
 #     standin   tests/standin/Dockerfile, context tests/standin/, BASE_IMAGE=localhost/debian:bookworm
 # Every result is cached under $FTO_CACHE/images, keyed by what it is built from.
@@ -123,7 +125,7 @@ DOCKERFILE
 # --build-arg BASE_IMAGE=BASE and --network none, then load IMAGE into the node. The key hashes the
 # Dockerfile, the SOURCES (tracked and untracked, not ignored), the base image's id and $EXTRA_KEY
 # (inputs that are git-ignored, e.g. the operator's wheel set), so an unchanged image is neither
-# rebuilt nor reloaded.
+# rebuilt nor reloaded. $BUILD_ARGS (space-separated NAME=VALUE) become more --build-args.
 build_app() {
   local name=$1 dockerfile=$2 context=$3 base=$4 image=$5; shift 5
   if [[ ! -f $FTO_ROOT/$dockerfile ]]; then
@@ -139,7 +141,9 @@ build_app() {
         sort | xargs -r sha256sum; } | sha256sum | cut -c1-12)
   if ! has_image "$image" "$key"; then
     log "building $image from $dockerfile (context $context, BASE_IMAGE=$base)"
-    (cd "$FTO_ROOT" && docker build -q --network none -f "$dockerfile" \
+    local args=() a
+    for a in ${BUILD_ARGS:-}; do args+=(--build-arg "$a"); done
+    (cd "$FTO_ROOT" && docker build -q --network none -f "$dockerfile" "${args[@]}" \
       --build-arg "BASE_IMAGE=$base" --label "fto.key=$key" -t "$image" "$context") >/dev/null
   fi
   if cluster_running; then
@@ -165,7 +169,16 @@ for what in "$@"; do
     pause) build_pause ;;
     python-base) build_python_base ;;
     trainer)
-      build_app trainer trainer-image/Dockerfile trainer-image "$PYBASE_IMAGE" "$TRAINER_IMAGE" \
+      # llama.cpp for the GGUF export: built once per version on the host (offline build here);
+      # the version joins the image's key, the copy in the context is git-ignored
+      llama=$("$FTO_ROOT/hack/build-llama-cpp.sh")
+      prebuilt=$FTO_ROOT/trainer-image/llama-cpp/prebuilt
+      rm -rf "$prebuilt"; mkdir -p "$prebuilt"
+      cp -a "$llama/bin" "$llama/lib" "$llama/convert" "$prebuilt/"
+      echo "$LLAMA_CPP_PYTHON_VERSION" >"$prebuilt/VERSION"
+      EXTRA_KEY="llama.cpp=$LLAMA_CPP_PYTHON_VERSION" \
+      BUILD_ARGS="LLAMA_CPP_SOURCE=prebuilt LLAMA_CPP_PYTHON_VERSION=$LLAMA_CPP_PYTHON_VERSION" \
+        build_app trainer trainer-image/Dockerfile trainer-image "$PYBASE_IMAGE" "$TRAINER_IMAGE" \
         trainer-image requirements/trainer.txt ;;
     operator)
       # its dependencies come as pre-downloaded wheels (build/operator-wheels/current, git-ignored;

@@ -25,7 +25,7 @@ OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "localhost/finetune-operator:d
 # one namespace per test (the operator's watch list is fixed at install time)
 TIERS = (
     "train", "suspend", "podkill", "oprestart", "queue", "bad", "prepare", "delete", "reject",
-    "chaos", "storm", "ha", "multinode", "upgrade", "kueue",
+    "chaos", "storm", "ha", "multinode", "upgrade", "kueue", "podlogs", "export",
 )  # fmt: skip
 NAMESPACES = [f"fto-e2e-{n}" for n in TIERS]
 VOLUMES = Path("/var/lib/fto-volumes")

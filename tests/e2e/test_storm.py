@@ -98,10 +98,10 @@ def pod_exists(cluster: Cluster, ns: str, name: str) -> bool:
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="known failure (issue 14, open): on the merged main (2026-12-01) the job's deleted "
-    "children were not all back within 240 s after the operator kills and the apiserver cut; "
-    "strict: once it passes, this marker must go",
+    strict=False,
+    reason="known intermittent failure (issue 14, open): passed once and failed once on "
+    "2026-12-01 after the children-memo fix; in the failing run the deleted trainer ConfigMap and "
+    "RoleBinding were not re-created (only the progress ConfigMap was), cause not yet found",
 )
 @pytest.mark.e2e_ns("storm")
 def test_job_survives_operator_kills_api_cuts_deletions_and_an_apiserver_restart(

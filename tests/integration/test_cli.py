@@ -434,3 +434,67 @@ def test_watch_live_view_in_a_real_terminal(
         assert "Succeeded" in final and "█" * 30 in final
     finally:
         subprocess.run([*tmux, "kill-server"], check=False, timeout=30)
+
+
+GONE: dict[str, Any] = {
+    "phase": "Suspended",
+    "reason": "Suspended",
+    "attempt": 1,
+    "attempts": [{"attempt": 1, "pod": "bot-1", "reason": "Suspended"}],
+}
+
+
+def viewer_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
+    """A ServiceAccount that may read jobs, pods and their logs in ``namespace``, and nothing
+    more (no pods/exec, no pod creation), as a kubeconfig with its token."""
+    rules = [
+        {"apiGroups": [m.GROUP], "resources": [m.PLURAL], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list"]},
+    ]
+    objs = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "viewer"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "viewer"}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "viewer"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "viewer"},
+         "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": namespace}]},
+    ]  # fmt: skip
+    listed = {"apiVersion": "v1", "kind": "List", "items": objs}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(listed))
+    token = cluster.kubectl("create", "token", "viewer", "-n", namespace).strip()
+    admin = yaml.safe_load(cluster.kubectl("config", "view", "--raw", "--minify", "--flatten"))
+    cluster_entry = admin["clusters"][0]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster_entry],
+        "users": [{"name": "viewer", "user": {"token": token}}],
+        "contexts": [{"name": "viewer", "context": {"cluster": cluster_entry["name"],
+                                                    "user": "viewer", "namespace": namespace}}],
+        "current-context": "viewer",
+    }))  # fmt: skip
+    return path
+
+
+def test_a_gone_pods_log_is_named_on_the_volume_when_it_cannot_be_read(
+    cluster: Cluster, kube: Kube, namespace: str, job: Callable[..., str], tmp_path: Path
+) -> None:
+    job("bot", GONE)
+    uid = read(kube, namespace, "bot")["metadata"]["uid"]
+    where = f"it is on claim out, bot/logs/{uid}/bot-1.log (older part: bot-1.log.1))"
+    # an admin, but no pod of the job is left to take the trainer image from (no spec.image)
+    out = cli(namespace, "logs", "bot", "--all")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "==> pod bot-1 (attempt 1, Suspended): gone <==",
+        "(no log: no running pod of the job mounts the volume; no pod of the job is left to take "
+        f"the trainer image from; {where}",
+    ]
+    # a user who may only read: the SelfSubjectAccessReview says no, nothing is tried
+    viewer = viewer_kubeconfig(cluster, namespace, tmp_path / "viewer.kubeconfig")
+    out = cli(namespace, "--kubeconfig", str(viewer), "logs", "bot", "--all")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == (
+        "(no log: no running pod of the job mounts the volume; you may not create and delete "
+        f"pods (for a reader pod); {where}"
+    )
+    assert not kube.core.list_namespaced_pod(namespace).items  # no reader pod was made

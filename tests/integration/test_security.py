@@ -321,7 +321,13 @@ def _status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("kind", "taken"),
-    [("ConfigMap", "app-config"), ("Role", "app-trainer"), ("ServiceAccount", "app-trainer")],
+    [
+        ("ConfigMap", "app-config"),
+        ("ConfigMap", "app-progress"),
+        ("Role", "app-trainer"),
+        ("RoleBinding", "app-trainer"),
+        ("ServiceAccount", "app-trainer"),
+    ],
 )
 def test_a_name_taken_by_an_unowned_object_fails_the_job_and_touches_nothing(
     cluster: Cluster, namespace: str, handlers: Any, kind: str, taken: str
@@ -331,6 +337,11 @@ def test_a_name_taken_by_an_unowned_object_fails_the_job_and_touches_nothing(
         "ConfigMap": {"apiVersion": "v1", "data": {"config.json": "{}"}},
         "ServiceAccount": {"apiVersion": "v1"},
         "Role": {"apiVersion": "rbac.authorization.k8s.io/v1", "rules": [pods_rule]},
+        "RoleBinding": {  # binds someone else's account to a Role of the same name
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": taken},
+            "subjects": [{"kind": "ServiceAccount", "name": "other", "namespace": namespace}],
+        },
     }
     existing = bodies[kind]
     obj = {**existing, "kind": kind, "metadata": {"name": taken, "namespace": namespace}}

@@ -8,10 +8,6 @@ model's. The f16 GGUF must generate the same greedy tokens as the merged model i
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,6 @@ from finetune_trainer.export.spec import ExportSpec, GgufSpec
 from .export_helpers import write_adapter
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["what is the code of cat?", "the dog and the fox", "owl bee ant"]
 NEW_TOKENS = 8
 
@@ -32,48 +27,18 @@ NEW_TOKENS = 8
 @pytest.fixture(scope="module")
 def llama_cpp_home() -> Path:
     """The cached build (cold: compiled here through the repo's script; warm: instant)."""
-    done = subprocess.run(
-        [str(ROOT / "hack" / "build-llama-cpp.sh"), "--binding", sys.executable],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    home = Path(done.stdout.strip().splitlines()[-1])
-    os.environ["LLAMA_CPP_LIB_PATH"] = str(home / "lib")  # read when llama_cpp is imported
-    return home
+    from tests.harness.llama_cpp import llama_cpp_home as home
+
+    return home()
 
 
 @pytest.fixture(scope="module")
 def spm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose tokenizer is a sentencepiece model trained here."""
-    import sentencepiece as spm
-
-    from finetune_trainer.tiny import _tokenizer_corpus, build_model, tiny_config
+    from finetune_trainer.tiny import make_tiny_model
 
     out = tmp_path_factory.mktemp("spm") / "tiny-spm-llama"
-    out.mkdir()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_tokenizer_corpus()),
-        model_prefix=str(out / "tokenizer"),
-        vocab_size=512,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    (out / "tokenizer.vocab").unlink()
-    (out / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"})
-    )
-    config = tiny_config("llama", vocab_size=512)
-    config.update(bos_token_id=1, eos_token_id=2)
-    build_model(config, seed=1).save_pretrained(out)
-    return out
+    return make_tiny_model(out, "llama", seed=1, tokenizer="sentencepiece")
 
 
 def _ids(model_dir: Path, prompt: str) -> list[int]:
@@ -129,7 +94,7 @@ def test_gguf_from_llama_cpp_tools_generates_like_the_merged_model(
     )
     assert report.ok, report
     _merged, quantized = report.results
-    q4 = Path(str(quantized.location))
+    q4 = out / str(quantized.location)  # relative to output/
     assert q4 == out / "gguf" / "support-bot-Q4_K_M.gguf" and q4.is_file()
     assert quantized.digest and quantized.digest.startswith("sha256:")
     assert not list((out / "gguf").glob(".*"))  # no partial or intermediate file left
@@ -166,3 +131,15 @@ def test_commands() -> None:
     q = gguf.quantize_command(tools, Path("/a.gguf"), Path("/b.gguf"), "q4_k_m")
     assert q[:4] == ["/opt/llama.cpp/bin/llama-quantize", "/a.gguf", "/b.gguf", "Q4_K_M"]
     assert gguf.file_name("bot", "q8_0") == "bot-Q8_0.gguf"
+
+
+def test_the_sentencepiece_tiny_tokenizer_agrees_with_sentencepiece(spm_model: Path) -> None:
+    """``make-tiny-model --tokenizer sentencepiece``: transformers tokenizes as sentencepiece
+    does (BOS first, newlines as bytes), which is what llama.cpp reads from tokenizer.model."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(spm_model))
+    assert (tok.bos_token_id, tok.eos_token_id, len(tok)) == (1, 2, 512)
+    assert (spm_model / "tokenizer.model").is_file()
+    for prompt in [*PROMPTS, "### Instruction:\nAdd 2 and 3.\n\n### Response:\nred"]:
+        assert tok(prompt)["input_ids"] == _ids(spm_model, prompt), prompt

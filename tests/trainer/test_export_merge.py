@@ -49,7 +49,7 @@ def test_merged_model_generates_what_base_plus_adapter_generates(
     )
     assert report.ok, report
     (merged,) = report.results
-    assert merged.kind == "merged" and merged.location == str(tmp_path / "merged")
+    assert merged.kind == "merged" and merged.location == "merged"
     assert merged.size_bytes and merged.size_bytes > 0
     # 16-bit safetensors, no LoRA tensors left
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:

@@ -4,76 +4,32 @@ compared by digest and bytes; credentials only from a dockerconfigjson file."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from finetune_trainer.export import gguf, oci
 from finetune_trainer.export.run import run_exports
 from finetune_trainer.export.spec import ExportSpec, OciSpec, plain_http_allowed
-from tests.harness.wait import wait_until
-
-USER, PASSWORD = "pusher", "s3cret-for-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.harness.registry import dockerconfigjson, pull, running_registry
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """host:port of a docker-registry (distribution) with Basic auth, plain HTTP on loopback."""
-    import bcrypt
-    import requests
-
-    binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is missing: run hack/setup-host.sh"
-    d = tmp_path_factory.mktemp("registry")
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    (d / "htpasswd").write_text(f"{USER}:{hashed}\n")
-    port = _free_port()
-    (d / "config.yml").write_text(
-        json.dumps(
-            {
-                "version": 0.1,
-                "storage": {"filesystem": {"rootdirectory": str(d / "data")}},
-                "http": {"addr": f"127.0.0.1:{port}"},
-                "auth": {"htpasswd": {"realm": "fto-test", "path": str(d / "htpasswd")}},
-            }
-        )
-    )
-    log = (d / "registry.log").open("w")
-    proc = subprocess.Popen([binary, "serve", str(d / "config.yml")], stdout=log, stderr=log)
-    host = f"127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: requests.get(f"http://{host}/v2/", timeout=2).status_code == 401,
-            timeout=30,
-            message=lambda: f"registry on {host}: {(d / 'registry.log').read_text()[-500:]}",
-        )
+    with running_registry(tmp_path_factory.mktemp("registry")) as host:
         yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
 def credentials(registry: str, tmp_path: Path) -> Path:
     """What a kubernetes.io/dockerconfigjson Secret's .dockerconfigjson key holds."""
-    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     path = tmp_path / "dockerconfigjson"
-    path.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    path.write_text(dockerconfigjson(registry))
     return path
 
 
@@ -87,20 +43,6 @@ def adapter(tmp_path: Path) -> Path:
     (d / "tokenizer.json").write_text("{}")
     (d / "chat_template.jinja").write_text("{{ messages }}")
     return d
-
-
-def _pull(registry: str, ref: str, creds: Path, out: Path) -> tuple[list[str], str]:
-    import oras.provider
-
-    client: Any = oras.provider.Registry(hostname=registry, insecure=True, auth_backend="basic")
-    pulled = client.pull(target=ref, config_path=str(creds), outdir=str(out))
-    container = client.get_container(ref)
-    client.auth.load_configs(container, configs=[str(creds)])
-    url = f"{client.prefix}://{container.manifest_url()}"
-    head = client.do_request(
-        url, "HEAD", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
-    )
-    return sorted(Path(p).name for p in pulled), str(head.headers["Docker-Content-Digest"])
 
 
 def test_push_pull_back_same_digest_and_bytes(
@@ -125,7 +67,7 @@ def test_push_pull_back_same_digest_and_bytes(
     (result,) = report.results
     assert result.kind == "oci" and result.location == f"{registry}/ml/support-bot-adapter:v1"
     assert result.digest is not None and result.digest.startswith("sha256:")
-    names, digest = _pull(registry, spec.reference, credentials, tmp_path / "pulled")
+    names, digest = pull(registry, spec.reference, credentials, tmp_path / "pulled")
     assert digest == result.digest
     assert names == sorted(p.name for p in adapter.iterdir())
     for name in names:
@@ -140,8 +82,7 @@ def test_push_without_credentials_is_a_sentence(registry: str, adapter: Path) ->
 
 def test_wrong_password_is_refused(registry: str, adapter: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    auth = base64.b64encode(f"{USER}:wrong".encode()).decode()
-    bad.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    bad.write_text(dockerconfigjson(registry, password="wrong"))
     spec = OciSpec(repository=f"{registry}/ml/a", plain_http=True, credentials_file=str(bad))
     with pytest.raises(oci.PushError, match=r"failed|refused|401|unauthorized"):
         oci.push(spec, adapter, "j", "base")

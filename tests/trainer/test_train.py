@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from finetune_trainer import main as cli
+from finetune_trainer import podlog
 from finetune_trainer.tiny import synthetic_records, write_jsonl
 from tests.trainer.conftest import (
     base_config,
@@ -22,6 +24,9 @@ from tests.trainer.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+
+# a logging record as main.py formats it
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
 
 
 def prepare_in_process(config: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -173,8 +178,14 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path, tiny_model: 
     import torch
 
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # bit-identical
-    kept = sorted(p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("check"))
-    assert kept == ["checkpoint-30", "checkpoint-40"]  # keep: 2
+    kept = {p.name for p in (work / "checkpoints").iterdir() if p.name.startswith("check")}
+    # keep: 2, plus the checkpoint evaluated lowest (status names it) of all that were complete
+    evals = {e["step"]: e["eval_loss"] for e in b["eval_losses"]}
+    saved = [s for s in (stopped["step"], 10, 20, 30, 40) if s in evals]
+    best = min(saved, key=lambda s: (evals[s], s))
+    assert kept == {f"checkpoint-{s}" for s in (30, 40, best)}
+    final = progress_reports(work)["progress.json"]["output"]["summary"]
+    assert final["best_checkpoint_step"] == best
 
 
 def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(
@@ -197,6 +208,7 @@ def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(
     plan = prepared["plan"]
     assert (plan["strategy"], plan["processes"], plan["micro_batch_size"]) == ("ddp", 2, 4)
 
+    monkeypatch.setenv(podlog.POD_ENV, "ddp-1")  # the downward API's pod name
     proc = start_trainer("train", cfg, work)
     wait_for_step(work, 2, proc)
     proc.send_signal(signal.SIGTERM)  # to the launcher, which forwards it to both ranks
@@ -213,6 +225,15 @@ def test_two_processes_ddp_gloo_train_checkpoint_and_suspend(
     assert (work / "output" / "adapter" / "adapter_model.safetensors").is_file()
     for c in (work / "checkpoints").glob("checkpoint-*"):
         assert (c / "COMPLETE").is_file()
+    # the pod's log file on the volume (podlog.py): the launcher relayed both ranks' lines into
+    # it, whole; every logging record the pod's stderr shows is there, in the same order
+    pod_log = (work / "logs" / "ddp-1.log").read_text().splitlines()
+    stderr = (work / "train.log").read_text().splitlines()
+    records = [line for line in stderr if RECORD.match(line)]
+    assert [line for line in pod_log if RECORD.match(line)] == records
+    assert set(pod_log) <= set(stderr)  # nothing the pod's own log lacks, no half lines
+    assert any("launched ranks 0..1 of 2" in line for line in records)
+    assert sum("backend transformers" in line for line in records) >= 2  # both attempts
 
 
 def test_allocator_defaults_leave_a_pods_own_config(monkeypatch: pytest.MonkeyPatch) -> None:

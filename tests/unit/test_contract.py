@@ -15,8 +15,10 @@ import pytest
 from finetune_operator import builders, planner
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
+from finetune_operator.cli import volumelogs
 from finetune_operator.settings import Settings
-from finetune_trainer import config, errors
+from finetune_trainer import config, errors, podlog
+from finetune_trainer.main import make_parser
 
 SPECS: list[dict[str, Any]] = [
     {   # tiny CPU job: model and data on PVCs
@@ -222,3 +224,33 @@ def test_exit_code_table() -> None:
         10: True,
         11: True,
     }
+
+
+def test_the_pod_log_files_the_trainer_writes_are_the_ones_the_plugin_reads(
+    tmp_path: Path,
+) -> None:
+    """Pod log files (docs/contract.md section 2): the env the operator sets is the one the
+    trainer reads, the plugin's directory is the trainer's, its command parses, its parser reads
+    what the trainer prints."""
+    assert builders.POD_NAME_ENV == podlog.POD_ENV
+    body = {
+        "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1"},
+        "spec": SPECS[0],
+        "status": {"run": 3},
+    }
+    where = volumelogs.locate(body)
+    assert where is not None
+    trainer_dir = podlog.log_dir(Path(builders.work_dir(3)), "u-1")
+    assert where.directory == str(trainer_dir) == "/workspace/runs/3/logs/u-1"
+    command = volumelogs.read_command(where, ["bot-1", "bot-2"], 4096)
+    assert command[0] == "finetune-trainer"
+    args = make_parser().parse_args(command[1:])
+    assert (args.command, args.dir, args.max_bytes, args.pods) == (
+        "read-logs", trainer_dir, 4096, ["bot-1", "bot-2"]
+    )  # fmt: skip
+    (tmp_path / "bot-1.log.1").write_text("older\n")
+    (tmp_path / "bot-1.log").write_text("newer ✓\n")
+    printed = "\n".join(podlog.read(tmp_path, ["bot-1", "bot-2"], None))
+    found = volumelogs.parse(printed, ["bot-1", "bot-2"])
+    assert found["bot-1"] == volumelogs.Found("older\nnewer ✓\n")
+    assert found["bot-2"].text == "" and found["bot-2"].problem

@@ -46,3 +46,17 @@ def test_relative_links_resolve(doc: str) -> None:
     path = ROOT / doc
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
         assert (path.parent / target).exists(), target
+
+
+def test_the_images_llama_cpp_is_the_pinned_one() -> None:
+    """The GPU image's builder stage compiles the llama.cpp the tests use (hack/versions.sh), and
+    the offline local build copies that version in (the stage refuses another)."""
+    dockerfile = (ROOT / "trainer-image/Dockerfile").read_text()
+    (default,) = re.findall(r"^ARG LLAMA_CPP_PYTHON_VERSION=(\S+)$", dockerfile, re.M)
+    versions = (ROOT / "hack/versions.sh").read_text()
+    (pinned,) = re.findall(r"^export LLAMA_CPP_PYTHON_VERSION=(\S+)", versions, re.M)
+    assert default == pinned
+    assert re.search(r"^ARG LLAMA_CPP_SOURCE=build$", dockerfile, re.M)
+    assert "COPY --from=llama-cpp /opt/llama.cpp /opt/llama.cpp" in dockerfile
+    assert "LLAMA_CPP_SOURCE=prebuilt" in (ROOT / "hack/images.sh").read_text()
+    assert "LLAMA_CPP_SOURCE=build" in TEXT

@@ -29,6 +29,7 @@ REGISTRY_KEY = ".dockerconfigjson"
 PROGRESS_KEY = "progress.json"
 PREPARE_KEY = "prepare.json"
 TRAINER_UID = 1000
+POD_NAME_ENV = "FTO_POD_NAME"
 CONTAINER = "trainer"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
 GPU = "nvidia.com/gpu"
@@ -458,6 +459,8 @@ def _env(job: m.FineTuneJob, extra: dict[str, str] | None = None) -> list[dict[s
     env: list[dict[str, Any]] = [
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
         {"name": "FINETUNE_JOB", "value": job.name},
+        # the file the trainer keeps its log lines in on the volume (trainer podlog.py)
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         *integrations.env(job.spec),
     ]
     tpl = job.spec.pod_template
@@ -466,6 +469,27 @@ def _env(job: m.FineTuneJob, extra: dict[str, str] | None = None) -> list[dict[s
     if tpl is not None:
         env.extend(m.dump(e) for e in tpl.env)
     return env
+
+
+def pod_security_context() -> dict[str, Any]:
+    """The trainer's user (non-root, uid/gid 1000) and seccomp profile; also the plugin's
+    log reader pod's (cli/volumelogs.py)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """No privilege escalation, no capabilities (the restricted Pod Security Standard)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def _pod(
@@ -501,12 +525,9 @@ def _pod(
         # be lost (trainer keeps going until SIGKILL); as PID > 1 it ends the process at once.
         "shareProcessNamespace": True,
         "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": TRAINER_UID,
-            "runAsGroup": TRAINER_UID,
+            **pod_security_context(),
             "fsGroup": TRAINER_UID,
             "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
             {
@@ -519,12 +540,7 @@ def _pod(
                 "volumeMounts": mounts,
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "capabilities": {"drop": ["ALL"]},
-                    "runAsNonRoot": True,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": container_security_context(),
             }
         ],
         "volumes": volumes,

@@ -418,9 +418,8 @@ def child_event(
 ) -> None:
     if type != "DELETED":
         return
-    _forget_children(namespace or "default", labels[m.LABEL_JOB])
     with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB])
+        reconcile(namespace or "default", labels[m.LABEL_JOB], recheck_children=True)
 
 
 # async: the liveness answer must not wait for a free worker thread (all of them may be busy with
@@ -457,7 +456,8 @@ _children_ok: set[tuple[str, str, str]] = set()
 
 
 def _forget_children(namespace: str, name: str) -> None:
-    for key in [k for k in _children_ok if k[:2] == (namespace, name)]:
+    # list() copies the set in one step: other jobs' threads add to it meanwhile
+    for key in [k for k in list(_children_ok) if k[:2] == (namespace, name)]:
         _children_ok.discard(key)
 
 
@@ -558,12 +558,24 @@ def _act(
     return new
 
 
-def reconcile(namespace: str, name: str, *, fresh: bool = False) -> None:
-    """Bring one job one step closer to its spec; safe to run any number of times. ``fresh``:
-    read the job and its children from the API, not from the indexes."""
+def reconcile(
+    namespace: str, name: str, *, fresh: bool = False, recheck_children: bool = False
+) -> None:
+    """Bring one job one step closer to its spec; safe to run any number of times.
+
+    ``fresh``: read the job and its children from the API, not from the indexes.
+    ``recheck_children``: a child was deleted; check them all again. The memo is cleared under
+    the job's lock: cleared before it, a reconcile already in flight (which had read the memo
+    before the deletion) would mark the children checked again at its end, and the deleted ones
+    were never re-created (seen in the storm test: a ConfigMap and a RoleBinding stayed gone).
+    """
     if not leading():  # the leader acts; this replica only keeps its watches warm
+        if recheck_children:  # the memo must not outlive the deletion into a later term here
+            _forget_children(namespace, name)
         return
     with _job_lock(namespace, name):
+        if recheck_children:
+            _forget_children(namespace, name)
         # a status that must be on the resource before the next step (status.data and
         # status.plan before the training pod) is published, then the job is read again; a job
         # that changed between read and status patch (409) is read again too, from the API
@@ -607,7 +619,11 @@ def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
         return False
     children = _children_of(job, fresh)
     pods = [p for p in children.pods if security.owned_by(p, job.uid)]
-    reports: dict[str, str] = (children.progress or {}).get("data") or {}
+    # a progress ConfigMap not ours (a namesake made by someone else, or an earlier job's awaiting
+    # the garbage collector) is never read as this job's reports, and creating ours fails
+    # NameConflict
+    cm = children.progress if security.owned_by(children.progress or {}, job.uid) else None
+    reports: dict[str, str] = (cm or {}).get("data") or {}
     progress = lc.parse_progress(reports.get(b.PROGRESS_KEY))
     prepared = lc.parse_prepare(reports.get(b.PREPARE_KEY))
     new = lc.derive_status(
@@ -626,8 +642,7 @@ def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PROGRESS_KEY, b.PREPARE_KEY))
     elif acts.reset_prepare:  # a retry of the prepare stage: its failure must not count again
         kube.clear_config_map_keys(namespace, b.progress_name(job), (b.PREPARE_KEY,))
-    new = _act(body, job, new, acts, pods=pods, progress_exists=children.progress is not None,
-               now=now)  # fmt: skip
+    new = _act(body, job, new, acts, pods=pods, progress_exists=cm is not None, now=now)
     for pod in acts.delete_pods:
         kube.delete_pod(namespace, pod)
     _publish(body, job.status, new, old_raw, now)

@@ -715,7 +715,13 @@ class CheckpointSettings(_Base):
     every_steps: int = Field(
         default=50, ge=1, description="Save a checkpoint every N optimizer steps."
     )
-    keep: int = Field(default=3, ge=1, le=100, description="Complete checkpoints to keep.")
+    keep: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Complete checkpoints to keep: the newest ones, plus the one evaluated with "
+        "the lowest eval loss (status.output.summary.bestCheckpoint) when it is older.",
+    )
 
 
 GgufQuantization = Literal[
@@ -800,7 +806,9 @@ class ExportOutcome(_Base):
     kind: Literal["merged", "gguf", "oci"] = Field(description="What was exported.")
     ok: bool = Field(description="Whether it worked.")
     location: str | None = Field(
-        default=None, description="Path on the output claim, or registry/repository:tag."
+        default=None,
+        description="A file's path relative to the run's output directory (status.output.path), "
+        "or registry/repository:tag.",
     )
     digest: str | None = Field(default=None, description="sha256 of the GGUF or the manifest.")
     size_bytes: int | None = Field(default=None, ge=0, description="Bytes written or pushed.")

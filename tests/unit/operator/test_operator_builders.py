@@ -72,6 +72,7 @@ VOLUMES = [
 ENV = [
     {"name": "HF_HOME", "value": "/cache/huggingface"},
     {"name": "FINETUNE_JOB", "value": "bot"},
+    {"name": "FTO_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     {"name": "A", "value": "1"},
 ]
 
@@ -240,6 +241,7 @@ def test_multi_node_pods_are_one_gang_under_a_headless_service(make_job: JobF) -
         c["env"] = [
             {"name": "HF_HOME", "value": "/cache/huggingface"},
             {"name": "FINETUNE_JOB", "value": "bot"},
+            {"name": "FTO_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "PET_NNODES", "value": "2"},
             {"name": "PET_NPROC_PER_NODE", "value": "2"},
             {"name": "PET_NODE_RANK", "value": str(rank)},
@@ -276,7 +278,7 @@ def test_multi_node_cpu_job_gets_the_nccl_default_and_one_process_per_node(
 ) -> None:
     job = make_job(spec={"resources": {"gpus": 0, "nodes": 3}})
     pods = b.train_pods(job, 1, SETTINGS)
-    env = [{e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]} for p in pods]
+    env = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
     assert [e["PET_NODE_RANK"] for e in env] == ["0", "1", "2"]
     assert {e["PET_NPROC_PER_NODE"] for e in env} == {"1"} and m.world_size(job.spec) == 3
     assert {e["NCCL_SOCKET_IFNAME"] for e in env} == {"eth0"}

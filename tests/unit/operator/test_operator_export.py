@@ -29,8 +29,8 @@ PLAN = {"plan": {"microBatchSize": 4, "gradientAccumulation": 2}}
 REPORT = {
     "version": 1,
     "results": [
-        {"kind": "merged", "ok": True, "location": "/workspace/output/merged", "size_bytes": 9},
-        {"kind": "gguf", "ok": True, "location": "/workspace/output/gguf/bot-Q8_0.gguf",
+        {"kind": "merged", "ok": True, "location": "merged", "size_bytes": 9},
+        {"kind": "gguf", "ok": True, "location": "gguf/bot-Q8_0.gguf",
          "digest": "sha256:ab", "size_bytes": 5},
         {"kind": "oci", "ok": False, "error": "registry ghcr.io could not be reached: refused"},
     ],
@@ -90,7 +90,10 @@ def test_plain_http_only_for_test_registries() -> None:
 
 
 def _exporting(pods: list[dict[str, Any]], spec: dict[str, Any] = SPEC) -> m.FineTuneJobStatus:
-    job = build_job(spec=spec, status={"phase": "Exporting", "attempt": 1, **PLAN})
+    output = {"claim": "out", "path": "bot/output", "latest": "bot/latest", "ready": True}
+    job = build_job(
+        spec=spec, status={"phase": "Exporting", "attempt": 1, "output": output, **PLAN}
+    )
     return derive(job, pods, None, None, NOW)
 
 
@@ -119,8 +122,12 @@ def test_export_pod_success_reads_the_report() -> None:
     new = _exporting([done])
     assert (new.phase, new.reason) == (P.SUCCEEDED, m.Reason.COMPLETED)
     assert new.message == (
-        "training finished; exported merged /workspace/output/merged, "
-        "gguf /workspace/output/gguf/bot-Q8_0.gguf"
+        "training finished; exported merged bot/output/merged, gguf bot/output/gguf/bot-Q8_0.gguf"
+    )
+    assert new.output is not None  # the pod's paths, relative to its output/, made claim paths
+    assert (new.output.merged, new.output.gguf) == (
+        "bot/output/merged",
+        "bot/output/gguf/bot-Q8_0.gguf",
     )
     assert new.completion_time is not None
     results = export.outcomes(done)
@@ -200,16 +207,39 @@ def test_cel_refuses_plain_http_beyond_test_registries(repository: str, rejected
 def test_status_output_lists_what_the_export_pod_wrote_and_pushed() -> None:
     from finetune_operator.lifecycle import output as out
 
-    where = m.OutputStatus(claim="c", path="bot/output", latest="bot/latest", ready=True)
+    where = m.OutputStatus(claim="c", path="bot/runs/1/output", latest="bot/latest", ready=True)
     outcomes = [
-        m.ExportOutcome(kind="merged", ok=True, location="bot/output/merged", size_bytes=10),
+        m.ExportOutcome(kind="merged", ok=True, location="merged", size_bytes=10),
         m.ExportOutcome(kind="gguf", ok=False, error="the converter failed"),
         m.ExportOutcome(kind="oci", ok=True, location="127.0.0.1:5000/a:v1", digest="sha256:ab"),
     ]
     got = out.with_exports(where, outcomes)
-    assert got is not None and got.merged == "bot/output/merged" and got.gguf is None
+    assert got is not None and got.merged == "bot/runs/1/output/merged" and got.gguf is None
     assert [(e.kind, e.location, e.digest) for e in got.exports] == [
-        ("merged", "bot/output/merged", None),
+        ("merged", "bot/runs/1/output/merged", None),
         ("oci", "127.0.0.1:5000/a:v1", "sha256:ab"),
     ]
     assert out.with_exports(where, []) is where and out.with_exports(None, outcomes) is None
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("gguf/bot-Q8_0.gguf", "bot/output/gguf/bot-Q8_0.gguf"),
+        ("merged", "bot/output/merged"),
+        ("../../other/secret", None),  # the pod's report is untrusted: no way out of output/
+        ("/workspace/output/merged", None),
+        ("gguf//x", None),
+        ("./merged", None),
+        (None, None),
+    ],
+)
+def test_export_paths_stay_inside_the_output_directory(
+    location: str | None, expected: str | None
+) -> None:
+    from finetune_operator.lifecycle import output as out
+
+    where = m.OutputStatus(claim="c", path="bot/output", latest="bot/latest", ready=True)
+    outcome = m.ExportOutcome(kind="gguf", ok=True, location=location)
+    assert out.export_location(where, outcome) == expected
+    assert out.export_location(None, outcome) is None

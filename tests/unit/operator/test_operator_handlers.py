@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from finetune_operator import handlers, kube, views
 from finetune_operator import models as m
+from tests.harness.wait import wait_until
 from tests.unit.operator.conftest import job_body, pod
 
 R = m.Reason
@@ -54,6 +56,7 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
         self.refuse: dict[str, kube.RejectedError] = {}
         self.progress: dict[str, str] | None = {"prepare.json": OK}
+        self.progress_owner = "uid-1"  # another uid: a namesake made by someone else
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in (
@@ -71,7 +74,9 @@ class FakeApi:
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         if f"ConfigMap {name}" not in self.existing:
             return None
-        return {"metadata": {"name": name, "resourceVersion": "1"}, "data": self.progress}
+        owners = [{"kind": "FineTuneJob", "name": "bot", "uid": self.progress_owner}]
+        meta = {"name": name, "resourceVersion": "1", "ownerReferences": owners}
+        return {"metadata": meta, "data": self.progress}
 
     def exists(self, kind: str, namespace: str, name: str) -> bool:
         return kind == "PersistentVolumeClaim" or f"{kind} {name}" in self.existing
@@ -129,6 +134,30 @@ def test_a_refused_child_fails_the_job_with_the_apiservers_message(
     assert (final["phase"], final["reason"]) == ("Failed", reason)
     assert final["message"] == f"The API server refused to create the Pod: {detail}."
     assert ("Warning", reason, final["message"]) in fake.events
+
+
+def test_a_namesake_progress_config_map_is_never_read_as_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ConfigMap named like the job's progress one but owned by someone else: its "prepare
+    finished" report is not read (the job would go on to train from a forged plan), and
+    creating ours fails NameConflict."""
+    fake = FakeApi(job_body(), ALL)
+    fake.progress_owner = "uid-someone-else"
+    create = fake.create_or_get
+
+    def taken(body: dict[str, Any]) -> bool:
+        if body["metadata"]["name"] == "bot-progress":
+            raise kube.NotOwnedError("ConfigMap bot-progress exists and is not the job's")
+        return create(body)
+
+    fake.install(monkeypatch)
+    monkeypatch.setattr(kube, "create_or_get", taken)
+    handlers.reconcile("ml", "bot")
+    final = fake.patches[-1]
+    assert (final["phase"], final["reason"]) == ("Failed", R.NAME_CONFLICT)
+    assert "plan" not in final
+    assert not [c for c in fake.created if c.startswith("Pod ")]
 
 
 def test_a_transient_error_is_retried_not_failed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,6 +233,43 @@ def test_children_are_checked_once_then_again_only_after_a_deletion_event(
     asked.clear()
     handlers.child_event(type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert asked == []  # only a deletion matters
+
+
+def test_a_deletion_during_a_reconcile_in_flight_is_not_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The storm case: the progress ConfigMap, then the RoleBinding deleted. The reconcile of
+    the first deletion has read the memo ("children checked") and is re-creating the ConfigMap
+    when the second deletion's event comes; that event's reconcile waits for the job's lock, and
+    the first one ending must not mark the children checked again over the second deletion."""
+    body = job_body(status=PREPARED)
+    fake = FakeApi(body, ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    handlers.reconcile("ml", "bot")  # children checked and memoised
+    fake.existing.discard("ConfigMap bot-progress")
+    waiting: list[threading.Thread] = []
+    create = fake.create_or_get
+
+    def deleted_meanwhile(child: dict[str, Any]) -> bool:
+        if not waiting:  # inside the first reconcile, holding the job's lock
+            fake.existing.discard("RoleBinding bot-trainer")
+            event = threading.Thread(
+                target=handlers.child_event,
+                kwargs={"type": "DELETED", "namespace": "ml", "labels": {m.LABEL_JOB: "bot"}},
+            )
+            waiting.append(event)
+            event.start()
+            wait_until(lambda: not event.is_alive() or event_blocked(), timeout=10, interval=0.01)
+        return create(child)
+
+    def event_blocked() -> bool:  # the event's reconcile waits for the job's lock (2 users)
+        return handlers._locks.get(("ml", "bot"), (None, 0))[1] >= 2
+
+    monkeypatch.setattr(kube, "create_or_get", deleted_meanwhile)
+    handlers.reconcile("ml", "bot")
+    waiting[0].join(timeout=10)
+    assert fake.created[-2:] == ["ConfigMap bot-progress", "RoleBinding bot-trainer"]
 
 
 def test_a_running_pods_deleted_config_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,7 +380,9 @@ def report(step: int) -> dict[str, Any]:
     """The progress ConfigMap as the watch delivers it after the trainer's report of ``step``."""
     progress = {"attempt": 1, "state": "running", "step": step, "total_steps": 20, "loss": 1.5}
     data = {"prepare.json": OK, "progress.json": json.dumps(progress)}
-    return {"metadata": {"name": "bot-progress", "resourceVersion": f"{100 + step}"}, "data": data}
+    owners = [{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}]
+    meta = {"name": "bot-progress", "resourceVersion": f"{100 + step}", "ownerReferences": owners}
+    return {"metadata": meta, "data": data}
 
 
 class Counting(FakeApi):
@@ -418,7 +486,9 @@ def test_after_creating_a_pod_the_api_is_read_until_the_index_has_it(
     fake = Counting(body, ALL)
     fake.install(monkeypatch)
     handlers._children_ok.add(("ml", "bot", "uid-1"))
-    cm = {"metadata": {"name": "bot-progress", "resourceVersion": "1"}, "data": fake.progress}
+    owners = [{"kind": "FineTuneJob", "name": "bot", "uid": "uid-1"}]
+    meta = {"name": "bot-progress", "resourceVersion": "1", "ownerReferences": owners}
+    cm = {"metadata": meta, "data": fake.progress}
     indexes(fake.job, [], cm)
     created: list[str] = []
     create = fake.create_or_get

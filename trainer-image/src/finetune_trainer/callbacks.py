@@ -105,7 +105,8 @@ class MarkerCallback(TrainerCallback):
             checkpoints.write_marker(path, info)  # fsyncs every file first
             self.save_seconds = round(time.monotonic() - self._step_end, 3)
             size = checkpoints.size_of(path)
-            checkpoints.rotate(self.root, self.keep)
+            # the best evaluated checkpoint stays too: status names it (HF evaluates before saving)
+            checkpoints.rotate(self.root, self.keep, checkpoints.eval_losses(state.log_history))
             self.last = {
                 "step": state.global_step,
                 "path": f"checkpoints/{path.name}",

@@ -11,6 +11,12 @@ reads ``checkpoint-<step>``, its rotation and its "newest checkpoint" lookup glo
 transformers 4.36 tried a temp-dir rename and reverted it over network filesystems and multi-rank
 races); the marker needs no change to HF's saving.
 
+Retention keeps the newest ``keep`` complete checkpoints and, when periodic evaluation runs, the
+complete checkpoint evaluated with the lowest eval loss (``status.output.summary.bestCheckpoint``
+names it, so it must not vanish): at most ``keep + 1``. The eval losses come from HF's
+``log_history`` (the state in memory after a save, ``trainer_state.json`` of the newest checkpoint
+at start), where HF records the evaluation of a step before that step's save.
+
 On resume a complete checkpoint is still verified cheaply (JSON parses, safetensors headers match
 the file size, torch zip archives have their central directory, i.e. nothing truncated); one that
 fails is renamed ``checkpoint-<step>.corrupt`` (kept for inspection, never used) and the previous
@@ -26,8 +32,10 @@ import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from finetune_trainer.files import fsync_dir, sync_tree
 
@@ -149,14 +157,52 @@ def remove_incomplete(root: Path) -> list[Path]:
     return removed
 
 
-def rotate(root: Path, keep: int) -> list[Path]:
-    """Keep the newest ``keep`` complete checkpoints; delete older and stale incomplete ones, and
-    damaged ones set aside (``.corrupt``) once a newer complete checkpoint exists."""
+def eval_losses(log_history: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """Step -> eval loss of every evaluation in HF's ``log_history`` (resumed attempts included:
+    the history is restored from the checkpoint)."""
+    return {
+        int(e["step"]): float(e["eval_loss"])
+        for e in log_history
+        if "eval_loss" in e and "step" in e
+    }
+
+
+def recorded_eval_losses(path: Path | None) -> dict[int, float]:
+    """``eval_losses`` of checkpoint ``path``'s ``trainer_state.json`` ({} when unreadable)."""
+    if path is None:
+        return {}
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        return eval_losses(state.get("log_history") or [])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def best_step(evals: Mapping[int, float], steps: Iterable[int]) -> int | None:
+    """Of ``steps``, the one evaluated with the lowest loss (the earlier on a tie), if any was."""
+    candidates = [s for s in steps if s in evals]
+    return min(candidates, key=lambda s: (evals[s], s)) if candidates else None
+
+
+def kept_steps(steps: Sequence[int], keep: int, evals: Mapping[int, float]) -> set[int]:
+    """Which of the complete checkpoints' ``steps`` (ascending) retention keeps: the newest
+    ``keep`` and the best evaluated one."""
+    kept = set(steps[max(len(steps) - keep, 0) :])
+    best = best_step(evals, steps)
+    return kept | ({best} if best is not None else set())
+
+
+def rotate(root: Path, keep: int, evals: Mapping[int, float] | None = None) -> list[Path]:
+    """Keep the newest ``keep`` complete checkpoints and the one evaluated lowest in ``evals``
+    (step -> eval loss); delete older and stale incomplete ones, and damaged ones set aside
+    (``.corrupt``) once a newer complete checkpoint exists."""
     done = complete(root)
+    kept = kept_steps([s for s, _ in done], keep, evals or {})
     removed = []
-    for _, p in done[: max(len(done) - keep, 0)]:
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
+    for s, p in done:
+        if s not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     newest = done[-1][0] if done else None
     for s, p in _all(root):
         if newest is not None and s < newest and not (p / MARKER).is_file():
@@ -168,5 +214,11 @@ def rotate(root: Path, keep: int) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     if removed:
-        log.info("retention (keep %d): removed %s", keep, ", ".join(p.name for p in removed))
+        best = best_step(evals or {}, [s for s, _ in done])
+        log.info(
+            "retention (keep %d%s): removed %s",
+            keep,
+            f", and the best evaluated checkpoint-{best}" if best is not None else "",
+            ", ".join(p.name for p in removed),
+        )
     return removed

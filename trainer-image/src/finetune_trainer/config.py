@@ -183,7 +183,9 @@ class CheckpointSpec(_Strict):
     """Checkpoint cadence and retention."""
 
     every_steps: int = Field(default=50, ge=1, description="Save every N optimizer steps.")
-    keep: int = Field(default=3, ge=1, description="Complete checkpoints to keep.")
+    keep: int = Field(
+        default=3, ge=1, description="Newest complete checkpoints to keep (and the best evaluated)."
+    )
 
 
 class OutputSpec(_Strict):

@@ -10,7 +10,8 @@ after a fixed 30 s, which can cut a checkpoint of a large model in half). Across
 reaching one pod stops every rank of every node on the same step (the ranks agree through an
 all-reduce, callbacks.SignalCallback), and every rank leaves only after rank 0 marked the
 checkpoint complete. If one rank dies, the others on this node are stopped so nothing hangs in a
-collective.
+collective. The ranks' output comes through this process line by line (podlog.relay), so the
+pod's log file on the volume has one writer.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType
 
+from finetune_trainer import podlog
 from finetune_trainer.errors import EXIT_ERROR, EXIT_OOM, EXIT_SUSPENDED
 from finetune_trainer.rendezvous import Topology
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHILD_ENV = "FTO_LAUNCHED"
 KILL_AFTER_FAILURE_S = 60.0
+RELAY_DRAIN_S = 5.0  # a rank's child (a dataloader worker) may hold its output open longer
 
 
 def free_port() -> int:
@@ -90,6 +94,7 @@ def launch(args: list[str], topo: Topology, *, cuda: bool) -> tuple[int, str]:
     tmp = Path(tempfile.mkdtemp(prefix="fto-ranks-"))
     threads = max(1, (os.cpu_count() or 1) // nprocs)
     procs: list[subprocess.Popen[bytes]] = []
+    relays: list[threading.Thread] = []
     terminated = False
     received: list[int] = []
 
@@ -112,7 +117,12 @@ def launch(args: list[str], topo: Topology, *, cuda: bool) -> tuple[int, str]:
         if not cuda and "OMP_NUM_THREADS" not in os.environ:  # the pod's own choice wins
             env["OMP_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "finetune_trainer", *args]  # the entry: handlers first
-        procs.append(subprocess.Popen(cmd, env=env))
+        # stdout and stderr through this process, line by line, into the pod's stderr and its
+        # log file on the volume (podlog.py): one writer per file, no half lines interleaved
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        assert proc.stdout is not None
+        relays.append(podlog.relay(proc.stdout, sys.stderr.buffer, podlog.current()))
         if received:
             procs[-1].send_signal(received[0])
     log.info(
@@ -142,6 +152,8 @@ def launch(args: list[str], topo: Topology, *, cuda: bool) -> tuple[int, str]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for thread in relays:  # a rank's last lines (its error) before the pod's own
+            thread.join(timeout=RELAY_DRAIN_S)
     codes = [int(p.returncode) for p in procs]
     code = combine(codes, terminated)
     reason = ""

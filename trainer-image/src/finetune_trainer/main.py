@@ -1,4 +1,4 @@
-"""Command line: ``finetune-trainer {train,prepare,export,make-tiny-model,make-dataset}``.
+"""Command line: ``finetune-trainer {train,prepare,export,read-logs,make-tiny-model,make-dataset}``.
 
 Maps every failure to the exit codes of docs/contract.md and writes a one-line reason to
 /dev/termination-log (``FTO_TERMINATION_LOG`` overrides the path), which Kubernetes copies into the
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from finetune_trainer import diskfull, stop
+from finetune_trainer import diskfull, launch, podlog, stop
 from finetune_trainer.errors import (
     EXIT_ERROR,
     EXIT_OOM,
@@ -46,6 +46,16 @@ def make_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--hidden", type=int, default=64)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--vocab-size", type=int, default=512)
+    tiny.add_argument(
+        "--tokenizer",
+        default="bpe",
+        choices=["bpe", "sentencepiece"],
+        help="sentencepiece: one llama.cpp's GGUF converter accepts",
+    )
+    logs = sub.add_parser("read-logs", help="print pods' log files of the work volume (plugin)")
+    logs.add_argument("--dir", type=Path, required=True, help="<work>/logs/<job uid>")
+    logs.add_argument("--max-bytes", type=int, help="at most the last N bytes of each pod's")
+    logs.add_argument("pods", nargs="+", help="pod names")
     ds = sub.add_parser("make-dataset", help="write the synthetic alpaca task as jsonl")
     ds.add_argument("out", type=Path)
     ds.add_argument("--records", type=int, default=512)
@@ -69,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             vocab_size=args.vocab_size,
             hidden=args.hidden,
             layers=args.layers,
+            tokenizer=args.tokenizer,
         )
         log.info("tiny %s model written to %s", args.arch, out)
         return 0
@@ -79,10 +90,17 @@ def _run(args: argparse.Namespace) -> int:
         log.info("%d synthetic records written to %s", args.records, args.out)
         return 0
 
+    if args.command == "read-logs":
+        for line in podlog.read(args.dir, args.pods, args.max_bytes):
+            print(line, flush=True)
+        return 0
+
     from finetune_trainer.config import load_config
 
     config = load_config(args.config)
     args.work, args.claim = config.work, config.paths.claim
+    if not launch.is_child():  # a launcher's ranks: it relays their lines into its file
+        podlog.attach(config.work, config.job.uid, os.environ)
     if args.command == "prepare":
         from finetune_trainer import prepare
         from finetune_trainer.progress import Reporter, make_sink
@@ -127,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (stop.Interrupted, Exception) as exc:
         stop.ending()  # a second signal while the failure is reported must not cut that short
         return _failure(exc, args)
+    finally:
+        podlog.detach()  # after the failure's own lines
 
 
 def _failure(exc: BaseException, args: argparse.Namespace) -> int:

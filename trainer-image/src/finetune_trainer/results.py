@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer import files, retention
+from finetune_trainer import checkpoints, files, retention
 
 LATEST = "latest"
 
@@ -58,9 +58,7 @@ def best_eval(evals: dict[int, float], kept: list[int]) -> tuple[float | None, i
     """(lowest eval loss seen, the kept checkpoint whose step was evaluated lowest, if any)."""
     if not evals:
         return None, None
-    candidates = [s for s in kept if s in evals]
-    step = min(candidates, key=lambda s: (evals[s], s)) if candidates else None
-    return min(evals.values()), step
+    return min(evals.values()), checkpoints.best_step(evals, kept)
 
 
 def report(

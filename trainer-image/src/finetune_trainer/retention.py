@@ -5,6 +5,7 @@ Never deleted: anything ``status`` points to (this run's newest complete checkpo
 compile cache. Deleted, and logged:
 
 * this run's checkpoints beyond ``keep`` (at start too, so a lowered ``keep`` applies on resume),
+  except the one evaluated with the lowest eval loss (``status.output.summary.bestCheckpoint``),
   incomplete ones (no marker: a save cut short) and damaged ones once a newer one is complete;
 * ``checkpoints/`` of earlier runs (the volume root and ``runs/<m>``, m < n, when this is run
   n): a restarted job trains from step 0 and never resumes them; their ``output/`` stays;
@@ -73,7 +74,7 @@ def at_start(work: Path, keep: int) -> checkpoints.Resume:
     checkpoints.remove_incomplete(root)
     resume = checkpoints.usable(root)
     if resume.path is not None:
-        checkpoints.rotate(root, keep)
+        checkpoints.rotate(root, keep, checkpoints.recorded_eval_losses(resume.path))
     return resume
 
 

@@ -2,8 +2,11 @@
 
 Tests and the demo train on a random-initialised model of a real architecture (llama, mistral,
 qwen2, qwen3, gemma) with a byte-level BPE tokenizer trained here, and on a synthetic instruction
-task a two-layer model learns in a few dozen steps. The named geometries (a ~1B Llama-3.2-like and
-a 7B Mistral-like config) give the planner real parameter counts without any weights.
+task a two-layer model learns in a few dozen steps. llama.cpp's GGUF converter recognises a
+byte-level BPE only by a hash of a known model's pre-tokenizer, so a model meant for GGUF export
+gets a sentencepiece tokenizer (``tokenizer.model``, what Llama 2 and Mistral ship) instead.
+The named geometries (a ~1B Llama-3.2-like and a 7B Mistral-like config) give the planner real
+parameter counts without any weights.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
@@ -153,6 +156,41 @@ def train_tokenizer(vocab_size: int = 512, corpus: Sequence[str] | None = None) 
     return fast
 
 
+def train_sentencepiece(out: Path, vocab_size: int = 512) -> Any:
+    """A sentencepiece BPE (byte fallback; <unk>=0, <s>=1, </s>=2, no pad) trained here, written
+    as ``out/tokenizer.model`` next to transformers' own files (``LlamaTokenizer``)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_tokenizer_corpus()),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",  # as Llama 2: no NFKC, newlines stay bytes
+        minloglevel=2,
+    )
+    (out / "tokenizer.vocab").unlink()
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "add_bos_token": True,
+            }
+        )
+    )
+    return AutoTokenizer.from_pretrained(str(out))
+
+
 def tiny_config(
     arch: str = "llama",
     *,
@@ -208,23 +246,25 @@ def make_tiny_model(
     *,
     seed: int = 0,
     vocab_size: int = 512,
+    tokenizer: Literal["bpe", "sentencepiece"] = "bpe",
     **geometry: Any,
 ) -> Path:
     """Write a tiny model + tokenizer (save_pretrained) into ``out_dir``; return the directory."""
     out = Path(out_dir)
-    tokenizer = train_tokenizer(vocab_size)
-    config = tiny_config(arch, vocab_size=len(tokenizer), **geometry)
+    if tokenizer == "sentencepiece":
+        tok = train_sentencepiece(out, vocab_size)
+    else:
+        tok = train_tokenizer(vocab_size)
+    config = tiny_config(arch, vocab_size=len(tok), **geometry)
     config.update(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
     model = build_model(config, seed=seed)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 

@@ -438,7 +438,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
         raise
     if is_main:
         kept = [s for s, _ in checkpoints.complete(ckpt_root)]
-        best = results.best_eval(eval_losses(state), kept)
+        best = results.best_eval(checkpoints.eval_losses(state.log_history), kept)
         progress.extra["output"] = results.report(
             written, summary(), samples.short(generations), best
         )
@@ -637,16 +637,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def eval_losses(state: Any) -> dict[int, float]:
-    """Step -> eval loss of every evaluation of the run (resumed attempts included: the log
-    history is restored from the checkpoint)."""
-    return {
-        int(e["step"]): float(e["eval_loss"])
-        for e in state.log_history
-        if "eval_loss" in e and "step" in e
-    }
-
-
 def make_summary(
     config: TrainerConfig,
     plan: RunPlan,
@@ -683,7 +673,10 @@ def make_summary(
             if "learning_rate" in e and "step" in e
         ],
         "eval_loss": eval_loss,
-        "eval_losses": [{"step": k, "eval_loss": v} for k, v in sorted(eval_losses(state).items())],
+        "eval_losses": [
+            {"step": k, "eval_loss": v}
+            for k, v in sorted(checkpoints.eval_losses(state.log_history).items())
+        ],
         "tokens": int(getattr(state, "num_input_tokens_seen", 0) or 0),
         "plan": {
             "strategy": plan.strategy,

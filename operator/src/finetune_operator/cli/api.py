@@ -6,6 +6,7 @@ dicts with the API's camelCase keys (what ``kubectl get -o yaml`` shows).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -252,6 +253,99 @@ class Api:
             yield from resp.stream(4096)
         finally:
             resp.release_conn()
+
+    def can_i(self, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
+        """``kubectl auth can-i``: a SelfSubjectAccessReview (every user may create one)."""
+        from kubernetes import client
+
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "resource": resource,
+                    "subresource": subresource,
+                }
+            },
+        }
+        review = self._call(
+            f"may I {verb} {resource}{'/' + subresource if subresource else ''}",
+            client.AuthorizationV1Api(self.api_client).create_self_subject_access_review,
+            body,
+        )
+        return bool(review.status.allowed)
+
+    def exec_output(
+        self, namespace: str, pod: str, container: str, command: list[str], timeout: float
+    ) -> str:
+        """stdout of ``command`` run in the pod (``kubectl exec``); CliError if it exits non-zero
+        or runs past ``timeout`` seconds."""
+        import time
+
+        from kubernetes.stream import stream
+
+        ws = self._call(
+            f'exec in pod "{pod}"',
+            stream,
+            self.core.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=command,
+            stdin=False,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+        )
+        out: list[str] = []
+        err: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while ws.is_open():
+                if time.monotonic() > deadline:
+                    raise CliError(f'exec in pod "{pod}" ran past {timeout:.0f} s')
+                ws.update(timeout=1)
+                if ws.peek_stdout():
+                    out.append(ws.read_stdout())
+                if ws.peek_stderr():
+                    err.append(ws.read_stderr())
+            out.append(ws.read_stdout() if ws.peek_stdout() else "")
+        finally:
+            ws.close()
+        # the API server ends an exec with a Status on channel 3: Success, or Failure with the
+        # exit code (or why the command could not start, e.g. no such executable)
+        import json
+
+        try:
+            status = json.loads(ws.read_channel(3) or "{}")
+        except ValueError:
+            status = {}
+        if isinstance(status, dict) and status.get("status") == "Failure":
+            last = "".join(err).strip().splitlines()[-1:] or [str(status.get("message"))]
+            raise CliError(f'exec in pod "{pod}" failed: {last[0]}')
+        return "".join(out)
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        self._call(f'creating pod "{name}"', self.core.create_namespaced_pod, namespace, body)
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        found = self._call(f'pod "{name}"', self.core.read_namespaced_pod, name, namespace)
+        return dict(self._plain(found))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete at once (404: already gone)."""
+        with contextlib.suppress(NotFoundError):
+            self._call(
+                f'deleting pod "{name}"',
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=0,
+            )
 
     def list_namespaces(self) -> list[str]:
         found = self._call("listing namespaces", self.core.list_namespace)

@@ -14,12 +14,15 @@ from typing import Any, BinaryIO, TextIO
 
 import yaml
 
+from finetune_operator import builders as b
 from finetune_operator import models as m
 from finetune_operator.cli import render as r
+from finetune_operator.cli import volumelogs, volumeread
 from finetune_operator.cli.api import Api, CliError
 from finetune_operator.cli.jobs import clean, job_events
 
 REPORT_LOG_LINES = 500
+REPORT_VOLUME_BYTES = 2**20  # of a gone pod's file: enough for the last 500 lines
 _SENSITIVE = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_?KEY", re.IGNORECASE)
 REDACTED = "<redacted>"
 
@@ -40,8 +43,8 @@ def logs(
         raise CliError(f'no pods of finetunejob "{name}" yet (phase {r.phase(job)})')
     pod_name = pod["metadata"]["name"]
     if attempt and _attempt_of(pod) != str(attempt):
-        print(f"==> the pod of attempt {attempt} is gone (its log went with it); "
-              "`--all` lists every attempt", file=sys.stderr)  # fmt: skip
+        print(f"==> the pod of attempt {attempt} is gone; `--all` shows every attempt, the gone "
+              "ones from the job's volume", file=sys.stderr)  # fmt: skip
     print(f"==> pod {pod_name}", file=sys.stderr, flush=True)
     if follow:
         for chunk in api.stream_log(api.namespace, pod_name, tail=tail):
@@ -58,17 +61,23 @@ def _attempt_of(pod: Mapping[str, Any]) -> str | None:
     return labels.get(m.LABEL_ATTEMPT) if labels.get(m.LABEL_ROLE) == "train" else None
 
 
+def _gone(job: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attempts recorded in the status whose pods are gone, by pod name."""
+    return {
+        str(a.get("pod")): a
+        for a in (job.get("status") or {}).get("attempts") or []
+        if a.get("pod") and a.get("pod") not in present and a.get("attempt") is not None
+    }
+
+
 def _all_logs(
     api: Api, job: dict[str, Any], pods: list[dict[str, Any]], tail: int | None, out: BinaryIO
 ) -> int:
     """Every pod's log under a header, prepare first, then the attempts in order; an attempt
-    recorded in the status whose pod is gone gets a header saying so."""
+    recorded in the status whose pod is gone is read from the job's volume (volumeread.py)."""
     present = {p["metadata"]["name"]: p for p in pods}
-    gone = {
-        str(a.get("pod")): a
-        for a in (job.get("status") or {}).get("attempts") or []
-        if a.get("pod") and a.get("pod") not in present and a.get("attempt")
-    }
+    gone = _gone(job, present)
+    kept = volumeread.read_gone(api, job, pods, list(gone)) if gone else None
 
     def order(pod_name: str) -> tuple[int, str]:
         pod = present.get(pod_name)
@@ -76,10 +85,20 @@ def _all_logs(
         return (int(number) if number and number.isdigit() else 0, pod_name)
 
     for pod_name in sorted([*present, *gone], key=order):
-        if pod_name in gone:
+        if pod_name in gone and kept is not None:
             rec = gone[pod_name]
-            out.write(f"==> pod {pod_name} (attempt {rec.get('attempt')}, {rec.get('reason')}): "
-                      "gone, its log went with it <==\n".encode())  # fmt: skip
+            found = kept.found[pod_name]
+            what = f"attempt {rec['attempt']}" if rec["attempt"] else "prepare"
+            head = f"==> pod {pod_name} ({what}, {rec.get('reason')}): gone"
+            if found.text:
+                out.write(f"{head}; its log from the job's volume, {kept.how} <==\n".encode())
+                if found.skipped and tail is None:
+                    out.write(f"(its first {found.skipped} bytes left out)\n".encode())
+                out.write(volumelogs.tail_lines(found.text, tail).encode())
+                if found.problem:
+                    out.write(f"(incomplete: {found.problem})\n".encode())
+            else:
+                out.write(f"{head} <==\n(no log: {found.problem})\n".encode())
             continue
         number = _attempt_of(present[pod_name])
         what = f"attempt {number}" if number else "prepare"
@@ -155,6 +174,21 @@ def report_files(api: Api, name: str, now: datetime) -> dict[str, str]:
             except CliError as exc:
                 text = f"(no log: {exc})\n"
             files[f"logs/{pod_name}/{container}.log"] = text
+    present = {p["metadata"]["name"]: p for p in pods}
+    gone = _gone(job, present)
+    kept = (
+        volumeread.read_gone(api, job, pods, list(gone), max_bytes=REPORT_VOLUME_BYTES)
+        if gone
+        else None
+    )
+    for pod_name in gone:
+        log = kept.found[pod_name] if kept is not None else volumelogs.Found(problem="unknown")
+        files[f"logs/{pod_name}/{b.CONTAINER}.log"] = (
+            volumelogs.tail_lines(log.text, REPORT_LOG_LINES)
+            if log.text
+            else f"(no log: {log.problem})\n"
+        )
+    how = f" (read from the job's volume, {kept.how})" if kept and kept.how else ""
     try:
         server = api.server_version()
     except CliError:
@@ -166,6 +200,7 @@ def report_files(api: Api, name: str, now: datetime) -> dict[str, str]:
         f"kubernetes: {server}\n"
         f"pods: {', '.join(p['metadata']['name'] for p in pods) or '-'}\n"
         f"logs: last {REPORT_LOG_LINES} lines of each container\n"
+        f"gone pods: {', '.join(gone) or '-'}{how}\n"
     )
     return files
 

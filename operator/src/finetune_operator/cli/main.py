@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--all",
                 dest="every",
                 action="store_true",
-                help="Every pod of the job in order, and the attempts whose pods are gone.",
+                help="Every pod of the job in order; a gone attempt's log from the job's volume.",
             )
         elif verb == "report":
             p.add_argument(

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_operator import models as m
+from finetune_operator.lifecycle.output import export_location
 from finetune_operator.lifecycle.pods import PodKind, pod_state, sentence
 
 P = m.Phase
@@ -63,10 +64,10 @@ def outcomes(pod: dict[str, Any]) -> list[m.ExportOutcome] | None:
         return None
 
 
-def _done(results: list[m.ExportOutcome]) -> str:
+def _done(job: m.FineTuneJob, results: list[m.ExportOutcome]) -> str:
     said = []
     for r in results:
-        where = r.location or ""
+        where = export_location(job.status.output, r) or ""
         if r.kind == "oci" and r.digest:
             where += f"@{r.digest}"
         said.append(f"{r.kind} {where}".strip())
@@ -93,7 +94,7 @@ def derive_export(
     state = pod_state(pod)
     results = outcomes(pod)
     if state.kind == K.SUCCEEDED:
-        return P.SUCCEEDED, R.COMPLETED, _done(results or []), results or []
+        return P.SUCCEEDED, R.COMPLETED, _done(job, results or []), results or []
     if state.kind in {K.FAILED, K.WAITING_ERROR}:
         return P.FAILED, R.EXPORT_FAILED, _failed(results, state.message), results or []
     if state.kind == K.UNSCHEDULABLE:

@@ -93,12 +93,25 @@ def with_exports(
     out of it: the job's message names them); unchanged while the pod has not reported."""
     if output is None or not outcomes:
         return output
-    done = [o for o in outcomes if o.ok and o.location]
+    done = [(o, export_location(output, o)) for o in outcomes if o.ok]
     exports = [
-        m.ExportStatus(kind=o.kind, location=(o.location or "")[:2048], digest=o.digest)
-        for o in done
+        m.ExportStatus(kind=o.kind, location=where[:2048], digest=o.digest)
+        for o, where in done
+        if where
     ]
     paths: dict[str, str | None] = {
-        str(o.kind): o.location for o in done if o.kind in ("merged", "gguf")
+        str(o.kind): where for o, where in done if where and o.kind in ("merged", "gguf")
     }
     return output.model_copy(update={"exports": exports[:16], **paths})
+
+
+def export_location(output: m.OutputStatus | None, outcome: m.ExportOutcome) -> str | None:
+    """Where an export is: a file the export pod wrote, relative to the claim (the pod reports it
+    relative to the run's output directory; untrusted, so only a plain relative path is taken),
+    or the OCI reference as pushed."""
+    where = outcome.location
+    if not where or outcome.kind == "oci":
+        return where
+    if output is None or where.startswith("/") or {"", ".", ".."} & set(where.split("/")):
+        return None
+    return f"{output.path}/{where}"

@@ -2,7 +2,9 @@
 
 The adapter in ``<work>/output/adapter`` is only read. The merged model goes to
 ``output/merged``, GGUF files to ``output/gguf/``, and the report to ``output/export.json``
-(written atomically, also when an export failed). The same results, as one JSON line, are the
+(written atomically, also when an export failed); its locations of files are relative to
+``output/`` (``merged``, ``gguf/<job>-Q8_0.gguf``): the operator alone knows where that
+directory is on the claim. The same results, as one JSON line, are the
 termination message (the operator reads them from the pod status, errors cut to fit its 4 KiB).
 Exit 0 when all worked, else 9 (ExportFailed).
 """
@@ -72,7 +74,10 @@ def run_exports(
     def do_merge() -> ExportResult:
         merge.merge(base, adapter, merged_dir, spec.dtype, hub_kwargs)
         return ExportResult(
-            kind="merged", ok=True, location=str(merged_dir), size_bytes=dir_size(merged_dir)
+            kind="merged",
+            ok=True,
+            location=str(merged_dir.relative_to(out)),
+            size_bytes=dir_size(merged_dir),
         )
 
     if spec.merged or spec.gguf is not None:
@@ -89,7 +94,7 @@ def run_exports(
             return ExportResult(
                 kind="gguf",
                 ok=True,
-                location=str(path),
+                location=str(path.relative_to(out)),
                 digest=sha256_file(path),
                 size_bytes=path.stat().st_size,
             )

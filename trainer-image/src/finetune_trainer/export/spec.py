@@ -97,7 +97,9 @@ class ExportResult(_Strict):
 
     kind: ExportKind
     ok: bool
-    location: str | None = Field(default=None, description="Path on the claim, or host/repo:tag.")
+    location: str | None = Field(
+        default=None, description="Path relative to the output directory, or host/repo:tag."
+    )
     digest: str | None = Field(default=None, description="sha256:… of the file or manifest.")
     size_bytes: int | None = Field(default=None, ge=0)
     error: str | None = None
