@@ -1,12 +1,14 @@
 """Thin kopf handlers: read → derive → build → apply → patch status once.
 
 Every trigger (job created/resumed/changed, any event of a pod the operator made or of a job's
-progress ConfigMap, the job's own wake-up, the slow safety-net resync) runs the same
-``reconcile``, which re-reads the job, lists its pods, reads the progress ConfigMap, derives the
-new status (pure), makes the few API calls that status asks for, and patches ``.status`` only when
-it changed. Nothing sleeps: a backoff, a TTL or a deadline is a per-job wake-up
-(``lifecycle.wake_at``). Pod names are deterministic and creation is create-or-get, so an
-operator restart never duplicates a pod. Only here are kube's exceptions turned into kopf's.
+progress ConfigMap or other child, the job's own wake-up, the slow safety-net resync) only adds
+the job's key to one de-duplicating work queue (``workqueue``); a few worker threads run the same
+``reconcile`` for each key, which reads the job, its pods and its progress ConfigMap (from the
+watches' indexes), derives the new status (pure), makes the few API calls that status asks for,
+and patches ``.status`` only when it changed. kopf's event loop never waits for a reconcile, and a
+burst of events of one job is one reconcile. Nothing sleeps: a backoff, a TTL, a deadline or a
+retry after an API error is a per-job wake-up (``lifecycle.wake_at``). Pod names are
+deterministic and creation is create-or-get, so an operator restart never duplicates a pod.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -30,6 +32,7 @@ from finetune_operator import kube, kueue, leader, metrics, planner, security, v
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
+from finetune_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,9 @@ def allowlists() -> security.Allowlists:
     return security.allowlists(operator_settings())
 
 
-# one lock per job while someone reconciles it: an entry lives as long as it has users, so the
-# table holds only the jobs being reconciled now
+# one lock per job while someone reconciles it (the work queue already runs a job on one thread
+# at a time; the lock keeps that true for direct callers too): an entry lives as long as it has
+# users, so the table holds only the jobs being reconciled now
 _locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
 _locks_guard = threading.Lock()
 
@@ -86,42 +90,93 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 8
+    # every handler and index is async and does no I/O (it only queues a key): kopf's thread
+    # pool is idle
+    settings.execution.max_workers = 1
+
+
+# ---------------------------------------------------------------------------------- work queue
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What the adds of a queued job asked for: fresh reads (the resync saw its indexes miss an
+    event), re-checking its children (one was deleted)."""
+
+    fresh: bool = False
+    recheck_children: bool = False
+
+
+def _merged(a: Ask, b: Ask) -> Ask:
+    return Ask(a.fresh or b.fresh, a.recheck_children or b.recheck_children)
+
+
+WORKERS = 4  # reconciles mostly wait for the apiserver; more threads only add contention
+_queue: WorkQueue[views.Key, Ask] = WorkQueue(_merged)
+
+
+def enqueue(namespace: str, name: str, ask: Ask = Ask()) -> None:
+    """Reconcile the job soon, on a worker (never on the caller's thread or kopf's loop)."""
+    _queue.add((namespace, name), ask)
+
+
+def _retry_delay(exc: kube.KubeError) -> float | None:
+    """Seconds until a reconcile that failed with ``exc`` is tried again; None: not retried (the
+    request itself was refused; the next change of the job brings it back)."""
+    if isinstance(exc, kube.RejectedError):
+        return 30.0 if exc.status == 403 else None  # RBAC may be fixed meanwhile: retry slowly
+    return 30.0 if exc.status == 401 else 5.0
+
+
+def _run(queue: WorkQueue[views.Key, Ask], key: views.Key, ask: Ask) -> None:
+    """One queued reconcile; an API error is retried by a wake-up, never lost."""
+    try:
+        reconcile(*key, fresh=ask.fresh, recheck_children=ask.recheck_children)
+    except kube.KubeError as exc:
+        delay = _retry_delay(exc)
+        log.warning("reconcile %s/%s: %s%s", *key, exc, "" if delay else " (not retried)")
+        if delay is not None:
+            _wakeups.schedule(key, datetime.now(UTC) + timedelta(seconds=delay))
+    except Exception:  # one job's bug never stops the others
+        log.exception("reconcile %s/%s failed", *key)
+    finally:
+        queue.done(key)
+
+
+def _work(queue: WorkQueue[views.Key, Ask]) -> None:
+    while (item := queue.get()) is not None:
+        _run(queue, *item)
+
+
+def drain() -> int:
+    """Run every queued reconcile on this thread until none is left (tests; a worker-less
+    caller); how many ran."""
+    ran = 0
+    queue = _queue
+    while (item := queue.get(timeout=0)) is not None:
+        _run(queue, *item)
+        ran += 1
+    return ran
 
 
 # ------------------------------------------------------------------------------------ triggers
 
 
-@contextmanager
-def _as_kopf() -> Iterator[None]:
-    """The one translation of kube's exceptions into kopf's: retried later, or given up."""
-    try:
-        yield
-    except kube.RejectedError as exc:
-        if exc.status == 403:  # RBAC may be fixed meanwhile: retry slowly
-            raise kopf.TemporaryError(str(exc), delay=30.0) from exc
-        raise kopf.PermanentError(str(exc)) from exc
-    except kube.KubeError as exc:
-        raise kopf.TemporaryError(str(exc), delay=30.0 if exc.status == 401 else 5.0) from exc
-
-
 @kopf.on.resume(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.create(m.GROUP, m.VERSION, m.PLURAL)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field="spec")
-def job_changed(name: str, namespace: str | None, **_: Any) -> None:
+async def job_changed(name: str, namespace: str | None, **_: Any) -> None:
     _indexes_ready.set()
-    with _as_kopf():
-        reconcile(namespace or "default", name)
+    enqueue(namespace or "default", name)
 
 
 # An annotation does not bump metadata.generation and is no part of ``spec``: watch the restart
 # and retry annotations on their own (a tuple path, since the key holds dots and a slash).
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RETRY_FIELD)
 @kopf.on.update(m.GROUP, m.VERSION, m.PLURAL, field=RESTART_FIELD)
-def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
+async def restart_requested(name: str, namespace: str | None, **_: Any) -> None:
     _indexes_ready.set()
-    with _as_kopf():
-        reconcile(namespace or "default", name)
+    enqueue(namespace or "default", name)
 
 
 def _is_progress(name: str, labels: Mapping[str, str], **_: Any) -> bool:
@@ -132,17 +187,17 @@ def _is_progress(name: str, labels: Mapping[str, str], **_: Any) -> bool:
 @kopf.on.event(
     "", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, when=_is_progress
 )
-def progress_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def progress_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     _indexes_ready.set()
-    with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB])
+    enqueue(namespace or "default", labels[m.LABEL_JOB])
 
 
 # ------------------------------------------------------------------ what the watches already know
 
 # kopf indexes (views.py says when they are trusted): the jobs, their pods and their progress
 # ConfigMaps, keyed by (namespace, job name), from the watches the handlers need anyway. kopf
-# fills every index from its first listing before it calls any handler.
+# fills every index from its first listing before it calls any handler. The indexers are async (no
+# I/O; kopf calls a sync one on its thread pool, a hop per event).
 JOBS, PODS, PROGRESS = "ftj_jobs", "ftj_pods", "ftj_progress"
 _indexes: dict[str, Mapping[views.Key, Any]] = {}
 # set by the first handler kopf calls (the indexes are filled by then); until then the threads
@@ -151,14 +206,14 @@ _indexes_ready = threading.Event()
 
 
 @kopf.index(m.GROUP, m.VERSION, m.PLURAL, id=JOBS)
-def index_job(
+async def index_job(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[views.Key, views.Packed]:
     return {(namespace or "default", name): views.pack(views.slim(body))}
 
 
 @kopf.index("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY}, id=PODS)
-def index_pod(
+async def index_pod(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[views.Key, views.Packed]:
     return {(namespace or "default", labels[m.LABEL_JOB]): views.pack(views.slim_pod(body))}
@@ -166,7 +221,7 @@ def index_pod(
 
 @kopf.index("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
             when=_is_progress, id=PROGRESS)  # fmt: skip
-def index_progress(
+async def index_progress(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[views.Key, views.Packed]:
     return {(namespace or "default", labels[m.LABEL_JOB]): views.pack(views.slim(body))}
@@ -223,14 +278,7 @@ def _children_of(job: m.FineTuneJob, fresh: bool) -> views.Children:
 # then not be deleted while the operator is down. Per-job wake-ups (backoff, TTL, deadlines) and a
 # slow safety-net resync run on threads of their own.
 _stop = threading.Event()
-_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resync")
-
-
-def _submit(namespace: str, name: str) -> None:
-    _pool.submit(_reconcile_logged, namespace, name)
-
-
-_wakeups = wakeups.Wakeups(_submit)
+_wakeups = wakeups.Wakeups(enqueue)
 
 
 _elector: leader.Elector | None = None
@@ -238,7 +286,7 @@ _elector: leader.Elector | None = None
 
 def _catch_up() -> None:
     """Newly elected: every job may have changed while another replica led (or none did)."""
-    _pool.submit(_resync_logged)
+    threading.Thread(target=_resync_logged, name="catch-up", daemon=True).start()
 
 
 def leading() -> bool:
@@ -248,8 +296,9 @@ def leading() -> bool:
 
 @kopf.on.startup()
 def start_resync(**kwargs: Any) -> None:
-    global _elector
+    global _elector, _queue
     _stop.clear()
+    _queue = WorkQueue(_merged)  # a fresh one: a stopped operator's was shut down
     _indexes.update({name: kwargs[name] for name in (JOBS, PODS, PROGRESS)})  # filled later
     ours = operator_settings()
     if ours.leader_election:
@@ -264,11 +313,14 @@ def start_resync(**kwargs: Any) -> None:
         threading.Thread(target=_elector.run, args=(_stop,), name="leader", daemon=True).start()
     threading.Thread(target=_resync_forever, name="resync", daemon=True).start()
     threading.Thread(target=_wakeups.run, args=(_stop,), name="wakeups", daemon=True).start()
+    for i in range(WORKERS):
+        threading.Thread(target=_work, args=(_queue,), name=f"reconcile-{i}", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop_resync(**_: Any) -> None:
     _stop.set()
+    _queue.shut_down()
     if _elector is not None:
         _elector.release()
 
@@ -354,7 +406,7 @@ def resync_once() -> None:
         children = _listed_children(ns) if found else {}
         jobs += [(item, children) for item in found]
     metrics.observe_jobs([item for item, _ in jobs])
-    futures, drifted = [], 0
+    queued, drifted = 0, 0
     for item, children in jobs:
         meta, spec = item.get("metadata") or {}, item.get("spec") or {}
         status = item.get("status") or {}
@@ -368,32 +420,21 @@ def resync_once() -> None:
             continue
         fresh = _drifted(item, children)
         drifted += fresh
-        futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"], fresh))
+        queued += 1
+        enqueue(meta["namespace"], meta["name"], Ask(fresh=fresh))
     _drift.round_done()
     if drifted:
         log.info(
             "resync: %d of %d jobs read afresh (their indexes missed a watch event)",
             drifted,
-            len(futures),
+            queued,
         )
-    for future in futures:
-        future.result()
-
-
-def _reconcile_logged(namespace: str, name: str, fresh: bool = False) -> None:
-    try:
-        reconcile(namespace, name, fresh=fresh)
-    except kube.KubeError as exc:
-        log.warning("reconcile %s/%s: %s", namespace, name, exc)
-    except Exception:  # one job's bug never stops the others' resync
-        log.exception("reconcile %s/%s failed", namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
-def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     _indexes_ready.set()
-    with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB])
+    enqueue(namespace or "default", labels[m.LABEL_JOB])
 
 
 # A child deleted by hand is created again at once, and the memo of checked children forgets it.
@@ -410,7 +451,7 @@ def _is_config(name: str, labels: Mapping[str, str], **_: Any) -> bool:
                labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})  # fmt: skip
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings",
                labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})  # fmt: skip
-def child_event(
+async def child_event(
     type: str | None,  # kopf passes the watch event type by this name
     namespace: str | None,
     labels: Mapping[str, str],
@@ -418,8 +459,9 @@ def child_event(
 ) -> None:
     if type != "DELETED":
         return
-    with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB], recheck_children=True)
+    # the memo is cleared by the worker, under the job's lock (``reconcile``); a reconcile of
+    # the job in flight now runs once more after it ends (the queue's dirty set)
+    enqueue(namespace or "default", labels[m.LABEL_JOB], Ask(recheck_children=True))
 
 
 # async: the liveness answer must not wait for a free worker thread (all of them may be busy with

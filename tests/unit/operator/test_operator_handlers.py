@@ -3,17 +3,19 @@ deleted children come back with an Event, and a namespace that cannot be listed 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from finetune_operator import handlers, kube, views
 from finetune_operator import models as m
-from tests.harness.wait import wait_until
+from finetune_operator.workqueue import WorkQueue
 from tests.unit.operator.conftest import job_body, pod
 
 R = m.Reason
@@ -23,12 +25,20 @@ R = m.Reason
 def _fresh_memo() -> Iterator[None]:
     """Each test starts as a freshly started operator: no child checked yet, no index."""
     handlers._children_ok.clear()
+    handlers._queue = WorkQueue(handlers._merged)
     yield
+    assert len(handlers._queue) == 0, "a test left reconciles queued"
     handlers._indexes.clear()
     handlers._indexes_ready.clear()
     handlers._written = views.Written()
     handlers._unsettled = views.Unsettled()
     handlers._drift = views.Drift()
+
+
+def event(handler: Any, **kwargs: Any) -> None:
+    """kopf calls the (async) handler, which only queues the job; a worker then runs it."""
+    asyncio.run(handler(**kwargs))
+    handlers.drain()
 
 
 def owned(p: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +181,22 @@ def test_a_transient_error_is_retried_not_failed(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(kube.TransientError):
         handlers.reconcile("ml", "bot")
     assert all(p.get("phase") != "Failed" for p in fake.patches)
+    event(handlers.job_changed, name="bot", namespace="ml")  # from the queue: tried again later
+    due = handlers._wakeups.pending()[("ml", "bot")]
+    assert 4 <= (due - datetime.now(UTC)).total_seconds() <= 5
+    handlers._wakeups.cancel(("ml", "bot"))
+
+
+def test_a_refused_request_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeApi(job_body(), set())
+    fake.install(monkeypatch)
+
+    def refused(namespace: str, name: str) -> dict[str, Any]:
+        raise kube.RejectedError("GET job", 400, "bad request")
+
+    monkeypatch.setattr(kube, "get_job", refused)
+    event(handlers.job_changed, name="bot", namespace="ml")
+    assert ("ml", "bot") not in handlers._wakeups.pending()
 
 
 @pytest.mark.parametrize(
@@ -227,48 +253,48 @@ def test_children_are_checked_once_then_again_only_after_a_deletion_event(
     assert asked == []
 
     fake.existing.discard("RoleBinding bot-trainer")  # deleted by hand; the watch says so
-    handlers.child_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    event(handlers.child_event, type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert "RoleBinding bot-trainer" in asked and fake.created == ["RoleBinding bot-trainer"]
     assert R.CHILD_RECREATED in {e[1] for e in fake.events}
     asked.clear()
-    handlers.child_event(type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    event(handlers.child_event, type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert asked == []  # only a deletion matters
 
 
 def test_a_deletion_during_a_reconcile_in_flight_is_not_forgotten(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The storm case: the progress ConfigMap, then the RoleBinding deleted. The reconcile of
-    the first deletion has read the memo ("children checked") and is re-creating the ConfigMap
-    when the second deletion's event comes; that event's reconcile waits for the job's lock, and
-    the first one ending must not mark the children checked again over the second deletion."""
+    """The storm case: the progress ConfigMap, then the RoleBinding deleted. A worker's
+    reconcile of the first deletion has read the memo ("children checked") and is re-creating
+    the ConfigMap when the second deletion's event comes (on kopf's thread); the job runs again
+    after it, with the memo cleared, and the RoleBinding comes back."""
     body = job_body(status=PREPARED)
     fake = FakeApi(body, ALL)
     fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
     fake.install(monkeypatch)
     handlers.reconcile("ml", "bot")  # children checked and memoised
     fake.existing.discard("ConfigMap bot-progress")
-    waiting: list[threading.Thread] = []
+    inside, fired = threading.Event(), threading.Event()
     create = fake.create_or_get
 
     def deleted_meanwhile(child: dict[str, Any]) -> bool:
-        if not waiting:  # inside the first reconcile, holding the job's lock
+        if not inside.is_set():  # the worker, inside the first reconcile
             fake.existing.discard("RoleBinding bot-trainer")
-            event = threading.Thread(
-                target=handlers.child_event,
-                kwargs={"type": "DELETED", "namespace": "ml", "labels": {m.LABEL_JOB: "bot"}},
-            )
-            waiting.append(event)
-            event.start()
-            wait_until(lambda: not event.is_alive() or event_blocked(), timeout=10, interval=0.01)
+            inside.set()
+            assert fired.wait(timeout=10)
         return create(child)
 
-    def event_blocked() -> bool:  # the event's reconcile waits for the job's lock (2 users)
-        return handlers._locks.get(("ml", "bot"), (None, 0))[1] >= 2
-
     monkeypatch.setattr(kube, "create_or_get", deleted_meanwhile)
-    handlers.reconcile("ml", "bot")
-    waiting[0].join(timeout=10)
+    asyncio.run(handlers.pod_event(namespace="ml", labels={m.LABEL_JOB: "bot"}))
+    worker = threading.Thread(target=handlers.drain)
+    worker.start()
+    assert inside.wait(timeout=10)
+    deleted = {"type": "DELETED", "namespace": "ml", "labels": {m.LABEL_JOB: "bot"}}
+    asyncio.run(handlers.child_event(**deleted))
+    assert len(handlers._queue) == 0  # not handed to another worker while this one has it
+    fired.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
     assert fake.created[-2:] == ["ConfigMap bot-progress", "RoleBinding bot-trainer"]
 
 
@@ -282,7 +308,7 @@ def test_a_running_pods_deleted_config_comes_back(monkeypatch: pytest.MonkeyPatc
     fake.existing.discard("ConfigMap bot-config")
     handlers.reconcile("ml", "bot")  # a progress report: no read of it
     assert fake.created == []
-    handlers.child_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
+    event(handlers.child_event, type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert fake.created == ["ConfigMap bot-config"]
 
 
@@ -335,7 +361,9 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
     monkeypatch.setattr(handlers, "reconcile", lambda ns, name, **_: done.append(f"{ns}/{name}"))
     with caplog.at_level(logging.WARNING, logger=handlers.__name__):
         handlers.resync_once()
+        handlers.drain()
         handlers.resync_once()
+        handlers.drain()
     assert done == ["ml/bot", "ml/bot"]
     warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
     assert len(warnings) == 1 and "forbidden in gone" in warnings[0]
@@ -446,7 +474,7 @@ def test_a_progress_report_costs_one_status_patch_and_no_read(
 ) -> None:
     fake = running(monkeypatch)
     indexes(fake.job, fake.pods, report(5))
-    handlers.progress_event(namespace="ml", labels={m.LABEL_JOB: "bot"})
+    event(handlers.progress_event, namespace="ml", labels={m.LABEL_JOB: "bot"})
     assert fake.reads == []
     assert [p["progress"]["step"] for p in fake.patches] == [5]
     handlers.reconcile("ml", "bot")  # the same report again (a pod event): nothing to write
@@ -535,19 +563,25 @@ def test_the_resync_reads_afresh_only_the_jobs_whose_index_is_behind(
 
     monkeypatch.setattr(kube, "list_labelled", list_labelled)
     done: list[tuple[str, bool]] = []
-    monkeypatch.setattr(handlers, "reconcile", lambda ns, name, fresh: done.append((name, fresh)))
+    monkeypatch.setattr(
+        handlers, "reconcile", lambda ns, name, fresh, **_: done.append((name, fresh))
+    )
     handlers.resync_once()
+    handlers.drain()
     selector = f"{m.LABEL_JOB},app.kubernetes.io/managed-by=finetune-operator"
     assert asked == [f"pods in ml with {selector}", f"configmaps in ml with {selector}"]
     assert done == [("bot", False)]  # the index agrees with the API: no read per job
     listed["configmaps"] = [report(6)]  # a report the index does not have (yet)
     handlers.resync_once()
+    handlers.drain()
     assert done[-1] == ("bot", False)  # behind, maybe only busy: trusted one round longer
     indexes(fake.job, fake.pods, report(6))
     listed["configmaps"] = [report(7)]
     handlers.resync_once()
+    handlers.drain()
     assert done[-1] == ("bot", False)  # behind again, but it moved: the watch works
     handlers.resync_once()
+    handlers.drain()
     assert done[-1] == ("bot", True)  # the index did not move for a whole round: missed
 
 
