@@ -18,9 +18,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,7 @@ from finetune_operator import kube, kueue, leader, metrics, planner, security, v
 from finetune_operator import lifecycle as lc
 from finetune_operator import models as m
 from finetune_operator.settings import Settings
-from finetune_operator.workqueue import WorkQueue
+from finetune_operator.workqueue import Timings, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +102,19 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @dataclass(frozen=True)
 class Ask:
     """What the adds of a queued job asked for: fresh reads (the resync saw its indexes miss an
-    event), re-checking its children (one was deleted)."""
+    event), re-checking its children (one was deleted); since when it waits (monotonic)."""
 
     fresh: bool = False
     recheck_children: bool = False
+    since: float = field(default_factory=time.monotonic)
 
 
 def _merged(a: Ask, b: Ask) -> Ask:
-    return Ask(a.fresh or b.fresh, a.recheck_children or b.recheck_children)
+    return Ask(a.fresh or b.fresh, a.recheck_children or b.recheck_children, min(a.since, b.since))
 
 
-WORKERS = 4  # reconciles mostly wait for the apiserver; more threads only add contention
 _queue: WorkQueue[views.Key, Ask] = WorkQueue(_merged)
+_timings = Timings()  # logged by each resync round
 
 
 def enqueue(namespace: str, name: str, ask: Ask = Ask()) -> None:
@@ -130,6 +132,7 @@ def _retry_delay(exc: kube.KubeError) -> float | None:
 
 def _run(queue: WorkQueue[views.Key, Ask], key: views.Key, ask: Ask) -> None:
     """One queued reconcile; an API error is retried by a wake-up, never lost."""
+    start = time.monotonic()
     try:
         reconcile(*key, fresh=ask.fresh, recheck_children=ask.recheck_children)
     except kube.KubeError as exc:
@@ -141,6 +144,7 @@ def _run(queue: WorkQueue[views.Key, Ask], key: views.Key, ask: Ask) -> None:
         log.exception("reconcile %s/%s failed", *key)
     finally:
         queue.done(key)
+        _timings.record(start - ask.since, time.monotonic() - start)
 
 
 def _work(queue: WorkQueue[views.Key, Ask]) -> None:
@@ -313,7 +317,7 @@ def start_resync(**kwargs: Any) -> None:
         threading.Thread(target=_elector.run, args=(_stop,), name="leader", daemon=True).start()
     threading.Thread(target=_resync_forever, name="resync", daemon=True).start()
     threading.Thread(target=_wakeups.run, args=(_stop,), name="wakeups", daemon=True).start()
-    for i in range(WORKERS):
+    for i in range(ours.reconcile_workers):
         threading.Thread(target=_work, args=(_queue,), name=f"reconcile-{i}", daemon=True).start()
 
 
@@ -397,6 +401,12 @@ def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
     namespace: from the indexes where they agree with one LIST each of the namespace's jobs, pods
     and ConfigMaps, from fresh reads of the API where they do not."""
+    runs, wait, longest, took = _timings.take()
+    log.info(
+        "work queue: %d reconciles since the last resync (waited %.2f s on average, %.2f s at "
+        "most; took %.3f s on average), %d waiting, %d running",
+        runs, wait, longest, took, len(_queue), _queue.busy(),
+    )  # fmt: skip
     if not leading():
         return
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         description="Period of the safety-net resync of unfinished jobs (events and per-job "
         "timers do the work; this catches a missed watch event).",
     )
+    reconcile_workers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads that reconcile jobs from the work queue (one job on one thread at "
+        "a time); a reconcile mostly waits for the API server.",
+    )
     leader_election: bool = Field(
         default=True,
         description="Hold a coordination.k8s.io Lease and reconcile only while holding it, so "

@@ -86,3 +86,26 @@ class WorkQueue(Generic[K, A]):
         """Keys being processed now."""
         with self._cond:
             return len(self._processing)
+
+
+class Timings:
+    """How long the runs of a queue waited and took, summed until ``take`` (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs, self._wait, self._max_wait, self._run = 0, 0.0, 0.0, 0.0
+
+    def record(self, waited: float, ran: float) -> None:
+        with self._lock:
+            self._runs += 1
+            self._wait += waited
+            self._max_wait = max(self._max_wait, waited)
+            self._run += ran
+
+    def take(self) -> tuple[int, float, float, float]:
+        """(runs, mean wait, longest wait, mean run time) since the last take; then reset."""
+        with self._lock:
+            n = self._runs
+            out = (n, self._wait / n, self._max_wait, self._run / n) if n else (0, 0.0, 0.0, 0.0)
+            self._runs, self._wait, self._max_wait, self._run = 0, 0.0, 0.0, 0.0
+            return out

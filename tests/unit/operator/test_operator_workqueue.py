@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from finetune_operator.workqueue import WorkQueue
+from finetune_operator.workqueue import Timings, WorkQueue
 
 
 def _or(a: bool, b: bool) -> bool:
@@ -127,3 +127,12 @@ def test_racing_adders_and_workers_lose_no_ask_and_never_share_a_key() -> None:
     assert shared == []
     assert sorted(seen) == list(range(adders * per_adder))  # none lost, none run twice
     assert len(q) == 0 and q.busy() == 0
+
+
+def test_timings_sum_until_taken() -> None:
+    t = Timings()
+    assert t.take() == (0, 0.0, 0.0, 0.0)
+    t.record(1.0, 0.25)
+    t.record(3.0, 0.75)
+    assert t.take() == (2, 2.0, 3.0, 0.5)
+    assert t.take() == (0, 0.0, 0.0, 0.0)
