@@ -117,9 +117,9 @@ _queue: WorkQueue[views.Key, Ask] = WorkQueue(_merged)
 _timings = Timings()  # logged by each resync round
 
 
-def enqueue(namespace: str, name: str, ask: Ask = Ask()) -> None:
+def enqueue(namespace: str, name: str, ask: Ask | None = None) -> None:
     """Reconcile the job soon, on a worker (never on the caller's thread or kopf's loop)."""
-    _queue.add((namespace, name), ask)
+    _queue.add((namespace, name), ask or Ask())  # Ask() now: it carries the time of the add
 
 
 def _retry_delay(exc: kube.KubeError) -> float | None:

@@ -81,11 +81,12 @@ class Settings(BaseSettings):
         "timers do the work; this catches a missed watch event).",
     )
     reconcile_workers: int = Field(
-        default=4,
+        default=8,
         ge=1,
         le=64,
         description="Threads that reconcile jobs from the work queue (one job on one thread at "
-        "a time); a reconcile mostly waits for the API server.",
+        "a time); a reconcile mostly waits for the API server (at 1,000 jobs on 2 cores, 4 "
+        "threads kept up with 43 reconciles a second and the reports waited 23 s; 8 kept up).",
     )
     leader_election: bool = Field(
         default=True,

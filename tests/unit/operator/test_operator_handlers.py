@@ -603,3 +603,18 @@ def test_a_list_is_read_a_page_at_a_time(monkeypatch: pytest.MonkeyPatch) -> Non
         {"labelSelector": "a=b", "limit": limit, "continue": "token-1"},
         {"labelSelector": "a=b", "limit": limit, "continue": "token-2"},
     ]
+
+
+def test_a_queued_job_waits_from_its_first_add() -> None:
+    """The wait the log reports is from the add (not from import): each add stamps its own time,
+    and a merged add keeps the earliest."""
+    handlers.enqueue("ml", "a")
+    first = handlers._queue.get(timeout=0)
+    assert first is not None
+    handlers._queue.done(first[0])
+    handlers.enqueue("ml", "a")
+    handlers.enqueue("ml", "a", handlers.Ask(recheck_children=True))
+    second = handlers._queue.get(timeout=0)
+    assert second is not None and second[1].since > first[1].since
+    assert second[1].recheck_children
+    handlers._queue.done(second[0])
