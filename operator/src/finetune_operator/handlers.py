@@ -221,32 +221,90 @@ def _list_jobs(namespace: str | None) -> list[dict[str, Any]]:
 
 def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
-    namespace."""
+    namespace; a job whose memoised children are not all there is reconciled with its children
+    checked again (a deletion whose watch event never came)."""
     if not leading():
         return
     futures = []
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
-    jobs = [item for ns in namespaces for item in _list_jobs(ns)]
-    metrics.observe_jobs(jobs)
-    for item in jobs:
-        meta, spec = item.get("metadata") or {}, item.get("spec") or {}
-        status = item.get("status") or {}
-        annotations = meta.get("annotations") or {}
-        if (
-            status.get("phase") in m.Phase.TERMINAL
-            and spec.get("ttlSecondsAfterFinished") is None
-            and annotations.get(m.RESTART_ANNOTATION) == status.get(m.RESTART_STATUS_FIELD)
-            and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
-        ):
-            continue
-        futures.append(_pool.submit(_reconcile_logged, meta["namespace"], meta["name"]))
+    listed = [(ns, _list_jobs(ns)) for ns in namespaces]
+    metrics.observe_jobs([item for _, jobs in listed for item in jobs])
+    for ns, jobs in listed:
+        due = [item for item in jobs if _resync_due(item)]
+        present = _present_children(ns) if due else None
+        for item in due:
+            meta = item.get("metadata") or {}
+            phase = (item.get("status") or {}).get("phase")
+            recheck = present is not None and _children_missing(meta, phase, present)
+            if recheck:
+                log.warning(
+                    "%s/%s: a child of the job is missing and no deletion was seen; checking its "
+                    "children again", meta["namespace"], meta["name"],
+                )  # fmt: skip
+            futures.append(
+                _pool.submit(_reconcile_logged, meta["namespace"], meta["name"], recheck)
+            )
     for future in futures:
         future.result()
 
 
-def _reconcile_logged(namespace: str, name: str) -> None:
+def _resync_due(item: dict[str, Any]) -> bool:
+    """Whether the resync looks at a listed job: unfinished, or finished with a TTL, a restart
+    or a retry asked for."""
+    meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+    status = item.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return not (
+        status.get("phase") in m.Phase.TERMINAL
+        and spec.get("ttlSecondsAfterFinished") is None
+        and annotations.get(m.RESTART_ANNOTATION) == status.get(m.RESTART_STATUS_FIELD)
+        and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
+    )
+
+
+# The children the memo vouches for, by kind; the trainer config only while a pod may read it.
+_MEMO_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+_CONFIG_PHASES = frozenset({m.Phase.PREPARING, m.Phase.STARTING, m.Phase.RUNNING})
+_CHILD_SELECTOR = ",".join([*(f"{k}={v}" for k, v in b.MANAGED_BY.items()), m.LABEL_JOB])
+_children_errors: dict[str | None, str] = {}
+
+
+def _present_children(namespace: str | None) -> set[tuple[str, str, str]] | None:
+    """(kind, namespace, name) of the jobs' ServiceAccounts, Roles, RoleBindings and ConfigMaps:
+    one metadata-only LIST per kind, whatever the number of jobs. None when they cannot be
+    listed (logged once per change of the error; the resync goes on without the check)."""
     try:
-        reconcile(namespace, name)
+        present = {
+            (kind, ns, name)
+            for kind in (*_MEMO_KINDS, "ConfigMap")
+            for ns, name in kube.list_names(kind, namespace, _CHILD_SELECTOR)
+        }
+    except kube.KubeError as exc:
+        if _children_errors.get(namespace) != exc.detail:
+            log.warning("cannot list the jobs' children in %s: %s", namespace or "all", exc)
+        _children_errors[namespace] = exc.detail
+        return None
+    _children_errors.pop(namespace, None)
+    return present
+
+
+def _children_missing(
+    meta: dict[str, Any], phase: str | None, present: set[tuple[str, str, str]]
+) -> bool:
+    """Whether the memo says a job's children were checked while one of them is gone. A job not
+    in the memo has them checked on its next reconcile anyway."""
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    if (namespace, name, meta.get("uid", "")) not in _children_ok:
+        return False
+    wanted = [(kind, b.trainer_account_name_for(name)) for kind in _MEMO_KINDS]
+    if phase in _CONFIG_PHASES:
+        wanted.append(("ConfigMap", b.config_map_name_for(name)))
+    return any((kind, namespace, child) not in present for kind, child in wanted)
+
+
+def _reconcile_logged(namespace: str, name: str, recheck_children: bool = False) -> None:
+    try:
+        reconcile(namespace, name, recheck_children=recheck_children)
     except kube.KubeError as exc:
         log.warning("reconcile %s/%s: %s", namespace, name, exc)
     except Exception:  # one job's bug never stops the others' resync
@@ -277,10 +335,14 @@ def child_event(
     type: str | None,  # kopf passes the watch event type by this name
     namespace: str | None,
     labels: Mapping[str, str],
+    body: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
     if type != "DELETED":
         return
+    meta = (body or {}).get("metadata") or {}
+    log.info("%s %s/%s deleted: checking the children of job %s", (body or {}).get("kind"),
+             namespace, meta.get("name"), labels.get(m.LABEL_JOB))  # fmt: skip
     with _as_kopf():
         reconcile(namespace or "default", labels[m.LABEL_JOB], recheck_children=True)
 
