@@ -30,12 +30,21 @@ report() {
     fi
     local optout=""
     [[ ${FTO_ALLOW_SKIPS:-0} != 0 ]] && optout=" (FTO_ALLOW_SKIPS=$FTO_ALLOW_SKIPS: skipped tests were accepted)"
-    ((rc == 0)) && echo "== all phases passed$optout ==" || echo "== FAILED (exit $rc)$optout =="
+    if [[ -n ${INTERRUPTED:-} ]]; then
+      echo "== INTERRUPTED by SIG$INTERRUPTED (exit $rc): the phases after the last one listed did not run =="
+    elif ((rc == 0)); then
+      echo "== all phases passed$optout =="
+    else
+      echo "== FAILED (exit $rc)$optout =="
+    fi
   fi
   rm -f "$FTO_SKIP_REPORT"
   exit $rc
 }
 trap report EXIT
+# a run stopped by a signal never reads as passed (the summary once said "all phases passed")
+trap 'INTERRUPTED=INT; exit 130' INT
+trap 'INTERRUPTED=TERM; exit 143' TERM
 
 # phase NAME CMD...: run CMD, record its wall time and status. (CMD runs without errexit, so
 # functions used as CMD propagate failures with `|| return`.)

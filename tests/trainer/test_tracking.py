@@ -127,6 +127,24 @@ def test_report_to_refuses_a_missing_client(
     assert tracking.report_to(config(tmp_path).tracking) == []  # TensorBoard off, with a warning
 
 
+def test_the_run_recorder_needs_mlflow_only_when_mlflow_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image without the mlflow package (the GPU base image) must train when MLflow is not
+    asked for: every GPU-tier run once failed at train begin importing it."""
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
+    state = SimpleNamespace(is_world_process_zero=True)
+    off = tracking.run_recorder(tmp_path, ["tensorboard"])
+    off.on_train_begin(None, state, None)
+    assert off.run_id is None and not (tmp_path / tracking.RUN_FILE).exists()
+    on = tracking.run_recorder(tmp_path, ["mlflow"])
+    with pytest.raises(ImportError):
+        on.on_train_begin(None, state, None)
+
+
 def scalars(directory: Path, tag: str) -> dict[int, float]:
     """step -> value of a scalar in TensorBoard event files (TFRecord framing, Event protos)."""
     import struct

@@ -46,7 +46,11 @@ NCCL_DEFAULTS = {"NCCL_SOCKET_IFNAME": "eth0"}
 
 
 def config_map_name(job: m.FineTuneJob) -> str:
-    return f"{job.name}-config"
+    return config_map_name_for(job.name)
+
+
+def config_map_name_for(job_name: str) -> str:
+    return f"{job_name}-config"
 
 
 def progress_name(job: m.FineTuneJob) -> str:
@@ -54,7 +58,12 @@ def progress_name(job: m.FineTuneJob) -> str:
 
 
 def trainer_account_name(job: m.FineTuneJob) -> str:
-    return f"{job.name}-trainer"
+    """The ServiceAccount, Role and RoleBinding of the job's pods."""
+    return trainer_account_name_for(job.name)
+
+
+def trainer_account_name_for(job_name: str) -> str:
+    return f"{job_name}-trainer"
 
 
 def pod_service_account(job: m.FineTuneJob) -> str:

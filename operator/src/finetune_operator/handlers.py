@@ -400,7 +400,9 @@ def _drifted(item: dict[str, Any], listed: dict[views.Key, views.Versions] | Non
 def resync_once() -> None:
     """Reconcile every job that is not finished (or has a TTL to honour), namespace by
     namespace: from the indexes where they agree with one LIST each of the namespace's jobs, pods
-    and ConfigMaps, from fresh reads of the API where they do not."""
+    and ConfigMaps, from fresh reads of the API where they do not; a job whose memoised children
+    are not all there is reconciled with its children checked again (a deletion whose watch event
+    never came). The reconciles are queued, not waited for."""
     runs, wait, longest, took = _timings.take()
     log.info(
         "work queue: %d reconciles since the last resync (waited %.2f s on average, %.2f s at "
@@ -410,28 +412,26 @@ def resync_once() -> None:
     if not leading():
         return
     namespaces: list[str | None] = [*operator_settings().namespaces] or [None]
-    jobs: list[tuple[dict[str, Any], dict[views.Key, views.Versions] | None]] = []
-    for ns in namespaces:
-        found = _list_jobs(ns)
-        children = _listed_children(ns) if found else {}
-        jobs += [(item, children) for item in found]
-    metrics.observe_jobs([item for item, _ in jobs])
+    listed = [(ns, _list_jobs(ns)) for ns in namespaces]
+    metrics.observe_jobs([item for _, jobs in listed for item in jobs])
     queued, drifted = 0, 0
-    for item, children in jobs:
-        meta, spec = item.get("metadata") or {}, item.get("spec") or {}
-        status = item.get("status") or {}
-        annotations = meta.get("annotations") or {}
-        if (
-            status.get("phase") in m.Phase.TERMINAL
-            and spec.get("ttlSecondsAfterFinished") is None
-            and annotations.get(m.RESTART_ANNOTATION) == status.get(m.RESTART_STATUS_FIELD)
-            and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
-        ):
-            continue
-        fresh = _drifted(item, children)
-        drifted += fresh
-        queued += 1
-        enqueue(meta["namespace"], meta["name"], Ask(fresh=fresh))
+    for ns, jobs in listed:
+        due = [item for item in jobs if _resync_due(item)]
+        children = _listed_children(ns) if due else {}
+        present = _present_children(ns) if due else None
+        for item in due:
+            meta = item.get("metadata") or {}
+            phase = (item.get("status") or {}).get("phase")
+            recheck = present is not None and _children_missing(meta, phase, present)
+            if recheck:
+                log.warning(
+                    "%s/%s: a child of the job is missing and no deletion was seen; checking its "
+                    "children again", meta["namespace"], meta["name"],
+                )  # fmt: skip
+            fresh = _drifted(item, children)
+            drifted += fresh
+            queued += 1
+            enqueue(meta["namespace"], meta["name"], Ask(fresh=fresh, recheck_children=recheck))
     _drift.round_done()
     if drifted:
         log.info(
@@ -439,6 +439,60 @@ def resync_once() -> None:
             drifted,
             queued,
         )
+
+
+def _resync_due(item: dict[str, Any]) -> bool:
+    """Whether the resync looks at a listed job: unfinished, or finished with a TTL, a restart
+    or a retry asked for."""
+    meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+    status = item.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    return not (
+        status.get("phase") in m.Phase.TERMINAL
+        and spec.get("ttlSecondsAfterFinished") is None
+        and annotations.get(m.RESTART_ANNOTATION) == status.get(m.RESTART_STATUS_FIELD)
+        and annotations.get(m.RETRY_ANNOTATION) == status.get(m.RETRY_STATUS_FIELD)
+    )
+
+
+# The children the memo vouches for, by kind; the trainer config only while a pod may read it.
+_MEMO_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+_CONFIG_PHASES = frozenset({m.Phase.PREPARING, m.Phase.STARTING, m.Phase.RUNNING})
+_CHILD_SELECTOR = ",".join([*(f"{k}={v}" for k, v in b.MANAGED_BY.items()), m.LABEL_JOB])
+_children_errors: dict[str | None, str] = {}
+
+
+def _present_children(namespace: str | None) -> set[tuple[str, str, str]] | None:
+    """(kind, namespace, name) of the jobs' ServiceAccounts, Roles, RoleBindings and ConfigMaps:
+    one metadata-only LIST per kind, whatever the number of jobs. None when they cannot be
+    listed (logged once per change of the error; the resync goes on without the check)."""
+    try:
+        present = {
+            (kind, ns, name)
+            for kind in (*_MEMO_KINDS, "ConfigMap")
+            for ns, name in kube.list_names(kind, namespace, _CHILD_SELECTOR)
+        }
+    except kube.KubeError as exc:
+        if _children_errors.get(namespace) != exc.detail:
+            log.warning("cannot list the jobs' children in %s: %s", namespace or "all", exc)
+        _children_errors[namespace] = exc.detail
+        return None
+    _children_errors.pop(namespace, None)
+    return present
+
+
+def _children_missing(
+    meta: dict[str, Any], phase: str | None, present: set[tuple[str, str, str]]
+) -> bool:
+    """Whether the memo says a job's children were checked while one of them is gone. A job not
+    in the memo has them checked on its next reconcile anyway."""
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    if (namespace, name, meta.get("uid", "")) not in _children_ok:
+        return False
+    wanted = [(kind, b.trainer_account_name_for(name)) for kind in _MEMO_KINDS]
+    if phase in _CONFIG_PHASES:
+        wanted.append(("ConfigMap", b.config_map_name_for(name)))
+    return any((kind, namespace, child) not in present for kind, child in wanted)
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
@@ -465,10 +519,14 @@ async def child_event(
     type: str | None,  # kopf passes the watch event type by this name
     namespace: str | None,
     labels: Mapping[str, str],
+    body: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
     if type != "DELETED":
         return
+    meta = (body or {}).get("metadata") or {}
+    log.info("%s %s/%s deleted: checking the children of job %s", (body or {}).get("kind"),
+             namespace, meta.get("name"), labels.get(m.LABEL_JOB))  # fmt: skip
     # the memo is cleared by the worker, under the job's lock (``reconcile``); a reconcile of
     # the job in flight now runs once more after it ends (the queue's dirty set)
     enqueue(namespace or "default", labels[m.LABEL_JOB], Ask(recheck_children=True))

@@ -114,6 +114,7 @@ def request(
     *,
     query: dict[str, str] | None = None,
     content_type: str = "application/json",
+    accept: str = "application/json",
 ) -> dict[str, Any]:
     """One API call with plain JSON in and out; errors raised as this module's exceptions."""
     c = api()
@@ -123,7 +124,7 @@ def request(
             method=method,
             resource_path=path,
             query_params=list(query.items()) if query else None,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -281,6 +282,27 @@ def list_labelled(namespace: str | None, plural: str, selector: str) -> Iterator
     or (``None``) in all."""
     path = _ns_path("v1", namespace, plural) if namespace else f"/api/v1/{plural}"
     return _pages(path, {"labelSelector": selector})
+
+
+_RBAC = "rbac.authorization.k8s.io/v1"
+_API_VERSIONS = {"Role": _RBAC, "RoleBinding": _RBAC}
+# the apiserver leaves out spec, data and status: names and labels only, whatever the objects hold
+_METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def list_names(kind: str, namespace: str | None, label_selector: str) -> set[tuple[str, str]]:
+    """(namespace, name) of the ``kind`` objects matching ``label_selector``, in one namespace
+    or in all (``None``): one metadata-only LIST."""
+    api_version, plural = _API_VERSIONS.get(kind, "v1"), _PLURALS[kind]
+    if namespace:
+        path = _ns_path(api_version, namespace, plural)
+    else:
+        path = f"/api/v1/{plural}" if api_version == "v1" else f"/apis/{api_version}/{plural}"
+    obj = request("GET", path, query={"labelSelector": label_selector}, accept=_METADATA_ONLY)
+    return {
+        (str(meta.get("namespace")), str(meta.get("name")))
+        for meta in (item.get("metadata") or {} for item in obj.get("items") or [])
+    }
 
 
 def exists(kind: str, namespace: str, name: str) -> bool:

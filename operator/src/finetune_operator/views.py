@@ -71,13 +71,13 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_summary(item: Mapping[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
-    """What the resync needs of a listed job: name, namespace, resourceVersion, the annotations
+    """What the resync needs of a listed job: name, namespace, uid, resourceVersion, the annotations
     and status fields named in ``keep``, ``spec.ttlSecondsAfterFinished`` and the phase."""
     meta, status = item.get("metadata") or {}, item.get("status") or {}
     annotations = meta.get("annotations") or {}
     return {
         "metadata": {
-            **{k: meta.get(k) for k in ("namespace", "name", "resourceVersion")},
+            **{k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion")},
             "annotations": {k: annotations[k] for k in keep if k in annotations},
         },
         "spec": {

@@ -358,6 +358,7 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
     monkeypatch.setattr(handlers, "operator_settings", lambda: ours)
     monkeypatch.setattr(kube, "list_jobs", list_jobs)
     monkeypatch.setattr(kube, "list_labelled", lambda namespace, plural, selector: [])
+    monkeypatch.setattr(kube, "list_names", lambda kind, ns, selector: set())
     monkeypatch.setattr(handlers, "reconcile", lambda ns, name, **_: done.append(f"{ns}/{name}"))
     with caplog.at_level(logging.WARNING, logger=handlers.__name__):
         handlers.resync_once()
@@ -367,6 +368,103 @@ def test_a_namespace_that_cannot_be_listed_blocks_no_other(
     assert done == ["ml/bot", "ml/bot"]
     warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
     assert len(warnings) == 1 and "forbidden in gone" in warnings[0]
+
+
+class Listing:
+    """kube.list_names over a FakeApi's objects (the metadata-only LIST of the resync)."""
+
+    def __init__(self, fake: FakeApi) -> None:
+        self.fake, self.calls = fake, 0
+        self.error: kube.KubeError | None = None
+
+    def __call__(self, kind: str, namespace: str | None, selector: str) -> set[tuple[str, str]]:
+        self.calls += 1
+        assert selector == f"app.kubernetes.io/managed-by=finetune-operator,{m.LABEL_JOB}"
+        if self.error is not None:
+            raise self.error
+        return {("ml", k.split(" ", 1)[1]) for k in self.fake.existing if k.split(" ")[0] == kind}
+
+
+def _resync_setup(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeApi, Listing]:
+    body = job_body(status=PREPARED)
+    body["metadata"]["namespace"] = "ml"
+    fake = FakeApi(body, ALL)
+    fake.pods = [owned(pod("bot-1", phase="Running", running=True))]
+    fake.install(monkeypatch)
+    listing = Listing(fake)
+    monkeypatch.setattr(kube, "list_names", listing)
+    monkeypatch.setattr(kube, "list_labelled", lambda namespace, plural, selector: [])
+    monkeypatch.setattr(kube, "list_jobs", lambda namespace: [body])
+    ours = handlers.Settings(namespaces=["ml"])
+    monkeypatch.setattr(handlers, "operator_settings", lambda: ours)
+    return fake, listing
+
+
+@pytest.mark.parametrize("child", ["RoleBinding bot-trainer", "ConfigMap bot-config",
+                                   "ServiceAccount bot-trainer", "Role bot-trainer"])  # fmt: skip
+def test_the_resync_brings_back_a_child_whose_deletion_event_was_missed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, child: str
+) -> None:
+    """The storm case that the memo fix did not cover: the child's DELETED event never reached
+    the handler (a watch reconnecting, or started after the deletion). The memo still says
+    "checked"; the resync's metadata-only LISTs notice the gap."""
+    fake, listing = _resync_setup(monkeypatch)
+    handlers.reconcile("ml", "bot")  # children checked and memoised
+    fake.existing.discard(child)  # deleted; no event
+    handlers.reconcile("ml", "bot")  # a progress report: the memo vouches for it
+    assert fake.created == []
+    with caplog.at_level(logging.WARNING, logger=handlers.__name__):
+        handlers.resync_once()
+        handlers.drain()
+    assert fake.created == [child]
+    assert R.CHILD_RECREATED in {e[1] for e in fake.events}
+    assert any("no deletion was seen" in r.getMessage() for r in caplog.records)
+    assert listing.calls == 4  # one LIST per kind, not per job
+    fake.created.clear()
+    handlers.resync_once()  # all there again: nothing re-checked
+    handlers.drain()
+    assert fake.created == []
+
+
+def _recording_rechecks(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """reconcile replaced by a recorder of its recheck_children argument, one per call."""
+    reconciled: list[bool] = []
+
+    def reconcile(
+        namespace: str, name: str, *, fresh: bool = False, recheck_children: bool = False
+    ) -> None:
+        reconciled.append(recheck_children)
+
+    monkeypatch.setattr(handlers, "reconcile", reconcile)
+    return reconciled
+
+
+def test_a_resync_whose_children_cannot_be_listed_still_reconciles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, listing = _resync_setup(monkeypatch)
+    listing.error = kube.RejectedError("GET rolebindings", 403, "forbidden")
+    reconciled = _recording_rechecks(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger=handlers.__name__):
+        handlers.resync_once()
+        handlers.drain()
+        handlers.resync_once()
+        handlers.drain()
+    assert reconciled == [False, False]
+    warnings = [r.getMessage() for r in caplog.records if "children" in r.getMessage()]
+    assert len(warnings) == 1 and "forbidden" in warnings[0]
+
+
+def test_a_job_not_yet_checked_here_is_not_rechecked_by_the_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its first reconcile checks every child anyway; the resync adds no request for it."""
+    fake, _ = _resync_setup(monkeypatch)
+    fake.existing.discard("RoleBinding bot-trainer")
+    reconciled = _recording_rechecks(monkeypatch)
+    handlers.resync_once()
+    handlers.drain()
+    assert reconciled == [False]
 
 
 def test_the_lock_table_holds_only_jobs_being_reconciled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -562,6 +660,7 @@ def test_the_resync_reads_afresh_only_the_jobs_whose_index_is_behind(
         return [{**o, "metadata": {**o["metadata"], **labels}} for o in listed[plural]]
 
     monkeypatch.setattr(kube, "list_labelled", list_labelled)
+    monkeypatch.setattr(kube, "list_names", Listing(fake))  # every child there
     done: list[tuple[str, bool]] = []
     monkeypatch.setattr(
         handlers, "reconcile", lambda ns, name, fresh, **_: done.append((name, fresh))

@@ -117,7 +117,7 @@ def test_a_listed_job_is_cut_to_what_the_resync_reads() -> None:
         "status": {"phase": "Running", "r": "1", "progress": {"step": 3}},
     }  # fmt: skip
     assert views.job_summary(item, ("r",)) == {
-        "metadata": {"namespace": "ml", "name": "j", "resourceVersion": "4",
+        "metadata": {"namespace": "ml", "name": "j", "uid": "u", "resourceVersion": "4",
                      "annotations": {"r": "1"}},
         "spec": {"ttlSecondsAfterFinished": 5},
         "status": {"phase": "Running", "r": "1"},

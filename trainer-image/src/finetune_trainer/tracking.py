@@ -201,15 +201,19 @@ def record_mlflow_run(work: Path) -> str | None:
     return str(run.info.run_id)
 
 
-def run_recorder(work: Path) -> Any:
-    """A TrainerCallback (after the MLflow integration's) recording the run id at train begin."""
+def run_recorder(work: Path, reports: list[str]) -> Any:
+    """A TrainerCallback (after the MLflow integration's) recording the run id at train begin;
+    it does nothing unless MLflow is one of ``reports`` (an image without the mlflow package
+    trains as long as MLflow is not asked for: the GPU tier found every run failing on it)."""
     from transformers import TrainerCallback
+
+    on = "mlflow" in reports
 
     class RunRecorder(TrainerCallback):  # type: ignore[misc]
         run_id: str | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.is_world_process_zero:
+            if on and state.is_world_process_zero:
                 self.run_id = record_mlflow_run(work)
 
     return RunRecorder()

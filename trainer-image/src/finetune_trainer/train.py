@@ -345,7 +345,7 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             DivergenceCallback(progress),
             marker,
             timing,
-            recorder := tracking.run_recorder(work),
+            recorder := tracking.run_recorder(work, reports),
         ],
     )
     skipped = json.loads(os.environ.get(SKIPPED_ENV) or "[]")
