@@ -71,9 +71,11 @@ def to(s: Status, phase: str, reason: str, message: str | None, **more: object) 
 
 
 def failed(s: Status, reason: str, message: str | None, now: datetime) -> Status:
-    completed = s.completion_time or now
-    return to(s, P.FAILED, reason, sentence(message) or None, completion_time=completed,
-              retry_after=None)  # fmt: skip
+    """``s`` Failed for ``reason``: completed now (unless it was already), no retry due."""
+    done = s.completion_time or now
+    return to(
+        s, P.FAILED, reason, sentence(message) or None, completion_time=done, retry_after=None
+    )
 
 
 def _record(x: Situation, s: Status, state: PodState, attempt: int | None = None) -> Status:
@@ -179,8 +181,9 @@ def _unschedulable(x: Situation, s: Status, *, train: bool) -> Status:
         return failed(s, R.PVC_NOT_FOUND, missing_claim(missing.group(1)), x.now)
     if UNBOUND.search(msg):  # not queued for a node yet: the phase stays, no Ready flapping
         phase = P.STARTING if train else P.PREPARING
-        return to(s, phase, phase, f"{state.name} waits for its volume claims to bind: "
-                  f"{sentence(msg)}")  # fmt: skip
+        return to(
+            s, phase, phase, f"{state.name} waits for its volume claims to bind: {sentence(msg)}"
+        )
     if _timed_out(x, state):
         limit = x.job.spec.queue_timeout_seconds or 0
         waited = f"Pod {state.name} waited more than {humanize(limit)} for a node"
@@ -254,9 +257,8 @@ def prepare_backoff(x: Situation, s: Status) -> Status:
 
 def prepare_active(x: Situation, s: Status) -> Status:
     """Due (its pod is created next) or pending or running."""
-    msg = "checking data and planning memory"
-    return to(s, P.PREPARING, P.PREPARING, msg, retry_after=None if x.state is None else
-              s.retry_after)  # fmt: skip
+    due = s.retry_after if x.state is not None else None  # a due pod: its backoff is over
+    return to(s, P.PREPARING, P.PREPARING, "checking data and planning memory", retry_after=due)
 
 
 def prepare_no_report(x: Situation, s: Status) -> Status:
@@ -299,8 +301,9 @@ def train_succeeded(x: Situation, s: Status) -> Status:
     if export.wanted(x.job):  # the GPU pod is done; the CPU export pod comes next
         phase, reason, message = export.derive_export(x.job, None)[:3]
         return to(s, phase, reason, message, completion_time=done)
-    return to(s, P.SUCCEEDED, R.COMPLETED, "training finished; output written",
-              completion_time=done)  # fmt: skip
+    return to(
+        s, P.SUCCEEDED, R.COMPLETED, "training finished; output written", completion_time=done
+    )
 
 
 def train_eviction_stopping(x: Situation, s: Status) -> Status:
@@ -315,8 +318,9 @@ def train_evicted(x: Situation, s: Status) -> Status:
     WorkloadEvicted (no retry counted) and the next attempt's pod group waits for readmission."""
     state = x.state
     if state is None:
-        state = PodState(b.train_pod_name(x.job, s.attempt), K.FAILED, R.WORKLOAD_EVICTED,
-                         "evicted by Kueue")  # fmt: skip
+        state = PodState(
+            b.train_pod_name(x.job, s.attempt), K.FAILED, R.WORKLOAD_EVICTED, "evicted by Kueue"
+        )
     told = sentence(x.state.evicted) if x.state is not None else state.message
     s = _record(x, s, replace(state, reason=R.WORKLOAD_EVICTED, message=told))
     return attempt_over(x, s)
@@ -451,18 +455,20 @@ def _ph(*phases: P) -> frozenset[P]:
     return frozenset(phases)
 
 
-_ALL = frozenset(P)
 _WORKING = _ph(P.PENDING, P.PREPARING, P.QUEUED, P.STARTING, P.RUNNING, P.SUSPENDING, P.SUSPENDED)
 _STOPPED = _ph(P.SUSPENDING, P.SUSPENDED)
+_PREPARE_POD = _WORKING - _STOPPED  # there, with a prepare pod, it is a suspend or a resume
+_FIRST = _WORKING - {P.STARTING, P.RUNNING}  # where attempt can be 0 (Starting bumps it)
+_FRESH = _WORKING - {P.SUSPENDING}  # a current attempt not recorded in Suspending: a resume
 _NEXT = _ph(P.STARTING, P.QUEUED, P.PENDING, P.FAILED, P.SUCCEEDED)  # attempt_over's results
 _RETRY = _ph(P.PENDING, P.FAILED)
 _WAIT = _ph(P.QUEUED, P.FAILED)  # a wait for a node or Kueue; Failed after queueTimeoutSeconds
 
-# event -> (the phases it can occur in, the rule). The restart and retry handlers live in
-# restart.py and retry.py; FINISHED and EXPORT_OBSERVED are ``derive``'s (they read no draft).
+# event -> (the phases it can occur in, its handler, the phases it may lead to). The restart,
+# retry, finished and export rules are derive's (their handlers read no draft status).
 Spec = tuple[frozenset[P], Handler, frozenset[P]]
 RULES: dict[Event, Spec] = {
-    E.PREPARED: (_WORKING, prepared, _ph(P.PREPARING)),
+    E.PREPARED: (_FIRST, prepared, _ph(P.PREPARING)),
     E.PREPARE_REPORTED_FAILURE: (_WORKING, prepare_reported_failure, _ph(P.FAILED)),
     E.PREPARE_RESUMED_STOPPING: (_STOPPED, prepare_resumed_stopping, _ph(P.SUSPENDING)),
     E.PREPARE_RESUMED_STOPPED: (_STOPPED, prepare_resumed_stopped, _ph(P.PENDING)),
@@ -470,33 +476,25 @@ RULES: dict[Event, Spec] = {
     E.PREPARE_SUSPENDED: (_WORKING, prepare_suspended, _ph(P.SUSPENDED)),
     E.PREPARE_BACKOFF: (_WORKING, prepare_backoff, _ph(P.PENDING)),
     E.PREPARE_DUE: (_WORKING, prepare_active, _ph(P.PREPARING)),
-    E.PREPARE_NO_REPORT: (_WORKING, prepare_no_report, _ph(P.FAILED)),
-    E.PREPARE_POD_FAILED: (_WORKING, prepare_pod_failed, _RETRY),
-    E.PREPARE_POD_WAITING_ERROR: (_WORKING, pod_waiting_error, _ph(P.FAILED)),
-    E.PREPARE_POD_UNSCHEDULABLE: (_WORKING, prepare_pod_unschedulable, _WAIT | {P.PREPARING}),
-    E.PREPARE_POD_GATED: (_WORKING, prepare_pod_gated, _WAIT),
-    E.PREPARE_POD_ACTIVE: (_WORKING, prepare_active, _ph(P.PREPARING)),
+    E.PREPARE_NO_REPORT: (_PREPARE_POD, prepare_no_report, _ph(P.FAILED)),
+    E.PREPARE_POD_FAILED: (_PREPARE_POD, prepare_pod_failed, _RETRY),
+    E.PREPARE_POD_WAITING_ERROR: (_PREPARE_POD, pod_waiting_error, _ph(P.FAILED)),
+    E.PREPARE_POD_UNSCHEDULABLE: (_PREPARE_POD, prepare_pod_unschedulable, _WAIT | {P.PREPARING}),
+    E.PREPARE_POD_GATED: (_PREPARE_POD, prepare_pod_gated, _WAIT),
+    E.PREPARE_POD_ACTIVE: (_PREPARE_POD, prepare_active, _ph(P.PREPARING)),
     E.TRAIN_SUCCEEDED: (_WORKING, train_succeeded, _ph(P.SUCCEEDED, P.EXPORTING)),
     E.TRAIN_EVICTION_STOPPING: (_WORKING, train_eviction_stopping, _ph(P.QUEUED)),
-    E.TRAIN_EVICTED: (_WORKING, train_evicted, _NEXT),
+    E.TRAIN_EVICTED: (_WORKING, train_evicted, _ph(P.PENDING, P.QUEUED)),
     E.TRAIN_STOPPING: (_WORKING, train_stopping, _ph(P.SUSPENDING)),
     E.TRAIN_SUSPENDED: (_WORKING, train_suspended, _ph(P.SUSPENDED)),
-    E.TRAIN_RESUMED: (_ph(P.SUSPENDING), train_resumed, _NEXT),
-    E.TRAIN_POD_GONE: (_WORKING - {P.SUSPENDING}, train_pod_gone, _NEXT),
-    E.TRAIN_POD_FAILED: (_WORKING - {P.SUSPENDING}, train_pod_failed, _NEXT),
-    E.TRAIN_POD_WAITING_ERROR: (
-        _WORKING - {P.SUSPENDING},
-        train_pod_waiting_error,
-        _ph(P.FAILED),
-    ),
-    E.TRAIN_POD_UNSCHEDULABLE: (
-        _WORKING - {P.SUSPENDING},
-        train_pod_unschedulable,
-        _WAIT | {P.STARTING},
-    ),
-    E.TRAIN_POD_GATED: (_WORKING - {P.SUSPENDING}, train_pod_gated, _WAIT),
-    E.TRAIN_POD_PENDING: (_WORKING - {P.SUSPENDING}, train_pod_pending, _ph(P.STARTING)),
-    E.TRAIN_POD_RUNNING: (_WORKING - {P.SUSPENDING}, train_pod_running, _ph(P.RUNNING)),
-    E.TRAIN_STALLED: (_WORKING - {P.SUSPENDING}, train_stalled, _NEXT),
+    E.TRAIN_RESUMED: (_ph(P.SUSPENDING), train_resumed, _ph(P.STARTING)),
+    E.TRAIN_POD_GONE: (_FRESH, train_pod_gone, _NEXT),
+    E.TRAIN_POD_FAILED: (_FRESH, train_pod_failed, _NEXT),
+    E.TRAIN_POD_WAITING_ERROR: (_FRESH, train_pod_waiting_error, _ph(P.FAILED)),
+    E.TRAIN_POD_UNSCHEDULABLE: (_FRESH, train_pod_unschedulable, _WAIT | {P.STARTING}),
+    E.TRAIN_POD_GATED: (_FRESH, train_pod_gated, _WAIT),
+    E.TRAIN_POD_PENDING: (_FRESH, train_pod_pending, _ph(P.STARTING)),
+    E.TRAIN_POD_RUNNING: (_FRESH, train_pod_running, _ph(P.RUNNING)),
+    E.TRAIN_STALLED: (_FRESH, train_stalled, _NEXT),
     E.TRAIN_ATTEMPT_OVER: (_WORKING, train_attempt_over, _NEXT),
 }
