@@ -6,7 +6,7 @@ machine's precedence (a restart request first, a pod's own state last).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -137,17 +137,13 @@ def observe(
     base = Situation(job, tuple(pods), progress, prepare, now, cap, admission, draft, Stage.PREPARE)
     ok = prepare is not None and prepare.ok is True
     if ok and old.plan is None and draft.plan is not None and not draft.attempt:
-        return _with(base, stage=Stage.PREPARED)
+        return replace(base, stage=Stage.PREPARED)
     if ok or (draft.attempt and old.plan is not None):
         # the status remembers a finished prepare stage when prepare.json is lost with a
         # deleted progress ConfigMap (re-created empty)
         return _training(base)
     pod = base.by_name.get(b.prepare_pod_name(job))
-    return _with(base, state=pod_state(pod) if pod is not None else None)
-
-
-def _with(x: Situation, **changes: Any) -> Situation:
-    return Situation(**{**x.__dict__, **changes})
+    return replace(base, state=pod_state(pod) if pod is not None else None)
 
 
 def _draft(
@@ -188,7 +184,7 @@ def _training(x: Situation) -> Situation:
     progress = merge_progress(s.progress, x.progress, n, total, x.now)
     gang = attempt_state(x.job, x.by_name, n) if n else None
     nodes = list(gang.nodes) if gang is not None and gang.nodes else None
-    return _with(
+    return replace(
         x,
         stage=Stage.TRAIN,
         total_steps=total,
