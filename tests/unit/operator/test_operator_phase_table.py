@@ -187,3 +187,13 @@ def test_a_finished_job_has_only_restart_retry_and_finished() -> None:
             E.RETRY_REQUESTED,
             E.FINISHED,
         }
+
+
+def test_a_pair_outside_the_table_still_gets_its_events_rule() -> None:
+    """A status the operator never writes (Running at attempt 0, say, edited by hand) makes a
+    pair the table lacks: the reconcile still derives a status (the event's rule), no KeyError."""
+    job = build_job(status={"phase": "Running"})
+    x = events.observe(job, [], None, lc.prepare_from(OK), NOW, cap=None, admission=None)
+    assert (P.RUNNING, events.classify(x)) not in derive.TABLE
+    new = lc.derive_status(job, [], None, lc.prepare_from(OK), NOW)
+    assert (new.phase, new.reason) == (P.PREPARING, m.Reason.PREPARED)

@@ -101,7 +101,9 @@ def derive_status(
     request (the other annotation) moves a Failed job back to Pending in the same run."""
     x = observe(job, pods, progress, prepare_result, now, cap=max_backoff, admission=admission)
     event = classify(x)
-    new = TABLE[(x.phase, event)].handle(x, x.draft)
+    # a pair outside the table comes only from a status this operator never writes (edited by
+    # hand, say): the event's rule still applies there rather than failing every reconcile
+    new = TABLE.get((x.phase, event), _BY_EVENT[event]).handle(x, x.draft)
     return _finish(x, _deadline(x, new)) if event in STAGE_EVENTS else new
 
 
@@ -158,10 +160,10 @@ def _exporting(x: Situation, s: Status) -> Status:
     )
 
 
-def _table() -> dict[tuple[P, Event], Rule]:
-    """(phase, event) -> rule: the stage events' rules (``phases.RULES``) and the ones here."""
+def _rules() -> dict[Event, Spec]:
+    """Every event's rule: the stage events' (``phases.RULES``) and the ones here."""
     _all, _none, _done = frozenset(P), frozenset[P](), frozenset(P(p) for p in P.TERMINAL)
-    rules: dict[Event, Spec] = {
+    return {
         E.RESTART_REQUESTED: (_all, _restart, frozenset({P.PENDING})),
         E.RESTART_WAITING: (frozenset({P.PENDING}), _restart_waiting, _none),
         E.RETRY_REQUESTED: (_all, _retry, frozenset({P.PENDING})),
@@ -170,10 +172,13 @@ def _table() -> dict[tuple[P, Event], Rule]:
         E.EXPORT_OBSERVED: (frozenset({P.EXPORTING}), _exporting, _done),
         **RULES,
     }
-    return {(p, e): Rule(handle, to) for e, (at, handle, to) in rules.items() for p in at}
 
 
-TABLE: dict[tuple[P, Event], Rule] = _table()
+_BY_EVENT = {e: Rule(handle, to) for e, (_, handle, to) in _rules().items()}
+# (phase, event) -> rule, for every phase the event can occur in
+TABLE: dict[tuple[P, Event], Rule] = {
+    (p, e): _BY_EVENT[e] for e, (at, _, _) in _rules().items() for p in at
+}
 
 
 def _s(seconds: int) -> timedelta:
