@@ -462,6 +462,7 @@ _FIRST = _WORKING - {P.STARTING, P.RUNNING}  # where attempt can be 0 (Starting 
 _FRESH = _WORKING - {P.SUSPENDING}  # a current attempt not recorded in Suspending: a resume
 _NEXT = _ph(P.STARTING, P.QUEUED, P.PENDING, P.FAILED, P.SUCCEEDED)  # attempt_over's results
 _RETRY = _ph(P.PENDING, P.FAILED)
+_RETRIED = _RETRY | {P.STARTING}  # attempt_over after a failure it just recorded
 _WAIT = _ph(P.QUEUED, P.FAILED)  # a wait for a node or Kueue; Failed after queueTimeoutSeconds
 
 # event -> (the phases it can occur in, its handler, the phases it may lead to). The restart,
@@ -488,13 +489,13 @@ RULES: dict[Event, Spec] = {
     E.TRAIN_STOPPING: (_WORKING, train_stopping, _ph(P.SUSPENDING)),
     E.TRAIN_SUSPENDED: (_WORKING, train_suspended, _ph(P.SUSPENDED)),
     E.TRAIN_RESUMED: (_ph(P.SUSPENDING), train_resumed, _ph(P.STARTING)),
-    E.TRAIN_POD_GONE: (_FRESH, train_pod_gone, _NEXT),
-    E.TRAIN_POD_FAILED: (_FRESH, train_pod_failed, _NEXT),
+    E.TRAIN_POD_GONE: (_FRESH, train_pod_gone, _RETRIED),
+    E.TRAIN_POD_FAILED: (_FRESH, train_pod_failed, _RETRIED),
     E.TRAIN_POD_WAITING_ERROR: (_FRESH, train_pod_waiting_error, _ph(P.FAILED)),
     E.TRAIN_POD_UNSCHEDULABLE: (_FRESH, train_pod_unschedulable, _WAIT | {P.STARTING}),
     E.TRAIN_POD_GATED: (_FRESH, train_pod_gated, _WAIT),
     E.TRAIN_POD_PENDING: (_FRESH, train_pod_pending, _ph(P.STARTING)),
     E.TRAIN_POD_RUNNING: (_FRESH, train_pod_running, _ph(P.RUNNING)),
-    E.TRAIN_STALLED: (_FRESH, train_stalled, _NEXT),
+    E.TRAIN_STALLED: (_FRESH, train_stalled, _RETRIED),
     E.TRAIN_ATTEMPT_OVER: (_WORKING, train_attempt_over, _NEXT),
 }
