@@ -60,13 +60,23 @@ def _to(*phases: P) -> frozenset[P]:
 _ACTIVE = (P.QUEUED, P.STARTING, P.RUNNING, P.EXPORTING, P.SUCCEEDED, P.FAILED, P.PENDING)
 TRANSITIONS: dict[P, frozenset[P]] = {
     P.PENDING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.PENDING},
-    P.PREPARING: _to(*_ACTIVE, P.SUSPENDING),
+    # Suspended at once: suspended before the prepare pod exists, or once the plan is published
+    P.PREPARING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED),
     P.QUEUED: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.QUEUED},
-    P.STARTING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.STARTING},
-    P.RUNNING: _to(*_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.RUNNING},
-    # a resume: the stopped pod is gone (next attempt, or the prepare stage again), or a restart
+    # Preparing again: the prepare report (with its plan) was lost after attempt 1 began
+    P.STARTING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.STARTING},
+    P.RUNNING: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING, P.SUSPENDED) - {P.RUNNING},
+    # a resume: the stopped pod is gone (next attempt, or the prepare stage again), or a restart;
+    # Queued: resumed while a pod Kueue evicted still stops
     P.SUSPENDING: _to(
-        P.PENDING, P.PREPARING, P.STARTING, P.EXPORTING, P.SUCCEEDED, P.FAILED, P.SUSPENDED
+        P.PENDING,
+        P.PREPARING,
+        P.QUEUED,
+        P.STARTING,
+        P.EXPORTING,
+        P.SUCCEEDED,
+        P.FAILED,
+        P.SUSPENDED,
     ),
     P.SUSPENDED: _to(P.PREPARING, *_ACTIVE, P.SUSPENDING),
     # exports run once the adapter is there; a suspend does not stop them (no GPU is held)
