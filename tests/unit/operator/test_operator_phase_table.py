@@ -126,6 +126,9 @@ VARIANTS: dict[Event, list[Callable[[], Scenario]]] = {
         _t(spec=EXPORT, pods=[pod("bot-export", role="export", attempt=0, phase="Succeeded",
                                   exit_code=0, term_message=EXPORTED)]),
     ],
+    # suspended while the prepare pod ran, its report arrives: Suspended with the report kept,
+    # never a pass through Preparing (Ready and the phase flapped)
+    E.PREPARED: [_s(spec=SUSPEND, prepare=OK, pods=[_prep(phase="Succeeded", exit_code=0)])],
     E.PREPARE_POD_FAILED: [_s(spec=LIMIT_0, pods=[_prep(phase="Failed", exit_code=1)])],
     E.PREPARE_POD_UNSCHEDULABLE: [
         _s(pods=[_prep(unschedulable=UNBOUND)]),

@@ -221,6 +221,8 @@ _KNOWN_PREPARE_ERRORS = {R.BAD_DATA, R.BAD_CONFIG, R.MODEL_NOT_FOUND, R.PLAN_REF
 def prepared(x: Situation, s: Status) -> Status:
     # what the prepare stage found goes on the resource before the training pod exists: this
     # status is published first, then the next pass starts attempt 1
+    if x.job.spec.suspend:  # suspended meanwhile: the report is kept, no pass through Preparing
+        return to(s, P.SUSPENDED, R.SUSPENDED, "data checked and memory planned; suspended")
     return to(s, P.PREPARING, R.PREPARED, "data checked and memory planned; starting training")
 
 
@@ -469,7 +471,7 @@ _WAIT = _ph(P.QUEUED, P.FAILED)  # a wait for a node or Kueue; Failed after queu
 # retry, finished and export rules are derive's (their handlers read no draft status).
 Spec = tuple[frozenset[P], Handler, frozenset[P]]
 RULES: dict[Event, Spec] = {
-    E.PREPARED: (_FIRST, prepared, _ph(P.PREPARING)),
+    E.PREPARED: (_FIRST, prepared, _ph(P.PREPARING, P.SUSPENDED)),
     E.PREPARE_REPORTED_FAILURE: (_WORKING, prepare_reported_failure, _ph(P.FAILED)),
     E.PREPARE_RESUMED_STOPPING: (_STOPPED, prepare_resumed_stopping, _ph(P.SUSPENDING)),
     E.PREPARE_RESUMED_STOPPED: (_STOPPED, prepare_resumed_stopped, _ph(P.PENDING)),
