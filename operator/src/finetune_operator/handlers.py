@@ -312,9 +312,40 @@ def _reconcile_logged(namespace: str, name: str, recheck_children: bool = False)
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
-def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+def pod_event(
+    type: str | None,  # kopf passes the watch event type by this name
+    namespace: str | None,
+    labels: Mapping[str, str],
+    event: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    ns, job = namespace or "default", labels[m.LABEL_JOB]
+    if type == "DELETED" and leading():
+        _bury(ns, job, (event or {}).get("object"))
     with _as_kopf():
-        reconcile(namespace or "default", labels[m.LABEL_JOB])
+        reconcile(ns, job)
+
+
+# The last state of a job's pods whose DELETED event came, read once by the job's next
+# reconcile: a pod deleted for a suspend can be gone before any reconcile lists it terminated,
+# and its exit code (10: stopped with a complete checkpoint) would be lost from the attempt.
+_tombstones: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+_tombstones_lock = threading.Lock()
+
+
+def _bury(namespace: str, job: str, pod: object) -> None:
+    """Keep a deleted pod's last state if its container had ended (an exit code to record)."""
+    if not isinstance(pod, dict) or not lc.pod_state(pod).terminated:
+        return
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    with _tombstones_lock:
+        _tombstones.setdefault((namespace, job), {})[name] = pod
+
+
+def _exhume(namespace: str, job: str) -> list[dict[str, Any]]:
+    """The job's buried pods, forgotten as they are read."""
+    with _tombstones_lock:
+        return list(_tombstones.pop((namespace, job), {}).values())
 
 
 # A child deleted by hand is created again at once, and the memo of checked children forgets it.
@@ -378,6 +409,13 @@ def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
 # progress report or a resync costs no request for them. The progress ConfigMap is read by every
 # reconcile anyway; the trainer config is checked while a pod waits for it.
 _children_ok: set[tuple[str, str, str]] = set()
+
+
+def _forget_job(namespace: str, name: str) -> None:
+    """A job deleted (or being deleted): its wake-ups, memo and buried pods go."""
+    _wakeups.cancel((namespace, name))
+    _forget_children(namespace, name)
+    _exhume(namespace, name)
 
 
 def _forget_children(namespace: str, name: str) -> None:
@@ -512,12 +550,10 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     try:
         body = kube.get_job(namespace, name)
     except kube.NotFoundError:
-        _wakeups.cancel((namespace, name))
-        _forget_children(namespace, name)
+        _forget_job(namespace, name)
         return False
     if (body.get("metadata") or {}).get("deletionTimestamp"):
-        _wakeups.cancel((namespace, name))
-        _forget_children(namespace, name)
+        _forget_job(namespace, name)
         return False
     now = datetime.now(UTC)
     old_raw: dict[str, Any] = dict(body.get("status") or {})
@@ -530,7 +566,10 @@ def _reconcile_once(namespace: str, name: str) -> bool:
         log.info("deleting %s/%s: ttlSecondsAfterFinished passed", namespace, name)
         kube.delete_job(namespace, name)
         return False
-    pods = [p for p in kube.list_pods(namespace, name) if security.owned_by(p, job.uid)]
+    listed = kube.list_pods(namespace, name)
+    names = {(p.get("metadata") or {}).get("name") for p in listed}
+    gone = [p for p in _exhume(namespace, name) if p["metadata"]["name"] not in names]
+    pods = [p for p in listed + gone if security.owned_by(p, job.uid)]
     # not ours (a namesake): no report is read from it, and creating ours fails NameConflict
     cm = kube.read_config_map_data(namespace, b.progress_name(job), job.uid)
     progress = lc.parse_progress((cm or {}).get(b.PROGRESS_KEY))
@@ -556,6 +595,8 @@ def _reconcile_once(namespace: str, name: str) -> bool:
     wake = lc.wake_at(job, new, pods, now)
     if wake is not None:
         _wakeups.schedule((namespace, name), wake)
+    if gone:  # the next pass sees them gone (no event will come for them again)
+        _submit(namespace, name)
     return acts.publish_first
 
 

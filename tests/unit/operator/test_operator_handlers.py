@@ -393,6 +393,44 @@ def test_a_job_not_yet_checked_here_is_not_rechecked_by_the_resync(
     assert reconciled == [False]
 
 
+RUNNING_1 = {**PREPARED, "phase": "Running", "attempt": 1}
+
+
+@pytest.mark.parametrize("seen", [True, False])
+def test_a_pod_gone_before_any_reconcile_listed_it_ended_keeps_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, seen: bool
+) -> None:
+    """Suspended: the pod stops (exit 10, complete checkpoint) and its object is removed before a
+    reconcile lists it terminated; its DELETED event's last state is used once, so the attempt
+    still records exit code 10. Without it (the event not seen) the code is unknown."""
+    fake = FakeApi(job_body(spec={"suspend": True}, status=RUNNING_1), ALL)
+    fake.install(monkeypatch)
+    again: list[str] = []
+    monkeypatch.setattr(handlers, "_submit", lambda ns, name: again.append(name))
+    last = owned(pod("bot-1", phase="Failed", exit_code=10, deleting=True))
+    fake.pods = []  # gone from the API already
+    handlers.pod_event(type="DELETED" if seen else "MODIFIED", namespace="ml",
+                       labels={m.LABEL_JOB: "bot"}, event={"object": last})  # fmt: skip
+    status = fake.patches[-1]
+    assert status["phase"] == "Suspended"
+    (attempt,) = status["attempts"]
+    assert attempt["reason"] == "Suspended"
+    assert attempt.get("exitCode") == (10 if seen else None)
+    assert again == (["bot"] if seen else [])  # the next pass sees the pod gone
+    assert handlers._tombstones == {}
+
+
+def test_a_running_pods_deletion_event_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an ended container has an exit code worth keeping."""
+    fake = FakeApi(job_body(status=RUNNING_1), ALL)
+    fake.install(monkeypatch)
+    monkeypatch.setattr(handlers, "reconcile", lambda ns, name, **_: None)
+    alive = owned(pod("bot-1", phase="Running", running=True, deleting=True))
+    handlers.pod_event(type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"},
+                       event={"object": alive})  # fmt: skip
+    assert handlers._tombstones == {}
+
+
 def test_the_lock_table_holds_only_jobs_being_reconciled(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeApi(job_body(status={"phase": "Succeeded"}), set())
     fake.install(monkeypatch)
