@@ -496,9 +496,40 @@ def _children_missing(
 
 
 @kopf.on.event("", "v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY})
-async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def pod_event(
+    type: str | None,  # kopf passes the watch event type by this name
+    namespace: str | None,
+    labels: Mapping[str, str],
+    event: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
     _indexes_ready.set()
-    enqueue(namespace or "default", labels[m.LABEL_JOB])
+    ns, job = namespace or "default", labels[m.LABEL_JOB]
+    if type == "DELETED" and leading():
+        _bury(ns, job, (event or {}).get("object"))
+    enqueue(ns, job)
+
+
+# The last state of a job's pods whose DELETED event came, read once by the job's next
+# reconcile: a pod deleted for a suspend can be gone before any reconcile lists it terminated,
+# and its exit code (10: stopped with a complete checkpoint) would be lost from the attempt.
+_tombstones: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+_tombstones_lock = threading.Lock()
+
+
+def _bury(namespace: str, job: str, pod: object) -> None:
+    """Keep a deleted pod's last state if its container had ended (an exit code to record)."""
+    if not isinstance(pod, dict) or not lc.pod_state(pod).terminated:
+        return
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    with _tombstones_lock:
+        _tombstones.setdefault((namespace, job), {})[name] = pod
+
+
+def _exhume(namespace: str, job: str) -> list[dict[str, Any]]:
+    """The job's buried pods, forgotten as they are read."""
+    with _tombstones_lock:
+        return list(_tombstones.pop((namespace, job), {}).values())
 
 
 # A child deleted by hand is created again at once, and the memo of checked children forgets it.
@@ -563,6 +594,16 @@ def _missing_refs(job: m.FineTuneJob) -> tuple[str, str] | None:
 # progress report or a resync costs no request for them. The progress ConfigMap is read by every
 # reconcile anyway; the trainer config is checked while a pod waits for it.
 _children_ok: set[tuple[str, str, str]] = set()
+
+
+def _forget_job(namespace: str, name: str) -> None:
+    """A job deleted (or being deleted): its wake-ups, memo, buried pods, remembered status
+    patch and unsettled mark go."""
+    _wakeups.cancel((namespace, name))
+    _forget_children(namespace, name)
+    _exhume(namespace, name)
+    _written.forget((namespace, name))
+    _unsettled.forget((namespace, name))
 
 
 def _forget_children(namespace: str, name: str) -> None:
@@ -698,23 +739,16 @@ def reconcile(
                 fresh = True
 
 
-def _gone(key: views.Key) -> None:
-    _wakeups.cancel(key)
-    _forget_children(*key)
-    _written.forget(key)
-    _unsettled.forget(key)
-
-
 def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
     """One pass; True when the next step waits for the status just published."""
     key = (namespace, name)
     try:
         body = _job_body(key, fresh)
     except kube.NotFoundError:
-        _gone(key)
+        _forget_job(namespace, name)
         return False
     if (body.get("metadata") or {}).get("deletionTimestamp"):
-        _gone(key)
+        _forget_job(namespace, name)
         return False
     now = datetime.now(UTC)
     old_raw: dict[str, Any] = dict(body.get("status") or {})
@@ -728,7 +762,9 @@ def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
         kube.delete_job(namespace, name)
         return False
     children = _children_of(job, fresh)
-    pods = [p for p in children.pods if security.owned_by(p, job.uid)]
+    names = {(p.get("metadata") or {}).get("name") for p in children.pods}
+    gone = [p for p in _exhume(namespace, name) if p["metadata"]["name"] not in names]
+    pods = [p for p in [*children.pods, *gone] if security.owned_by(p, job.uid)]
     # a progress ConfigMap not ours (a namesake made by someone else, or an earlier job's awaiting
     # the garbage collector) is never read as this job's reports, and creating ours fails
     # NameConflict
@@ -759,6 +795,8 @@ def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
     wake = lc.wake_at(job, new, pods, now)
     if wake is not None:
         _wakeups.schedule((namespace, name), wake)
+    if gone:  # the next pass sees them gone (no event will come for them again)
+        enqueue(namespace, name)
     return acts.publish_first
 
 

@@ -285,7 +285,7 @@ def test_a_deletion_during_a_reconcile_in_flight_is_not_forgotten(
         return create(child)
 
     monkeypatch.setattr(kube, "create_or_get", deleted_meanwhile)
-    asyncio.run(handlers.pod_event(namespace="ml", labels={m.LABEL_JOB: "bot"}))
+    asyncio.run(handlers.pod_event(type="MODIFIED", namespace="ml", labels={m.LABEL_JOB: "bot"}))
     worker = threading.Thread(target=handlers.drain)
     worker.start()
     assert inside.wait(timeout=10)
@@ -465,6 +465,48 @@ def test_a_job_not_yet_checked_here_is_not_rechecked_by_the_resync(
     handlers.resync_once()
     handlers.drain()
     assert reconciled == [False]
+
+
+RUNNING_1 = {**PREPARED, "phase": "Running", "attempt": 1}
+
+
+@pytest.mark.parametrize("seen", [True, False])
+def test_a_pod_gone_before_any_reconcile_listed_it_ended_keeps_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, seen: bool
+) -> None:
+    """Suspended: the pod stops (exit 10, complete checkpoint) and its object is removed before a
+    reconcile lists it terminated; its DELETED event's last state is used once, so the attempt
+    still records exit code 10. Without it (the event not seen) the code is unknown."""
+    fake = FakeApi(job_body(spec={"suspend": True}, status=RUNNING_1), ALL)
+    fake.install(monkeypatch)
+    again: list[str] = []
+    monkeypatch.setattr(handlers, "enqueue", lambda ns, name, ask=None: again.append(name))
+    last = owned(pod("bot-1", phase="Failed", exit_code=10, deleting=True))
+    fake.pods = []  # gone from the API already
+    kind = "DELETED" if seen else "MODIFIED"
+    asyncio.run(handlers.pod_event(type=kind, namespace="ml", labels={m.LABEL_JOB: "bot"},
+                                   event={"object": last}))  # fmt: skip
+    assert again == ["bot"]  # the event only queues the job
+    again.clear()
+    handlers.reconcile("ml", "bot")  # the worker's run
+    status = fake.patches[-1]
+    assert status["phase"] == "Suspended"
+    (attempt,) = status["attempts"]
+    assert attempt["reason"] == "Suspended"
+    assert attempt.get("exitCode") == (10 if seen else None)
+    assert again == (["bot"] if seen else [])  # the next pass sees the pod gone
+    assert handlers._tombstones == {}
+
+
+def test_a_running_pods_deletion_event_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an ended container has an exit code worth keeping."""
+    fake = FakeApi(job_body(status=RUNNING_1), ALL)
+    fake.install(monkeypatch)
+    monkeypatch.setattr(handlers, "reconcile", lambda ns, name, **_: None)
+    alive = owned(pod("bot-1", phase="Running", running=True, deleting=True))
+    event(handlers.pod_event, type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"},
+          event={"object": alive})  # fmt: skip
+    assert handlers._tombstones == {}
 
 
 def test_the_lock_table_holds_only_jobs_being_reconciled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,10 @@ conditions, and the actions, Events and status patch a reconcile makes.
 ``reports``     progress.json and prepare.json as typed models (parsed at the I/O edge)
 ``pods``        a pod's kind and failure reason; failure messages as sentences
 ``conditions``  ``CONDITION_TABLE``: the kstatus conditions of each phase
-``derive``      ``derive_status``: the phase machine (``TRANSITIONS``), retries, deadlines
+``events``      ``observe`` (the inputs as a ``Situation``) and ``classify`` (its one ``Event``)
+``phases``      one small pure handler per event, returning a new status; their ``RULES``
+``derive``      ``derive_status``: classify, then the handler ``TABLE[(phase, event)]`` gives;
+                ``TRANSITIONS``, deadlines
 ``restart``     the restart annotation: a new run from step 0
 ``retry``       the retry annotation: a Failed job tries again from its newest checkpoint
 ``actions``     ``next_actions``, ``transition_events``, ``merge_patch``, handler-side statuses
