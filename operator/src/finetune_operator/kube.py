@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 import urllib3
+import yaml
 from kubernetes import client, config
 
 from finetune_operator import models as m
@@ -87,6 +88,25 @@ def kubeconfig_path(explicit: str | None) -> str | None:
     return str(default) if default.is_file() else None
 
 
+def _as_kubectl_merges(path: str) -> tuple[str, str | None]:
+    """The files of ``path`` (``a:b``) for the client's loader, and the current context, as
+    kubectl merges them where the client differs: an empty file is an empty config (the client
+    refuses it), and the first file to set current-context wins (in the client the last)."""
+    kept: list[str] = []
+    current: str | None = None
+    for part in path.split(os.pathsep):
+        file = Path(part).expanduser()
+        if not part or not file.is_file():
+            continue  # the client skips missing files too
+        doc = yaml.safe_load(file.read_text())
+        if not doc:
+            continue
+        kept.append(part)
+        if isinstance(doc, dict) and current is None:
+            current = doc.get("current-context") or None
+    return (os.pathsep.join(kept) or path), current
+
+
 def load(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient, str]:
     """A client for the cluster kubectl would talk to with --kubeconfig ``kubeconfig`` and
     --context ``context`` (the client's own loader), and the namespace that context names
@@ -100,9 +120,11 @@ def load(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient,
             if _SA_NAMESPACE.is_file():
                 namespace = _SA_NAMESPACE.read_text().strip() or namespace
             return client.ApiClient(), namespace
+        path, current = _as_kubectl_merges(path)
+        context = context or current
         api_client = conf.new_client_from_config(config_file=path, context=context)
         contexts, active = conf.list_kube_config_contexts(config_file=path)
-    except (config.ConfigException, OSError) as exc:
+    except (config.ConfigException, OSError, yaml.YAMLError) as exc:
         raise ConfigError(str(exc)) from exc
     chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
     return api_client, ((chosen or {}).get("context") or {}).get("namespace") or namespace
