@@ -75,10 +75,10 @@ class ConfigError(Exception):
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def kubeconfig_path(explicit: str | None) -> str | None:
-    """What kubectl reads: ``explicit`` (--kubeconfig), else all of $KUBECONFIG (``a:b`` is
-    merged by the client's KubeConfigMerger, first file wins), else ~/.kube/config; None
-    (in-cluster config) when there is none of them."""
+def _kubeconfig_path(explicit: str | None) -> str | None:
+    """What kubectl reads: ``explicit`` (--kubeconfig), else all of $KUBECONFIG (``a:b``,
+    merged by the client's KubeConfigMerger after ``_as_kubectl_merges``), else
+    ~/.kube/config; None (in-cluster config) when there is none of them."""
     if explicit:
         return explicit
     env = os.environ.get("KUBECONFIG", "")
@@ -112,7 +112,7 @@ def load(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient,
     --context ``context`` (the client's own loader), and the namespace that context names
     ("default" when none); ``ConfigError`` when that cannot be loaded."""
     conf: Any = config  # partly annotated upstream
-    path = kubeconfig_path(kubeconfig)
+    path = _kubeconfig_path(kubeconfig)
     namespace = "default"
     try:
         if path is None:
