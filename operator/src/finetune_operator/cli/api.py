@@ -34,11 +34,11 @@ class NotFoundError(CliError):
 @contextlib.contextmanager
 def _errors(what: str) -> Iterator[None]:
     """kube's exceptions as the plugin's messages, ``what`` naming the subject."""
-    from finetune_operator import kube
+    from finetune_operator import kube, kubeconfig
 
     try:
         yield
-    except kube.ConfigError as exc:
+    except kubeconfig.ConfigError as exc:
         raise CliError(f"cannot load the cluster configuration: {exc}") from exc
     except kube.NotFoundError as exc:
         raise NotFoundError(f"{what} not found") from exc
@@ -65,11 +65,11 @@ class Api:
     """The FineTuneJobs, pods, events and logs of one cluster (kube.py, pointed at it)."""
 
     def __init__(self, target: Target) -> None:
-        from finetune_operator import kube
+        from finetune_operator import kube, kubeconfig
 
         self.target = target
         with _errors("the cluster configuration"):
-            api_client, namespace = kube.load(target.kubeconfig, target.context)
+            api_client, namespace = kubeconfig.load(target.kubeconfig, target.context)
         kube.use(api_client, target.request_timeout)
         self.namespace: str = target.namespace or namespace
 
