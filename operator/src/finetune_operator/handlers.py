@@ -526,6 +526,17 @@ def _bury(namespace: str, job: str, pod: object) -> None:
         _tombstones.setdefault((namespace, job), {})[name] = pod
 
 
+_IN_FLIGHT = frozenset({m.Phase.STARTING, m.Phase.RUNNING, m.Phase.SUSPENDING})
+
+
+def _of_the_attempt_in_flight(job: m.FineTuneJob, pod: dict[str, Any]) -> bool:
+    """Only a training pod of the attempt the status says runs (or stops) is worth its last
+    state: an earlier run's pod of the same name (a restart deletes them all and starts again
+    at attempt 1) would read as the new run's attempt ending."""
+    status = job.status
+    return status.phase in _IN_FLIGHT and lc.attempt_of(pod) == status.attempt > 0
+
+
 def _exhume(namespace: str, job: str) -> list[dict[str, Any]]:
     """The job's buried pods, forgotten as they are read."""
     with _tombstones_lock:
@@ -763,7 +774,11 @@ def _reconcile_once(namespace: str, name: str, fresh: bool) -> bool:
         return False
     children = _children_of(job, fresh)
     names = {(p.get("metadata") or {}).get("name") for p in children.pods}
-    gone = [p for p in _exhume(namespace, name) if p["metadata"]["name"] not in names]
+    gone = [
+        p
+        for p in _exhume(namespace, name)
+        if p["metadata"]["name"] not in names and _of_the_attempt_in_flight(job, p)
+    ]
     pods = [p for p in [*children.pods, *gone] if security.owned_by(p, job.uid)]
     # a progress ConfigMap not ours (a namesake made by someone else, or an earlier job's awaiting
     # the garbage collector) is never read as this job's reports, and creating ours fails

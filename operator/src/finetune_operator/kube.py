@@ -14,7 +14,12 @@ this module's own exceptions (only the handlers translate them into kopf's):
                     creating a child, naming its kind and name
 ``TransientError``  try again later: 5xx, 401, 429, a 403 for an exceeded ResourceQuota,
                     timeouts, connection resets
+``CommandError``    a command run in a pod (exec) failed or ran past its time
 ==================  =============================================================================
+
+The operator talks through ``api()`` (in-cluster, else $KUBECONFIG); the kubectl plugin points
+this module at the cluster its flags name (``load``, then ``use``) and maps these exceptions to
+its own messages (cli/api.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +43,7 @@ from finetune_operator import security
 log = logging.getLogger(__name__)
 
 _api: client.ApiClient | None = None
-_TIMEOUT = (10.0, 60.0)
+_timeout: float | tuple[float, float] = (10.0, 60.0)  # (connect, read) or in all, per request
 
 
 def api() -> client.ApiClient:
@@ -49,6 +56,13 @@ def api() -> client.ApiClient:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         _api = client.ApiClient()
     return _api
+
+
+def use(api_client: client.ApiClient, timeout: float | tuple[float, float]) -> None:
+    """Send this module's calls through ``api_client`` from now on, each limited to
+    ``timeout`` seconds (streams excepted)."""
+    global _api, _timeout
+    _api, _timeout = api_client, timeout
 
 
 class KubeError(Exception):
@@ -96,6 +110,11 @@ def _error(what: str, status: int, detail: str) -> KubeError:
     return TransientError(what, status, detail)
 
 
+class CommandError(KubeError):
+    """A command run in a pod failed, could not start or ran past its time (``detail`` says
+    which)."""
+
+
 class NotOwnedError(Exception):
     """A child's name is taken by an object the job does not own (the job fails NameConflict)."""
 
@@ -105,6 +124,59 @@ def _message(data: bytes | None, fallback: str) -> str:
         return str(json.loads(data or b"{}").get("message") or fallback)
     except (ValueError, AttributeError):
         return fallback
+
+
+def _send(
+    method: str,
+    path: str,
+    body: Any,
+    *,
+    query: dict[str, str] | None,
+    content_type: str,
+    accept: str,
+    timeout: float | tuple[float, float] | None,
+) -> Any:
+    """The client's RESTResponse, its body not read yet."""
+    c = api()
+    method_, url, headers, body_, _ = c.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=list(query.items()) if query else None,
+        header_params={"Content-Type": content_type, "Accept": accept},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    return c.call_api(method_, url, header_params=headers, body=body_, _request_timeout=timeout)
+
+
+def _raw(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    query: dict[str, str] | None = None,
+    content_type: str = "application/json",
+    accept: str = "application/json",
+) -> bytes:
+    """The body of one API call's answer; errors raised as this module's exceptions."""
+    what = f"{method} {path}"
+    try:
+        resp = _send(
+            method,
+            path,
+            body,
+            query=query,
+            content_type=content_type,
+            accept=accept,
+            timeout=_timeout,
+        )
+        data: bytes | None = resp.read()
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(what, None, str(exc)) from exc
+    status = int(resp.status)
+    if 200 <= status < 300:
+        return data or b""
+    raise _error(what, status, _message(data, str(resp.reason)))
 
 
 def request(
@@ -117,28 +189,35 @@ def request(
     accept: str = "application/json",
 ) -> dict[str, Any]:
     """One API call with plain JSON in and out; errors raised as this module's exceptions."""
-    c = api()
-    what = f"{method} {path}"
+    out: dict[str, Any] = json.loads(
+        _raw(method, path, body, query=query, content_type=content_type, accept=accept) or b"{}"
+    )
+    return out
+
+
+def _stream(path: str, query: dict[str, str]) -> Iterator[bytes]:
+    """A GET whose answer keeps coming (a followed log, a watch), chunk by chunk, with no time
+    limit of ours (the apiserver's ``timeoutSeconds``, or the container's end, closes it)."""
+    what = f"GET {path}"
     try:
-        method_, url, headers, body_, _ = c.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list(query.items()) if query else None,
-            header_params={"Content-Type": content_type, "Accept": accept},
-            body=body,
-            auth_settings=["BearerToken"],
+        resp = _send(
+            "GET",
+            path,
+            None,
+            query=query,
+            content_type="application/json",
+            accept="*/*",
+            timeout=None,
         )
-        resp = c.call_api(
-            method_, url, header_params=headers, body=body_, _request_timeout=_TIMEOUT
-        )
-        data: bytes | None = resp.read()  # type: ignore[no-untyped-call]
+        status = int(resp.status)
+        if not 200 <= status < 300:
+            raise _error(what, status, _message(resp.read(), str(resp.reason)))
+        try:
+            yield from resp.response.stream(4096)
+        finally:
+            resp.response.release_conn()
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TransientError(what, None, str(exc)) from exc
-    status = int(resp.status)
-    if 200 <= status < 300:
-        out: dict[str, Any] = json.loads(data or b"{}")
-        return out
-    raise _error(what, status, _message(data, str(resp.reason)))
 
 
 def _ns_path(api_version: str, namespace: str, plural: str, name: str | None = None) -> str:
@@ -182,14 +261,51 @@ def _pages(path: str, query: dict[str, str] | None = None) -> Iterator[dict[str,
         query["continue"] = token
 
 
+def _jobs_path(namespace: str | None) -> str:
+    """The FineTuneJobs of one namespace, or of all when ``None``."""
+    if namespace:
+        return _ns_path(m.API_VERSION, namespace, m.PLURAL)
+    return f"/apis/{m.API_VERSION}/{m.PLURAL}"
+
+
 def list_jobs(namespace: str | None) -> Iterator[dict[str, Any]]:
-    """FineTuneJobs of one namespace, or of all when ``None``."""
-    path = (
-        _ns_path(m.API_VERSION, namespace, m.PLURAL)
-        if namespace
-        else f"/apis/{m.API_VERSION}/{m.PLURAL}"
+    """FineTuneJobs of one namespace, or of all when ``None``, a page at a time."""
+    return _pages(_jobs_path(namespace))
+
+
+def job_list(namespace: str | None) -> dict[str, Any]:
+    """The FineTuneJobList itself (``items`` and the ``resourceVersion`` to watch from)."""
+    return request("GET", _jobs_path(namespace))
+
+
+def watch_jobs(
+    namespace: str | None, resource_version: str | None, timeout_seconds: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, object) watch events of the FineTuneJobs after ``resource_version``, until the
+    apiserver ends the watch after ``timeout_seconds``; a version too old to watch from comes
+    as an ``ERROR`` event whose object is the apiserver's Status (410)."""
+    query = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+    if resource_version:
+        query["resourceVersion"] = resource_version
+    rest = b""
+    for chunk in _stream(_jobs_path(namespace), query):
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in filter(bytes.strip, lines):
+            try:
+                event = json.loads(line)
+                yield str(event["type"]), dict(event["object"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TransientError(f"watch {m.PLURAL}", None, f"unreadable event: {exc}") from exc
+
+
+def patch_job(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386) of the job's spec or metadata; the job as written."""
+    return request(
+        "PATCH",
+        _ns_path(m.API_VERSION, namespace, m.PLURAL, name),
+        patch,
+        content_type="application/merge-patch+json",
     )
-    return _pages(path)
 
 
 def patch_job_status(
@@ -331,6 +447,26 @@ def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> N
         request("DELETE", _ns_path("v1", namespace, "pods", name), body or None)
 
 
+def get_pod(namespace: str, name: str) -> dict[str, Any]:
+    return request("GET", _ns_path("v1", namespace, "pods", name))
+
+
+def create_pod(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a pod of one's own (not a job's child: no adoption, a 409 is an error)."""
+    return request("POST", _ns_path("v1", namespace, "pods"), body)
+
+
+def list_events(namespace: str, involved: str) -> list[dict[str, Any]]:
+    """core/v1 Events about the object named ``involved`` (a job or a pod)."""
+    obj = request(
+        "GET",
+        _ns_path("v1", namespace, "events"),
+        query={"fieldSelector": f"involvedObject.name={involved}"},
+    )
+    items: list[dict[str, Any]] = obj.get("items") or []
+    return items
+
+
 def get_workload(api_version: str, namespace: str, name: str) -> dict[str, Any] | None:
     """A Kueue Workload (read-only); None when it (or Kueue's API) does not exist."""
     try:
@@ -404,3 +540,110 @@ def emit_event(job: dict[str, Any], kind: str, reason: str, message: str) -> Non
         request("POST", _ns_path("v1", str(meta.get("namespace")), "events"), body)
     except KubeError as exc:
         log.warning("could not record event %s: %s", reason, exc)
+
+
+# ------------------------------------------------------------------- logs, exec, the caller
+
+
+def _log_query(container: str | None, tail: int | None) -> dict[str, str]:
+    query = {"container": container} if container else {}
+    if tail is not None:
+        query["tailLines"] = str(tail)
+    return query
+
+
+def read_log(
+    namespace: str, pod: str, container: str | None = None, tail: int | None = None
+) -> str:
+    """The container's log (``tail``: its last lines only)."""
+    path = _ns_path("v1", namespace, "pods", pod) + "/log"
+    data = _raw("GET", path, query=_log_query(container, tail), accept="*/*")
+    return data.decode("utf-8", errors="replace")
+
+
+def follow_log(namespace: str, pod: str, tail: int | None = None) -> Iterator[bytes]:
+    """The log as it is written (``kubectl logs -f``), until the container ends."""
+    path = _ns_path("v1", namespace, "pods", pod) + "/log"
+    return _stream(path, {**_log_query(None, tail), "follow": "true"})
+
+
+_HANDSHAKE = re.compile(r"Handshake status (\d{3})")
+
+
+def exec_output(
+    namespace: str, pod: str, container: str, command: list[str], timeout: float
+) -> str:
+    """stdout of ``command`` run in the pod's container (``kubectl exec``, over the client's
+    websocket); ``CommandError`` when it exits non-zero, cannot start or runs past ``timeout``
+    seconds."""
+    import websocket
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.stream import stream
+
+    what = f"exec in pod {namespace}/{pod}"
+    try:
+        ws: Any = stream(
+            client.CoreV1Api(api()).connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=command,
+            stdin=False,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+        )
+    except ApiException as exc:  # the websocket's handshake: status 0, the HTTP one in words
+        found = _HANDSHAKE.search(str(exc.reason))
+        if found is None:
+            raise TransientError(what, None, str(exc.reason)) from exc
+        raise _error(what, int(found[1]), str(exc.reason)) from exc
+    out: list[str] = []
+    err: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while ws.is_open():
+            if time.monotonic() > deadline:
+                raise CommandError(what, None, f"ran past {timeout:.0f} s")
+            ws.update(timeout=1)
+            if ws.peek_stdout():
+                out.append(ws.read_stdout())
+            if ws.peek_stderr():
+                err.append(ws.read_stderr())
+        out.append(ws.read_stdout() if ws.peek_stdout() else "")
+    except (websocket.WebSocketException, OSError) as exc:
+        raise TransientError(what, None, str(exc)) from exc
+    finally:
+        ws.close()
+    # the apiserver ends an exec with a Status on channel 3: Success, or Failure with the exit
+    # code (or why the command could not start, e.g. no such executable)
+    try:
+        status = json.loads(ws.read_channel(3) or "{}")
+    except ValueError:
+        status = {}
+    if isinstance(status, dict) and status.get("status") == "Failure":
+        last = "".join(err).strip().splitlines()[-1:] or [str(status.get("message"))]
+        raise CommandError(what, None, f"failed: {last[0]}")
+    return "".join(out)
+
+
+def may_i(namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
+    """``kubectl auth can-i``: a SelfSubjectAccessReview (every user may create one)."""
+    attributes = {"namespace": namespace, "verb": verb, "resource": resource}
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {**attributes, "subresource": subresource}},
+    }
+    review = request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body)
+    return bool((review.get("status") or {}).get("allowed"))
+
+
+def list_namespaces() -> list[str]:
+    items = request("GET", "/api/v1/namespaces").get("items") or []
+    return [str(n["metadata"]["name"]) for n in items]
+
+
+def server_version() -> str:
+    return str(request("GET", "/version").get("gitVersion"))

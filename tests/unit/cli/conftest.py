@@ -6,6 +6,18 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from finetune_operator import kube
+
+
+@pytest.fixture(autouse=True)
+def _kube_pointing_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Api`` points kube.py at its cluster (module state): each test's pointing ends with it."""
+    monkeypatch.setattr(kube, "_api", kube._api)
+    monkeypatch.setattr(kube, "_timeout", kube._timeout)
+
+
 NOW = datetime(2026, 11, 20, 10, 0, 30, tzinfo=UTC)
 
 BASE: dict[str, Any] = {

@@ -73,3 +73,19 @@ def test_multi_file_kubeconfig_is_merged(tmp_path: Path, monkeypatch: pytest.Mon
     assert Api(Target()).namespace == "ns-a"  # current-context from the first file
     assert Api(Target(context="ctx-b")).namespace == "ns-b"  # a context of the second file
     assert Api(Target(context="ctx-b", namespace="x")).namespace == "x"
+
+
+def test_the_first_file_to_set_current_context_wins_and_empty_files_are_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As kubectl merges $KUBECONFIG (the client's own merge lets the last current-context win
+    and refuses an empty file)."""
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    a = _kubeconfig(tmp_path / "a", "ctx-a", "ns-a", current=True)
+    b = _kubeconfig(tmp_path / "b", "ctx-b", "ns-b", current=True)
+    monkeypatch.setenv("KUBECONFIG", f"{empty}:{tmp_path / 'missing'}:{a}:{b}")
+    assert Api(Target()).namespace == "ns-a"
+    assert Api(Target(context="ctx-b")).namespace == "ns-b"
+    monkeypatch.setenv("KUBECONFIG", f"{b}:{a}")
+    assert Api(Target()).namespace == "ns-b"

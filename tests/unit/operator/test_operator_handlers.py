@@ -498,6 +498,25 @@ def test_a_pod_gone_before_any_reconcile_listed_it_ended_keeps_its_exit_code(
     assert handlers._tombstones == {}
 
 
+def test_a_restarts_deleted_pods_are_not_read_as_the_new_runs_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart deletes the previous run's bot-1 and starts again at attempt 1 with the same
+    pod name: that pod's last state must not end the new run's attempt (the integration test
+    saw an attempt 2 after a restart)."""
+    # the new run prepares (its DELETED event came late, after the restart went on)
+    fake = FakeApi(job_body(status={"phase": "Preparing", "run": 1}), ALL)
+    fake.progress = None
+    fake.install(monkeypatch)
+    fake.pods = [owned(pod("bot-prepare", role="prepare", attempt=0, running=True))]
+    old = owned(pod("bot-1", phase="Failed", exit_code=137, deleting=True))
+    event(handlers.pod_event, type="DELETED", namespace="ml", labels={m.LABEL_JOB: "bot"},
+          event={"object": old})  # fmt: skip
+    assert all(not p.get("attempts") and p.get("attempt") in (None, 0) for p in fake.patches)
+    assert not [c for c in fake.created if c.startswith("Pod")]
+    assert handlers._tombstones == {}
+
+
 def test_a_running_pods_deletion_event_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only an ended container has an exit code worth keeping."""
     fake = FakeApi(job_body(status=RUNNING_1), ALL)

@@ -1,21 +1,22 @@
-"""Cluster access for the plugin: kubeconfig, context and namespace as kubectl resolves them.
+"""The plugin's cluster access: kube.py pointed at the cluster kubectl's flags name, its
+exceptions turned into the plugin's one-line errors (``_errors``, the one place), and the
+presentation the verbs share (the subject of each message, pods oldest first).
 
-The only module of the plugin that imports the kubernetes client. Objects come back as plain
-dicts with the API's camelCase keys (what ``kubectl get -o yaml`` shows).
+Objects come back as plain dicts with the API's camelCase keys (what ``kubectl get -o yaml``
+shows).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from finetune_operator import models as m
 
-_MERGE_PATCH = "application/merge-patch+json"
+# kube (and with it the kubernetes client, ~0.4 s) is imported where a call needs it: help,
+# usage errors and completing verbs and flags stay quick
 
 
 class CliError(Exception):
@@ -30,6 +31,25 @@ class NotFoundError(CliError):
     """The named object does not exist."""
 
 
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """kube's exceptions as the plugin's messages, ``what`` naming the subject."""
+    from finetune_operator import kube, kubeconfig
+
+    try:
+        yield
+    except kubeconfig.ConfigError as exc:
+        raise CliError(f"cannot load the cluster configuration: {exc}") from exc
+    except kube.NotFoundError as exc:
+        raise NotFoundError(f"{what} not found") from exc
+    except kube.CommandError as exc:
+        raise CliError(f"{what} {exc.detail}") from exc
+    except kube.KubeError as exc:
+        if exc.status is None:
+            raise CliError(f"{what}: cannot reach the API server: {exc.detail}") from exc
+        raise CliError(f"{what}: {exc.detail} (HTTP {exc.status})") from exc
+
+
 @dataclass(frozen=True)
 class Target:
     """Where to talk to: kubectl's --kubeconfig, --context, -n/--namespace and -A."""
@@ -41,318 +61,133 @@ class Target:
     request_timeout: float = 30.0
 
 
-def _kubeconfig_path(explicit: str | None) -> str | None:
-    """What the client's loader reads: --kubeconfig, else all of $KUBECONFIG (``a:b`` is merged
-    by the client's KubeConfigMerger, first file wins, as kubectl does), else ~/.kube/config;
-    None (in-cluster config) when there is none of them."""
-    if explicit:
-        return explicit
-    env = os.environ.get("KUBECONFIG", "")
-    if any(p for p in env.split(os.pathsep)):
-        return env
-    default = Path.home() / ".kube" / "config"
-    return str(default) if default.is_file() else None
-
-
 class Api:
-    """The FineTuneJobs, pods, events and logs of one cluster."""
+    """The FineTuneJobs, pods, events and logs of one cluster (kube.py, pointed at it)."""
 
     def __init__(self, target: Target) -> None:
-        from kubernetes import client
-        from kubernetes import config as _config
+        from finetune_operator import kube, kubeconfig
 
-        config: Any = _config  # partly annotated upstream
-        self.api_client: Any
         self.target = target
-        path = _kubeconfig_path(target.kubeconfig)
-        namespace = "default"
-        try:
-            if path is None:
-                config.load_incluster_config()
-                self.api_client = client.ApiClient()
-                ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                if ns_file.is_file():
-                    namespace = ns_file.read_text().strip() or namespace
-            else:
-                self.api_client = config.new_client_from_config(
-                    config_file=path, context=target.context
-                )
-                contexts, active = config.list_kube_config_contexts(config_file=path)
-                chosen = (
-                    next((c for c in contexts if c.get("name") == target.context), active)
-                    if target.context
-                    else active
-                )
-                namespace = ((chosen or {}).get("context") or {}).get("namespace") or namespace
-        except (config.ConfigException, OSError) as exc:
-            raise CliError(f"cannot load the cluster configuration: {exc}") from exc
+        with _errors("the cluster configuration"):
+            api_client, namespace = kubeconfig.load(target.kubeconfig, target.context)
+        kube.use(api_client, target.request_timeout)
         self.namespace: str = target.namespace or namespace
-        self.custom = client.CustomObjectsApi(self.api_client)
-        self.core = client.CoreV1Api(self.api_client)
-        self._timeout = target.request_timeout
 
-    # ------------------------------------------------------------------------------ helpers
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client import ApiException
-        from urllib3.exceptions import HTTPError
-
-        kwargs.setdefault("_request_timeout", self._timeout)
-        try:
-            return fn(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotFoundError(f"{what} not found") from exc
-            reason = exc.reason or ""
-            try:
-                import json
-
-                reason = json.loads(exc.body or "{}").get("message") or reason
-            except ValueError:
-                pass
-            raise CliError(f"{what}: {reason} (HTTP {exc.status})") from exc
-        except (HTTPError, OSError) as exc:
-            raise CliError(f"{what}: cannot reach the API server: {exc}") from exc
-
-    def _plain(self, obj: Any) -> Any:
-        return self.api_client.sanitize_for_serialization(obj)
-
-    def _job_what(self, namespace: str, name: str) -> str:
+    @staticmethod
+    def _job_what(namespace: str, name: str) -> str:
         return f'finetunejobs.{m.GROUP} "{name}" in namespace "{namespace}"'
 
     # --------------------------------------------------------------------------------- jobs
 
     def list_jobs(self, namespace: str | None) -> dict[str, Any]:
         """The FineTuneJobList of ``namespace`` (None: all namespaces)."""
-        if namespace is None:
-            return dict(
-                self._call(
-                    "listing finetunejobs",
-                    self.custom.list_cluster_custom_object,
-                    m.GROUP,
-                    m.VERSION,
-                    m.PLURAL,
-                )
-            )
-        return dict(
-            self._call(
-                f'listing finetunejobs in namespace "{namespace}"',
-                self.custom.list_namespaced_custom_object,
-                m.GROUP,
-                m.VERSION,
-                namespace,
-                m.PLURAL,
-            )
-        )
+        from finetune_operator import kube
+
+        where = f' in namespace "{namespace}"' if namespace is not None else ""
+        with _errors(f"listing finetunejobs{where}"):
+            return kube.job_list(namespace)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(
-            self._call(
-                self._job_what(namespace, name),
-                self.custom.get_namespaced_custom_object,
-                m.GROUP,
-                m.VERSION,
-                namespace,
-                m.PLURAL,
-                name,
-            )
-        )
+        from finetune_operator import kube
+
+        with _errors(self._job_what(namespace, name)):
+            return kube.get_job(namespace, name)
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch (RFC 7386) of the job."""
-        return dict(
-            self._call(
-                self._job_what(namespace, name),
-                self.custom.patch_namespaced_custom_object,
-                m.GROUP,
-                m.VERSION,
-                namespace,
-                m.PLURAL,
-                name,
-                patch,
-                _content_type=_MERGE_PATCH,
-            )
-        )
+        from finetune_operator import kube
+
+        with _errors(self._job_what(namespace, name)):
+            return kube.patch_job(namespace, name, patch)
 
     def watch_jobs(
         self, namespace: str | None, resource_version: str | None, timeout_seconds: int = 300
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(type, object) watch events of the jobs, from ``resource_version``."""
-        from kubernetes import watch as _watch
+        from finetune_operator import kube
 
-        watch: Any = _watch
-        fn: Any
-        args: tuple[Any, ...]
-        if namespace is None:
-            fn = self.custom.list_cluster_custom_object
-            args = (m.GROUP, m.VERSION, m.PLURAL)
-        else:
-            fn = self.custom.list_namespaced_custom_object
-            args = (m.GROUP, m.VERSION, namespace, m.PLURAL)
-        kwargs: dict[str, Any] = {"timeout_seconds": timeout_seconds}
-        if resource_version:
-            kwargs["resource_version"] = resource_version
-        stream = watch.Watch().stream(fn, *args, **kwargs)
-        for event in stream:
-            yield str(event["type"]), dict(event["object"])
+        with _errors("watching finetunejobs"):
+            yield from kube.watch_jobs(namespace, resource_version, timeout_seconds)
 
     # ------------------------------------------------------------------ pods, events, logs
 
     def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """Pods labelled ``finetune.dev/job=<job>``, oldest first."""
-        found = self._call(
-            f'listing pods of "{job}"',
-            self.core.list_namespaced_pod,
-            namespace,
-            label_selector=f"{m.LABEL_JOB}={job}",
-        )
-        pods = [self._plain(p) for p in found.items]
+        from finetune_operator import kube
+
+        with _errors(f'listing pods of "{job}"'):
+            pods = kube.list_pods(namespace, job)
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
     def list_events(self, namespace: str, names: list[str]) -> list[dict[str, Any]]:
         """core/v1 Events whose involved object has one of ``names``."""
+        from finetune_operator import kube
+
         out: list[dict[str, Any]] = []
         for name in dict.fromkeys(names):
-            found = self._call(
-                f'listing events of "{name}"',
-                self.core.list_namespaced_event,
-                namespace,
-                field_selector=f"involvedObject.name={name}",
-            )
-            out.extend(self._plain(e) for e in found.items)
+            with _errors(f'listing events of "{name}"'):
+                out.extend(kube.list_events(namespace, name))
         return out
 
     def read_log(
         self, namespace: str, pod: str, container: str | None = None, tail: int | None = None
     ) -> str:
-        kwargs: dict[str, Any] = {}
-        if container:
-            kwargs["container"] = container
-        if tail is not None:
-            kwargs["tail_lines"] = tail
-        return str(
-            self._call(
-                f'logs of pod "{pod}"', self.core.read_namespaced_pod_log, pod, namespace, **kwargs
-            )
-        )
+        from finetune_operator import kube
+
+        with _errors(f'logs of pod "{pod}"'):
+            return kube.read_log(namespace, pod, container, tail)
 
     def stream_log(self, namespace: str, pod: str, tail: int | None = None) -> Iterator[bytes]:
         """Follow the pod's log (``kubectl logs -f``) until the container ends."""
-        kwargs: dict[str, Any] = {"follow": True, "_preload_content": False}
-        if tail is not None:
-            kwargs["tail_lines"] = tail
-        resp = self._call(
-            f'logs of pod "{pod}"',
-            self.core.read_namespaced_pod_log,
-            pod,
-            namespace,
-            _request_timeout=None,
-            **kwargs,
-        )
-        try:
-            yield from resp.stream(4096)
-        finally:
-            resp.release_conn()
+        from finetune_operator import kube
+
+        with _errors(f'logs of pod "{pod}"'):
+            yield from kube.follow_log(namespace, pod, tail)
 
     def can_i(self, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
-        """``kubectl auth can-i``: a SelfSubjectAccessReview (every user may create one)."""
-        from kubernetes import client
+        """``kubectl auth can-i``."""
+        from finetune_operator import kube
 
-        body = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {
-                "resourceAttributes": {
-                    "namespace": namespace,
-                    "verb": verb,
-                    "resource": resource,
-                    "subresource": subresource,
-                }
-            },
-        }
-        review = self._call(
-            f"may I {verb} {resource}{'/' + subresource if subresource else ''}",
-            client.AuthorizationV1Api(self.api_client).create_self_subject_access_review,
-            body,
-        )
-        return bool(review.status.allowed)
+        with _errors(f"may I {verb} {resource}{'/' + subresource if subresource else ''}"):
+            return kube.may_i(namespace, verb, resource, subresource)
 
     def exec_output(
         self, namespace: str, pod: str, container: str, command: list[str], timeout: float
     ) -> str:
         """stdout of ``command`` run in the pod (``kubectl exec``); CliError if it exits non-zero
         or runs past ``timeout`` seconds."""
-        import time
+        from finetune_operator import kube
 
-        from kubernetes.stream import stream
-
-        ws = self._call(
-            f'exec in pod "{pod}"',
-            stream,
-            self.core.connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            container=container,
-            command=command,
-            stdin=False,
-            stdout=True,
-            stderr=True,
-            tty=False,
-            _preload_content=False,
-        )
-        out: list[str] = []
-        err: list[str] = []
-        deadline = time.monotonic() + timeout
-        try:
-            while ws.is_open():
-                if time.monotonic() > deadline:
-                    raise CliError(f'exec in pod "{pod}" ran past {timeout:.0f} s')
-                ws.update(timeout=1)
-                if ws.peek_stdout():
-                    out.append(ws.read_stdout())
-                if ws.peek_stderr():
-                    err.append(ws.read_stderr())
-            out.append(ws.read_stdout() if ws.peek_stdout() else "")
-        finally:
-            ws.close()
-        # the API server ends an exec with a Status on channel 3: Success, or Failure with the
-        # exit code (or why the command could not start, e.g. no such executable)
-        import json
-
-        try:
-            status = json.loads(ws.read_channel(3) or "{}")
-        except ValueError:
-            status = {}
-        if isinstance(status, dict) and status.get("status") == "Failure":
-            last = "".join(err).strip().splitlines()[-1:] or [str(status.get("message"))]
-            raise CliError(f'exec in pod "{pod}" failed: {last[0]}')
-        return "".join(out)
+        with _errors(f'exec in pod "{pod}"'):
+            return kube.exec_output(namespace, pod, container, command, timeout)
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        self._call(f'creating pod "{name}"', self.core.create_namespaced_pod, namespace, body)
+        from finetune_operator import kube
+
+        with _errors(f'creating pod "{body["metadata"]["name"]}"'):
+            kube.create_pod(namespace, body)
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        found = self._call(f'pod "{name}"', self.core.read_namespaced_pod, name, namespace)
-        return dict(self._plain(found))
+        from finetune_operator import kube
+
+        with _errors(f'pod "{name}"'):
+            return kube.get_pod(namespace, name)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete at once (404: already gone)."""
-        with contextlib.suppress(NotFoundError):
-            self._call(
-                f'deleting pod "{name}"',
-                self.core.delete_namespaced_pod,
-                name,
-                namespace,
-                grace_period_seconds=0,
-            )
+        from finetune_operator import kube
+
+        with _errors(f'deleting pod "{name}"'):
+            kube.delete_pod(namespace, name, grace_seconds=0)
 
     def list_namespaces(self) -> list[str]:
-        found = self._call("listing namespaces", self.core.list_namespace)
-        return [str(n.metadata.name) for n in found.items]
+        from finetune_operator import kube
+
+        with _errors("listing namespaces"):
+            return kube.list_namespaces()
 
     def server_version(self) -> str:
-        from kubernetes import client
+        from finetune_operator import kube
 
-        info = self._call("server version", client.VersionApi(self.api_client).get_code)
-        return str(info.git_version)
+        with _errors("server version"):
+            return kube.server_version()

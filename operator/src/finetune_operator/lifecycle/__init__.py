@@ -44,6 +44,7 @@ from finetune_operator.lifecycle.derive import (
 from finetune_operator.lifecycle.pods import (
     PodKind,
     PodState,
+    attempt_of,
     failure_message,
     missing_claim,
     parse_time,
@@ -74,6 +75,7 @@ __all__ = [
     "PrepareReport",
     "ProgressReport",
     "active_since",
+    "attempt_of",
     "backoff_seconds",
     "batch_for_attempt",
     "children_needed",
