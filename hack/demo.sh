@@ -69,7 +69,9 @@ HELM=$FTO_CACHE/bin/helm-v$HELM_VERSION/helm
 k() { "$KUBECTL" "$@"; }
 
 say "images (trainer ~5.7 GB: the first build and load take a while; later runs are cached)"
-quiet hack/images.sh trainer operator
+# the demo exports no GGUF: its trainer image skips llama.cpp (a 10-20 min compile on a cold
+# machine); DEMO_LLAMA_CPP=1 builds the full one
+TRAINER_LLAMA_CPP=${DEMO_LLAMA_CPP:-0} quiet hack/images.sh trainer operator
 
 say "operator (Helm chart charts/finetune-operator, release $RELEASE in $OPNS)"
 for ns in "$OPNS" "$NS"; do

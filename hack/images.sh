@@ -7,7 +7,8 @@
 #                               into the local cluster's containerd (skipped when unchanged):
 #     trainer   trainer-image/Dockerfile, context trainer-image/, BASE_IMAGE=localhost/python-base:bookworm,
 #               LLAMA_CPP_SOURCE=prebuilt: hack/build-llama-cpp.sh's cached llama.cpp (compiled once
-#               per version) copied into trainer-image/llama-cpp/prebuilt/ (git-ignored)
+#               per version) copied into trainer-image/llama-cpp/prebuilt/ (git-ignored);
+#               TRAINER_LLAMA_CPP=0: LLAMA_CPP_SOURCE=none, no llama.cpp (make demo's image)
 #     operator  operator/Dockerfile, context the repo root, BASE_IMAGE=localhost/debian:bookworm
 #     standin   tests/standin/Dockerfile, context tests/standin/, BASE_IMAGE=localhost/debian:bookworm
 # Every result is cached under $FTO_CACHE/images, keyed by what it is built from.
@@ -169,6 +170,13 @@ for what in "$@"; do
     pause) build_pause ;;
     python-base) build_python_base ;;
     trainer)
+      if [[ ${TRAINER_LLAMA_CPP:-1} == 0 ]]; then  # make demo: no GGUF export, no compile
+        EXTRA_KEY="llama.cpp=none" \
+        BUILD_ARGS="LLAMA_CPP_SOURCE=none LLAMA_CPP_PYTHON_VERSION=$LLAMA_CPP_PYTHON_VERSION" \
+          build_app trainer trainer-image/Dockerfile trainer-image "$PYBASE_IMAGE" "$TRAINER_IMAGE" \
+          trainer-image requirements/trainer.txt
+        continue
+      fi
       # llama.cpp for the GGUF export: built once per version on the host (offline build here);
       # the version joins the image's key, the copy in the context is git-ignored
       llama=$("$FTO_ROOT/hack/build-llama-cpp.sh")

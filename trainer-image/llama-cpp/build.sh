@@ -16,6 +16,9 @@
 #                                   stage, with network: the GPU image)
 #   build.sh prebuilt VERSION DEST  copy ./prebuilt/, which hack/images.sh fills from
 #                                   hack/build-llama-cpp.sh's cache (the offline local image)
+#   build.sh none VERSION DEST      no llama.cpp (`make demo`'s image: it exports no GGUF, and a
+#                                   cold demo skips a 10-20 min compile); a GGUF export of such an
+#                                   image fails ExportFailed, naming the missing tool
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[llama-cpp] %s\n' "$*" >&2; }
@@ -74,7 +77,7 @@ from_sdist() {  # SDIST DEST
 }
 
 mode=${1:-}; arg=${2:-}; dest=${3:-}
-[[ -n $arg && -n $dest ]] || die "usage: build.sh sdist SDIST DEST | build VERSION DEST | prebuilt VERSION DEST"
+[[ -n $arg && -n $dest ]] || die "usage: build.sh sdist SDIST DEST | build VERSION DEST | prebuilt VERSION DEST | none VERSION DEST"
 case $mode in
   sdist) from_sdist "$arg" "$dest" ;;
   build)
@@ -96,6 +99,7 @@ case $mode in
     mkdir -p "$dest"
     cp -a "$HERE/prebuilt/bin" "$HERE/prebuilt/lib" "$HERE/prebuilt/convert" "$dest/"
     check "$dest" ;;
-  *) die "unknown mode '$mode' (sdist, build, prebuilt)" ;;
+  none) mkdir -p "$dest"; log "no llama.cpp in this image: GGUF exports will fail" ;;
+  *) die "unknown mode '$mode' (sdist, build, prebuilt, none)" ;;
 esac
 log "llama.cpp $mode ready in $dest"

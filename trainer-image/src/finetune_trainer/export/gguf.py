@@ -92,7 +92,10 @@ def convert(
     """Write ``out_dir/<name>-<QUANT>.gguf`` (a hidden ``.partial`` until complete)."""
     for path in (tools.converter, tools.quantizer):
         if not path.exists():
-            raise ToolError(f"llama.cpp tool {path} is missing (set {HOME_ENV})")
+            raise ToolError(
+                f"llama.cpp tool {path} is missing (set {HOME_ENV}; an image built without "
+                "llama.cpp, as make demo builds it, cannot export GGUF)"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / file_name(name, quantization)
     partial = files.staging_dir(final)
