@@ -39,7 +39,8 @@ from tests.harness import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 
-STEPS = 120
+# the retry after the SIGTERM must outlast the test's next look (at 120 it once finished first)
+STEPS = 240
 EVERY = 10
 TRAINER_PID = (
     "for p in /proc/[0-9]*; do grep -qa '[f]inetune-trainer' $p/cmdline 2>/dev/null && "
