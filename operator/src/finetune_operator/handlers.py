@@ -545,7 +545,7 @@ def _exhume(namespace: str, job: str) -> list[dict[str, Any]]:
 
 # A child deleted by hand is created again at once, and the memo of checked children forgets it.
 def _is_config(name: str, labels: Mapping[str, str], **_: Any) -> bool:
-    return name == f"{labels.get(m.LABEL_JOB)}-config"
+    return name == b.config_map_name_for(str(labels.get(m.LABEL_JOB)))
 
 
 @kopf.on.event("", "v1", "configmaps", labels={m.LABEL_JOB: kopf.PRESENT, **b.MANAGED_BY},
