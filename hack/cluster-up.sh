@@ -29,15 +29,21 @@ node_ok() {
   [[ $(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}|{.status.allocatable.nvidia\.com/gpu}' 2>/dev/null) == "True|2" ]]
 }
 
+# healthy: every part runs with its current config and the node is Ready with its GPUs; when not,
+# it says on stderr what is wrong (the first thing found).
 healthy() {
   local c
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet provisioner coredns; do
-    pid_alive "$c" || return 1
+    pid_alive "$c" || { echo "$c is not running" >&2; return 1; }
   done
-  config_current kube-apiserver "$APISERVER_HASH" || return 1
+  config_current kube-apiserver "$APISERVER_HASH" || { echo "kube-apiserver runs an older config" >&2; return 1; }
   # a kubelet started by an older cluster-up (before cluster DNS) is restarted with it
-  grep -q "clusterDNS: \[$DNS_IP\]" "$FTO_STATE/kubelet.yaml" 2>/dev/null || return 1
-  kc get --raw /readyz >/dev/null 2>&1 && node_ok
+  grep -q "clusterDNS: \[$DNS_IP\]" "$FTO_STATE/kubelet.yaml" 2>/dev/null \
+    || { echo "the kubelet runs without cluster DNS" >&2; return 1; }
+  kc get --raw /readyz >/dev/null 2>&1 || { echo "kube-apiserver /readyz fails" >&2; return 1; }
+  node_ok || { echo "node $NODE_NAME is not Ready with nvidia.com/gpu: 2 allocatable ($(kc get node "$NODE_NAME" \
+    -o jsonpath='Ready={.status.conditions[?(@.type=="Ready")].status} gpu={.status.allocatable.nvidia\.com/gpu}' 2>&1))" >&2
+    return 1; }
 }
 
 # start NAME CMD...: run CMD detached (own session, output in $FTO_STATE/logs/NAME.log) unless
@@ -290,6 +296,12 @@ start coredns "$COREDNS_BIN/coredns" -conf "$FTO_STATE/Corefile" || true
 wait_for 30 "cluster DNS on $DNS_IP" python3 "$FTO_ROOT/hack/lib/dnsprobe.py" "$DNS_IP" kubernetes.default.svc.cluster.local
 
 wait_for 30 "the default ServiceAccount" kc -n default get serviceaccount default
-healthy || die "cluster did not become healthy; see $FTO_ROOT/hack/cluster-status.sh and $FTO_STATE/logs"
+# Once more, with time: after an apiserver restart the node controller can mark the node Ready=Unknown
+# (no heartbeat seen while the apiserver was down) just after the wait above passed; the kubelet
+# reports Ready again within its status period (10 s).
+if ! wait_for 60 "the cluster to be healthy" healthy; then
+  why=$(healthy 2>&1 || true)
+  die "cluster did not become healthy (${why:-it is now}); see $FTO_ROOT/hack/cluster-status.sh and $FTO_STATE/logs"
+fi
 log "cluster up in $((SECONDS - t0))s"
 print_env
