@@ -400,8 +400,11 @@ def test_operator_restart_mid_run_makes_no_duplicate_pod(cluster: Cluster, e2e_n
 
 @pytest.mark.e2e_ns("queue")
 def test_second_two_gpu_job_is_queued_until_the_first_ends(cluster: Cluster, e2e_ns: str) -> None:
+    # The first job trains far longer than the test waits, and the test ends it by deleting it:
+    # a first job of a few steps could finish before the second's prepare pod does (seen on a
+    # loaded machine), and then the second never queues at all.
     ns = e2e_ns
-    apply_job(cluster, ns, "first", steps=10, gpus=2, every=5)
+    apply_job(cluster, ns, "first", steps=5000, gpus=2, every=1000)
     wait_phase(cluster, ns, "first", "Running")
     apply_job(cluster, ns, "second", steps=4, gpus=2, every=2)
     queued = wait_phase(cluster, ns, "second", "Queued")
@@ -409,11 +412,18 @@ def test_second_two_gpu_job_is_queued_until_the_first_ends(cluster: Cluster, e2e
     assert queued["message"].startswith("waiting for 2 nvidia.com/gpu: ")
     assert "Insufficient nvidia.com/gpu" in queued["message"]
     assert conditions(queued)["Ready"] == "True"
-    first_done = wait_phase(cluster, ns, "first", "Succeeded", timeout=300)
-    # while the first ran, the second never got a GPU
-    wait_phase(cluster, ns, "second", "Running", timeout=180)
-    done = wait_phase(cluster, ns, "second", "Succeeded", timeout=240)
-    assert done["completionTime"] > first_done["completionTime"]
+    # while the first trains on, the second gets no GPU
+    at = step(status(cluster, ns, "first"))
+    wait_phase(cluster, ns, "first", "Running", extra=lambda s: step(s) >= at + 2, timeout=300)
+    assert status(cluster, ns, "second")["phase"] == "Queued"
+    assert "second-1" not in pods(cluster, ns) or (
+        get(cluster, ns, "pod", "second-1")["status"]["phase"] == "Pending"
+    )
+    cluster.kubectl("delete", "ftj", "first", "-n", ns, "--wait=false")
+    wait_phase(cluster, ns, "second", "Running", timeout=240)
+    # the scheduler counts a terminating pod's GPUs until the pod is gone
+    assert "first-1" not in pods(cluster, ns)
+    wait_phase(cluster, ns, "second", "Succeeded", timeout=240)
     pod = get(cluster, ns, "pod", "second-1")
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
