@@ -25,9 +25,11 @@ print_env() {
   echo "export PATH=$K8S_BIN:\$PATH   # kubectl v$K8S_VERSION (also linked as /usr/local/bin/kubectl if free)"
 }
 
-node_ok() {
-  [[ $(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}|{.status.allocatable.nvidia\.com/gpu}' 2>/dev/null) == "True|2" ]]
+# node_state: "READY|GPUS" of the node, e.g. "True|2" (empty when it cannot be read).
+node_state() {
+  kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}|{.status.allocatable.nvidia\.com/gpu}' 2>/dev/null || true
 }
+node_ok() { [[ $(node_state) == "True|2" ]]; }
 
 # healthy: every part runs with its current config and the node is Ready with its GPUs; when not,
 # it says on stderr what is wrong (the first thing found).
@@ -41,9 +43,11 @@ healthy() {
   grep -q "clusterDNS: \[$DNS_IP\]" "$FTO_STATE/kubelet.yaml" 2>/dev/null \
     || { echo "the kubelet runs without cluster DNS" >&2; return 1; }
   kc get --raw /readyz >/dev/null 2>&1 || { echo "kube-apiserver /readyz fails" >&2; return 1; }
-  node_ok || { echo "node $NODE_NAME is not Ready with nvidia.com/gpu: 2 allocatable ($(kc get node "$NODE_NAME" \
-    -o jsonpath='Ready={.status.conditions[?(@.type=="Ready")].status} gpu={.status.allocatable.nvidia\.com/gpu}' 2>&1))" >&2
-    return 1; }
+  local state; state=$(node_state)
+  [[ $state == "True|2" ]] || {
+    echo "node $NODE_NAME is not Ready with nvidia.com/gpu: 2 allocatable (Ready|gpu: ${state:-unreadable})" >&2
+    return 1
+  }
 }
 
 # start NAME CMD...: run CMD detached (own session, output in $FTO_STATE/logs/NAME.log) unless
