@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from finetune_trainer.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama", seed=0)
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    """stop.py's handlers installed in this process, its state fresh; both restored after."""
+    import signal
+
+    from finetune_trainer import stop
+
+    old = {s: signal.getsignal(s) for s in stop.SIGNALS}
+    stop.reset_for_tests()
+    for s in stop.SIGNALS:
+        signal.signal(s, stop._handler)
+    yield
+    stop.reset_for_tests()
+    for s, h in old.items():
+        signal.signal(s, h)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from finetune_trainer import agree, checkpoints
+from finetune_trainer import agree, checkpoints, stop
 
 torch = pytest.importorskip("torch")
 mp = pytest.importorskip("torch.multiprocessing")
@@ -116,3 +117,45 @@ def test_probe_load_checks_the_weights_and_the_optimizers_structure(tmp_path: Pa
     assert train.probe_load(_Trainer(), ckpt) == "optimizer.pt holds no optimizer state"
     (ckpt / "trainer_state.json").write_text("{cut")
     assert "trainer_state.json" in (train.probe_load(_Trainer(), ckpt) or "")
+
+
+class _SignalledLoad:
+    """A load cut by SIGTERM whose Interrupted the library turned into its own error, as torch's
+    unpickler does ("ValueError: could not determine the shape of object type
+    'torch.storage.UntypedStorage'", seen in the SIGTERM chaos test)."""
+
+    def _load_from_checkpoint(self, path: str) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # the handler runs at the next bytecode boundary
+                pass
+        except stop.Interrupted as exc:
+            raise ValueError("could not determine the shape of object type") from exc
+
+
+def test_a_signal_during_the_load_suspends_and_never_condemns_the_checkpoint(
+    tmp_path: Path, handlers: None
+) -> None:
+    from finetune_trainer import train
+
+    root = tmp_path / "checkpoints"
+    _checkpoints(root, (2, 4))
+    stop.stage("reading the checkpoint")
+    with pytest.raises(stop.Interrupted, match="signal 15 during reading the checkpoint"):
+        train.probe_load(_SignalledLoad(), root / "checkpoint-4")
+    # the single-process path: the resume loop's fallback must not set checkpoint-4 aside
+    error = ValueError("could not determine the shape of object type")
+    assert train.fallback(error, root / "checkpoint-4", root, 1) is None
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_without_a_signal_a_failed_load_falls_back_and_sets_the_checkpoint_aside(
+    tmp_path: Path, handlers: None
+) -> None:
+    from finetune_trainer import train
+
+    root = tmp_path / "checkpoints"
+    _checkpoints(root, (2, 4))
+    error = RuntimeError("size mismatch for lora_A")
+    assert train.fallback(error, root / "checkpoint-4", root, 1) == root / "checkpoint-2"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4.corrupt"]

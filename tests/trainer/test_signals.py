@@ -206,12 +206,14 @@ def test_sigterm_at_twenty_moments_loses_nothing(
         assert code == 10, log[-3000:]
         assert (work / "termination-log").read_text().startswith("Suspended"), log[-2000:]
         after = complete_steps(work)
+        aside = sorted(p.name for p in (work / "checkpoints").glob("*.corrupt"))
+        assert not aside, f"{name}: a signal set a checkpoint aside: {aside}\n{log[-3000:]}"
         said = re.search(r"signal 15 during (.+?): ", log)
         assert said, log[-2000:]
         stages.append(said.group(1))
         rows[-1] = (*rows[-1][:2], f"{rows[-1][2]} ({said.group(1)})", *rows[-1][3:])
         if "nothing to save yet" in log:  # the trainer was not training yet: exit at once
-            assert after == before, f"{name}: nothing may be saved before training"
+            assert after == before, f"{name}: nothing may be saved before training\n{log[-3000:]}"
             assert took < EXIT_BOUND_S, (name, took)
             continue
         report = progress_reports(work)["progress.json"]
