@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from finetune_trainer import files, launch, retention, stop
 from finetune_trainer.errors import EXIT_SUSPENDED
-
-
-@pytest.fixture
-def handlers() -> Iterator[None]:
-    old = {s: signal.getsignal(s) for s in stop.SIGNALS}
-    stop.reset_for_tests()
-    for s in stop.SIGNALS:
-        signal.signal(s, stop._handler)
-    yield
-    stop.reset_for_tests()
-    for s, h in old.items():
-        signal.signal(s, h)
 
 
 def test_before_training_a_signal_stops_at_once(handlers: None) -> None:
@@ -47,6 +34,21 @@ def test_an_interrupt_swallowed_by_library_code_is_raised_again_at_the_next_stag
     assert stop.requested()
     with pytest.raises(stop.Interrupted, match="signal 15 during start-up"):
         stop.stage("start-up")
+
+
+def test_an_interrupt_swallowed_while_the_checkpoint_is_read_stops_before_training(
+    handlers: None,
+) -> None:
+    stop.stage("reading the checkpoint")
+    try:  # a finaliser or library ``except`` inside trainer.train(), before on_train_begin
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**6):
+            pass
+    except BaseException:  # the point of the test
+        pass
+    with pytest.raises(stop.Interrupted, match="signal 15 during reading the checkpoint"):
+        stop.begin_training()
+    assert not stop.training_started()
 
 
 def test_a_critical_block_finishes_then_stops(handlers: None) -> None:

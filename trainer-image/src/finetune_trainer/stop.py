@@ -141,7 +141,13 @@ def ending() -> None:
 
 
 def begin_training() -> None:
-    """From now on a signal only sets the flag (the training loop stops at a step boundary)."""
+    """From now on a signal only sets the flag (the training loop stops at a step boundary).
+
+    A start-up signal whose Interrupted was swallowed between the last stage boundary and here
+    (a finaliser or library ``except`` while the checkpoint is read) ends the run now, before
+    the first step: switching to defer mode first would train a step and save a checkpoint for
+    a stop that was asked for before training."""
+    check()
     _state.defer = True
     _state.training = True
     stage("training")
