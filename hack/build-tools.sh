@@ -14,7 +14,7 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 build_k8s() {
   local out="$BIN/k8s-v$K8S_VERSION"
   if [[ -x $out/kubelet && -x $out/kube-apiserver && -x $out/kubectl ]] &&
-     "$out/kube-apiserver" --version 2>/dev/null | grep -q "v$K8S_VERSION"; then
+     "$out/kube-apiserver" --version 2>/dev/null | grep "v$K8S_VERSION" >/dev/null; then
     log "kubernetes v$K8S_VERSION cached in $out"; return
   fi
   log "building kubernetes v$K8S_VERSION (cold: 15-30 min on 2 cores)"

@@ -107,12 +107,15 @@ mkdir -p "$FTO_STATE/logs" "$FTO_STATE/cni" "$FTO_STATE/containerd" "$VOLUMES"
 [[ -e /usr/local/bin/kubectl ]] || ln -s "$K8S_BIN/kubectl" /usr/local/bin/kubectl
 
 # --- network: node IP on lo, a fence around 198.18.0.0/15, the `kubernetes` Service ---------------
-ip -4 addr show dev lo | grep -q " $NODE_IP/32" || ip addr add "$NODE_IP/32" dev lo
-ip route show type unreachable | grep -q '^unreachable 198.18.0.0/15' || ip route add unreachable 198.18.0.0/15
+# `replace` adds or keeps: idempotent, no check-then-add. (The old `ip … | grep -q … || ip … add`
+# failed under pipefail once the local table was long: grep -q exits at its match, ip gets SIGPIPE,
+# the pipeline fails, and the add answers "RTNETLINK answers: File exists", seen in CI's storm test.)
+ip addr replace "$NODE_IP/32" dev lo
+ip route replace unreachable 198.18.0.0/15
 # Hosts (and hostNetwork pods) reach the service IP as a local address; pods on the bridge get
 # there through their CNI route via 198.18.0.1. Either way the nat rule sends it to the apiserver.
-ip route show table local | grep -q "^local $SERVICE_IP " || ip route add local "$SERVICE_IP/32" dev lo table local
-ip route show table local | grep -q "^local $DNS_IP " || ip route add local "$DNS_IP/32" dev lo table local
+ip route replace local "$SERVICE_IP/32" dev lo table local
+ip route replace local "$DNS_IP/32" dev lo table local
 iptables -t nat -N FTO-SERVICES 2>/dev/null || true
 iptables -t nat -C FTO-SERVICES -d "$SERVICE_IP/32" -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443" 2>/dev/null ||
   iptables -t nat -A FTO-SERVICES -d "$SERVICE_IP/32" -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:6443"

@@ -35,7 +35,7 @@ cluster_running() { [[ -S $CTRD_SOCK ]] && ctr_k8s version >/dev/null 2>&1; }
 # is already there with label fto.key=KEY.
 load_tar() {
   local tar=$1 img=$2 key=$3
-  if ctr_k8s images ls "name==$img" 2>/dev/null | grep -q "fto.key=$key"; then return; fi
+  if ctr_k8s images ls "name==$img" 2>/dev/null | grep "fto.key=$key" >/dev/null; then return; fi
   log "loading $img into the cluster's containerd"
   ctr_k8s images import --no-unpack=false - <"$tar" >/dev/null
   ctr_k8s images label "$img" "fto.key=$key" >/dev/null
@@ -148,7 +148,7 @@ build_app() {
       --build-arg "BASE_IMAGE=$base" --label "fto.key=$key" -t "$image" "$context") >/dev/null
   fi
   if cluster_running; then
-    if ! ctr_k8s images ls "name==$image" 2>/dev/null | grep -q "fto.key=$key"; then
+    if ! ctr_k8s images ls "name==$image" 2>/dev/null | grep "fto.key=$key" >/dev/null; then
       log "loading $image into the cluster's containerd"
       docker save "$image" | ctr_k8s images import - >/dev/null
       ctr_k8s images label "$image" "fto.key=$key" >/dev/null

@@ -6,7 +6,7 @@ PKGS=(docker.io containerd runc containernetworking-plugins debootstrap iptables
       docker-registry cmake g++)  # registry: OCI export tests; cmake g++: hack/build-llama-cpp.sh
 missing=()
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "[setup-host] installing: ${missing[*]}" >&2
