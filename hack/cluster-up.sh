@@ -108,8 +108,9 @@ mkdir -p "$FTO_STATE/logs" "$FTO_STATE/cni" "$FTO_STATE/containerd" "$VOLUMES"
 
 # --- network: node IP on lo, a fence around 198.18.0.0/15, the `kubernetes` Service ---------------
 # `replace` adds or keeps: idempotent, no check-then-add. (The old `ip … | grep -q … || ip … add`
-# failed under pipefail once the local table was long: grep -q exits at its match, ip gets SIGPIPE,
-# the pipeline fails, and the add answers "RTNETLINK answers: File exists", seen in CI's storm test.)
+# raced under pipefail: grep -q exits at its match, ip gets SIGPIPE if it still writes lines after
+# it, the pipeline fails, and the add answers "RTNETLINK answers: File exists", seen in CI's storm
+# test.)
 ip addr replace "$NODE_IP/32" dev lo
 ip route replace unreachable 198.18.0.0/15
 # Hosts (and hostNetwork pods) reach the service IP as a local address; pods on the bridge get

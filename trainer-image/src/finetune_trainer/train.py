@@ -370,11 +370,6 @@ def run(config: TrainerConfig, plan: RunPlan) -> int:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             break
         except Exception as exc:
-            # A signal while the checkpoint is read: the handler's Interrupted can come back
-            # as a library's own error (torch's unpickler turned one into "ValueError: could not
-            # determine the shape of object type 'torch.storage.UntypedStorage'"). That says
-            # nothing about the checkpoint: suspend, never set it aside.
-            stop.check()
             if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
                 raise CudaOOMError(oom_advice(config, plan)) from exc
             raise_if_disk_full(config, exc, is_main=is_main)
@@ -511,7 +506,7 @@ def probe_load(trainer: Any, path: Path) -> str | None:
             if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
                 return "optimizer.pt holds no optimizer state"
     except Exception as exc:  # any load failure is the checkpoint's, for the agreement
-        stop.check()  # unless a signal came during the load (see main's resume loop)
+        stop.check()  # unless a signal came during the load (see fallback)
         return f"{type(exc).__name__}: {exc}"[:300]
     return None
 
@@ -525,7 +520,11 @@ def fallback(exc: Exception, resume: Path | None, root: Path, world_size: int) -
     failure after that is not a fallback one rank may take alone), or no older one (the
     model may hold the damaged weights: starting from step 0 on them would be wrong)."""
     if resume is None or stop.requested() or stop.training_started() or world_size > 1:
-        return None  # a failure while a stop is asked for is not evidence of damage
+        # A signal during the load: the handler's Interrupted can come back as a library's own
+        # error (torch's unpickler turned one into "ValueError: could not determine the shape of
+        # object type 'torch.storage.UntypedStorage'"). That says nothing about the checkpoint:
+        # the error is raised and main() ends the run as suspended, the checkpoint untouched.
+        return None
     older = [p for s, p in checkpoints.complete(root) if s < (checkpoints.step_of(resume) or 0)]
     if not older:
         return None
